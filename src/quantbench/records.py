@@ -1,0 +1,170 @@
+"""Typed, frozen, versioned result records with one JSON shape.
+
+Every stage's result that leaves a process (a CLI JSON, pytest-benchmark's ``extra_info``, the
+report, the selection) is one of these records. ``to_dict`` / ``from_dict`` are the only
+(de)serialisers; ``from_dict`` rejects unknown schema versions and unknown keys so a stale or
+hand-edited file fails loudly instead of being half-read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import QuantbenchError
+
+SCHEMA_VERSION = 1
+
+R = TypeVar("R")
+
+
+class RecordError(QuantbenchError):
+    """A serialised record does not match the schema this version of quantbench reads."""
+
+
+def to_dict(record: Any) -> Any:
+    """Plain JSON-able structure of a record (nested records, tuples and dicts included)."""
+    if dataclasses.is_dataclass(record) and not isinstance(record, type):
+        return {f.name: to_dict(getattr(record, f.name)) for f in dataclasses.fields(record)}
+    if isinstance(record, (list, tuple)):
+        return [to_dict(v) for v in record]
+    if isinstance(record, dict):
+        return {str(k): to_dict(v) for k, v in record.items()}
+    return record
+
+
+def from_dict(cls: type[R], data: Any, *, where: str = "record") -> R:
+    """Rebuild ``cls`` from ``to_dict`` output; unknown keys or a foreign schema version raise."""
+    if not isinstance(data, dict):
+        raise RecordError(f"{where}: expected a JSON object for {cls.__name__}, got {type(data).__name__}.")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise RecordError(f"{where}: unknown keys {unknown} for {cls.__name__}; is it from another quantbench version?")
+    if "schema" in names and data.get("schema") != SCHEMA_VERSION:
+        raise RecordError(
+            f"{where}: schema version {data.get('schema')!r} is not {SCHEMA_VERSION}; "
+            "re-run the benchmark with this quantbench version."
+        )
+    kwargs = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in data:
+            kwargs[f.name] = _convert(hints[f.name], data[f.name], f"{where}.{f.name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise RecordError(f"{where}: {exc}") from None
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, where) if len(inner) == 1 else value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where=where)
+    if origin is tuple:
+        item = args[0] if args else Any
+        return tuple(_convert(item, v, where) for v in value)
+    if origin is dict:
+        vt = args[1] if len(args) == 2 else Any
+        return {k: _convert(vt, v, where) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class CocoMetrics:
+    """pycocotools' summary, plus per-class AP50-95 keyed by class name."""
+
+    map50_95: float
+    map50: float
+    map75: float
+    map_small: float
+    map_medium: float
+    map_large: float
+    ar100: float
+    per_class_ap: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalTiming:
+    """Where an evaluation's wall time went, in seconds."""
+
+    inference_s: float  # backend.infer calls only
+    total_s: float  # everything: decode, letterbox, inference, NMS, pycocotools
+    images_per_s: float
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """The accuracy of one (model, variant, backend) on one dataset."""
+
+    model: str
+    variant: str
+    backend: str
+    device: str
+    dataset: str
+    num_images: int
+    skipped_images: tuple[str, ...]
+    untrained: bool  # built from a .yaml: random weights, its mAP means nothing
+    metrics: CocoMetrics
+    timing: EvalTiming
+    schema: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class VariantBuild:
+    """What building one variant ONNX produced, and how."""
+
+    model: str
+    variant: str
+    kind: str  # fp32 | fp16 | int8
+    onnx_path: str
+    onnx_sha256: str
+    base_sha256: str
+    options: dict[str, Any]
+    quantized_nodes: int  # nodes whose inputs pass through Q/DQ (0 for fp32/fp16)
+    excluded_nodes: tuple[str, ...]  # nodes kept out of INT8 on purpose
+    seconds: float  # build time when built; the original build's time when cached
+    cached: bool  # True when this call found it in the cache
+    modelopt_version: str
+    schema: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Raw-sample summary of one timed configuration, in milliseconds per batch."""
+
+    median_ms: float
+    mean_ms: float
+    min_ms: float
+    max_ms: float
+    stddev_ms: float
+    rounds: int
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """The speed of one (model, variant, backend, batch size)."""
+
+    model: str
+    variant: str
+    backend: str
+    device: str
+    batch_size: int
+    host: LatencyStats  # synchronised call, host wall clock (what pytest-benchmark times)
+    images_per_s: float
+    device_ms: float | None = None  # GPU time per batch from CUDA events
+    h2d_ms: float | None = None
+    d2h_ms: float | None = None
+    engine_memory_bytes: int | None = None
+    peak_memory_bytes: int | None = None
+    precision: dict[str, Any] | None = None  # TensorRT per-layer precision summary
+    schema: int = SCHEMA_VERSION
