@@ -1,0 +1,268 @@
+"""`quantbench` command line: a thin adapter over the library, one sub-command per stage.
+
+Every sub-command parses its options, calls one or two library functions, and prints or writes
+what they return. User errors (`QuantbenchError`) end in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import ConfigError, QuantbenchError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    return tuple(_positive_int(part) for part in text.split(",") if part.strip())
+
+
+def _cache(args: argparse.Namespace):
+    from .assets import cache_root
+    from .cache import ArtifactCache
+
+    return ArtifactCache(args.cache_dir or cache_root())
+
+
+def _model(args: argparse.Namespace):
+    from .assets import default_model
+    from .export import resolve_model
+
+    return resolve_model(args.model or default_model(), _cache(args), batch=getattr(args, "batch", None))
+
+
+def _variant(args: argparse.Namespace):
+    from .variants import DEFAULT_VARIANTS, load_variants
+
+    table = {v.name: v for v in load_variants(Path(args.variants_file or DEFAULT_VARIANTS))}
+    if args.variant not in table:
+        raise ConfigError(
+            f"variant {args.variant!r} is not in {args.variants_file or DEFAULT_VARIANTS}; "
+            f"choose one of {', '.join(table)}."
+        )
+    return table[args.variant]
+
+
+def _calibration(args: argparse.Namespace, num_images: int):
+    from .assets import default_calib_data
+    from .calibration import build_calibration
+
+    folder = Path(args.calib_data) if args.calib_data else default_calib_data()
+    return build_calibration(folder, num_images, cache=_cache(args), seed=args.seed)
+
+
+def _variant_onnx(args: argparse.Namespace):
+    """Base model, or the requested variant of it built through ModelOpt (cached)."""
+    from .quantize import quantize_variant
+    from .variants import VariantKind
+
+    model = _model(args)
+    if not args.variant:
+        return model, None
+    variant = _variant(args)
+    calib = None
+    if variant.kind is VariantKind.INT8:
+        calib = _calibration(args, args.calib_images or variant.calib_images)
+    return model, quantize_variant(model, variant, calib, _cache(args))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    model = _model(args)
+    print(json.dumps({"name": model.name, "onnx": str(model.path), "sha256": model.sha256,
+                      "classes": model.num_classes, "anchors": model.num_anchors,
+                      "batch": model.batch, "untrained": model.untrained}, indent=2))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    calib = _calibration(args, args.calib_images or 128)
+    print(json.dumps({"npy": str(calib.path), "sha256": calib.sha256, "images": calib.num_images,
+                      "seed": calib.seed}, indent=2))
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .records import to_dict
+
+    _, build = _variant_onnx(args)
+    print(json.dumps(to_dict(build), indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .assets import default_eval_data
+    from .backends import BuildOptions, resolve_backend
+    from .cache import atomic_write_json
+    from .dataset import CocoDataset
+    from .evaluate import evaluate
+    from .records import to_dict
+
+    model, build = _variant_onnx(args)
+    onnx_path = Path(build.onnx_path) if build else model.path
+    backend_cls, fallback = resolve_backend(args.backend)
+    if fallback:
+        logging.getLogger("quantbench").warning("TensorRT not used (%s): using ONNX Runtime.", fallback)
+    backend = backend_cls()
+    dataset = CocoDataset.load(Path(args.data) if args.data else default_eval_data(), limit=args.limit)
+    engine = backend.build(onnx_path, BuildOptions(batch_sizes=(args.batch_size,)), _cache(args))
+    with backend.open(engine) as runner:
+        result = evaluate(runner, dataset, model=model.name, variant=args.variant or "base",
+                          batch_size=args.batch_size, untrained=model.untrained, progress=not args.quiet)
+    data = to_dict(result)
+    if args.json:
+        atomic_write_json(args.json, data)
+    m, t = result.metrics, result.timing
+    note = "  (untrained model: random weights, this mAP means nothing)" if result.untrained else ""
+    print(f"{result.model} {result.variant} on {result.backend}: mAP50-95 {m.map50_95:.4f}  "
+          f"mAP50 {m.map50:.4f}  over {result.num_images} images{note}")
+    if result.skipped_images:
+        print(f"skipped {len(result.skipped_images)} unreadable images: {', '.join(result.skipped_images[:5])}")
+    print(f"inference {t.inference_s:.2f} s, total {t.total_s:.2f} s ({t.images_per_s:.1f} images/s)")
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from .report import format_selection_table, write_report
+    from .selection import records_from_benchmark_json, select
+    from .thresholds import Thresholds
+
+    evals, latencies, options = records_from_benchmark_json([Path(p) for p in args.json_files])
+    thresholds = Thresholds.load(Path(args.thresholds))
+    selections = select(evals, latencies, thresholds, reference_batch=args.reference_batch,
+                        variant_options=options)
+    for selection in selections:
+        print(format_selection_table(selection))
+    if args.report_dir:
+        paths = write_report(selections, Path(args.report_dir),
+                             rebuild_command="quantbench select " + " ".join(args.json_files))
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0 if all(s.winner for s in selections) else 1
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from .sensitivity import run_sensitivity
+
+    report = run_sensitivity(**_stage_kwargs(args))
+    print(report.summary() if hasattr(report, "summary") else report)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .search import run_search
+
+    result = run_search(**_stage_kwargs(args), budget=args.budget)
+    print(result.summary() if hasattr(result, "summary") else result)
+    return 0
+
+
+def _stage_kwargs(args: argparse.Namespace) -> dict:
+    from .assets import default_calib_data
+
+    model = _model(args)
+    return {
+        "model_onnx": model.path,
+        "calib_folder": Path(args.calib_data) if args.calib_data else default_calib_data(),
+        "out_dir": Path(args.out_dir),
+    }
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model source: .onnx, .pt or .yaml (default: yolo11n.pt, or the "
+                   "offline yolov5n-coco.onnx when QUANTBENCH_ASSETS is set)")
+    p.add_argument("--cache-dir", type=Path, help="artefact cache (default: ~/.cache/quantbench)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _variant_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variant", help="variant name from the variants table (default: the base model)")
+    p.add_argument("--variants-file", help="variant table (default: bench/variants.toml)")
+    p.add_argument("--calib-data", help="calibration images: a COCO folder or a folder of images")
+    p.add_argument("--calib-images", type=_positive_int, help="number of calibration images")
+    p.add_argument("--seed", type=int, default=0, help="seed for choosing calibration images")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quantbench", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"quantbench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="resolve a model source to a validated ONNX (cached)")
+    _common(p)
+    p.add_argument("--batch", type=_positive_int, help="fix the batch axis to this size")
+    p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("calibrate", help="build the calibration tensor (cached .npy)")
+    _common(p)
+    p.add_argument("--calib-data", help="calibration images: a COCO folder or a folder of images")
+    p.add_argument("--calib-images", type=_positive_int, help="number of images (default 128)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=cmd_calibrate)
+
+    p = sub.add_parser("quantize", help="build one variant ONNX with ModelOpt (cached)")
+    _common(p)
+    _variant_opts(p)
+    p.set_defaults(handler=cmd_quantize)
+
+    p = sub.add_parser("eval", help="COCO mAP of a model or one of its variants")
+    _common(p)
+    _variant_opts(p)
+    p.add_argument("--data", help="COCO folder (images/ + instances.json); default: val500 or COCO val2017 subset")
+    p.add_argument("--limit", type=_positive_int, help="evaluate only the first N images")
+    p.add_argument("--batch-size", type=_positive_int, default=1)
+    p.add_argument("--backend", default="onnxruntime", help="onnxruntime (default), tensorrt or auto")
+    p.add_argument("--json", type=Path, help="write the result record here")
+    p.set_defaults(handler=cmd_eval)
+
+    p = sub.add_parser("select", help="rank saved pytest-benchmark JSON runs and name the winner")
+    p.add_argument("json_files", nargs="+", help="pytest-benchmark --benchmark-json files")
+    p.add_argument("--thresholds", default="thresholds.toml")
+    p.add_argument("--reference-batch", type=_positive_int, default=1)
+    p.add_argument("--report-dir", help="also write report.md, selection.json and pareto.png here")
+    p.set_defaults(handler=cmd_select)
+
+    p = sub.add_parser("sensitivity", help="per-layer INT8 sensitivity report")
+    _common(p)
+    p.add_argument("--calib-data")
+    p.add_argument("--out-dir", default="reports/sensitivity")
+    p.set_defaults(handler=cmd_sensitivity)
+
+    p = sub.add_parser("search", help="find the FP16/INT8 split that fits the mAP budget")
+    _common(p)
+    p.add_argument("--calib-data")
+    p.add_argument("--out-dir", default="reports/search")
+    p.add_argument("--budget", type=float, help="max mAP50-95 drop (default: thresholds.toml)")
+    p.set_defaults(handler=cmd_search)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except QuantbenchError as exc:
+        print(f"quantbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("quantbench: interrupted; finished artefacts stay in the cache.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""ArtifactCache: content keys, atomic publish, exactly-once builds across processes."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from quantbench.cache import ArtifactCache, atomic_write_json, hash_key, sha256_file
+
+
+def test_hash_key_is_order_insensitive_for_dict_keys_and_sensitive_to_values():
+    assert hash_key({"a": 1, "b": 2}) == hash_key({"b": 2, "a": 1})
+    assert hash_key({"a": 1}) != hash_key({"a": 2})
+    assert hash_key("x", 1) != hash_key("x", 2)
+
+
+def test_sha256_file_tracks_content_changes(tmp_path: Path):
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"one")
+    first = sha256_file(p)
+    time.sleep(0.01)
+    p.write_bytes(b"two")
+    os.utime(p, ns=(time.time_ns(), time.time_ns()))
+    assert sha256_file(p) != first
+
+
+def test_get_or_build_builds_once_and_publishes_metadata(cache: ArtifactCache):
+    calls = []
+
+    def build(tmp: Path):
+        calls.append(tmp)
+        tmp.write_text("artefact")
+        return {"note": "built"}
+
+    first = cache.get_or_build("demo", "k1", ".txt", build)
+    second = cache.get_or_build("demo", "k1", ".txt", build)
+    assert first.built and not second.built
+    assert len(calls) == 1
+    assert second.path.read_text() == "artefact"
+    assert second.meta["note"] == "built" and second.meta["key"] == "k1"
+    # Nothing but the artefact, its metadata and the lock file remains in the folder.
+    names = sorted(p.name for p in first.path.parent.iterdir())
+    assert names == ["k1.txt", "k1.txt.json", "k1.txt.lock"]
+
+
+def test_failed_build_publishes_nothing_and_retries(cache: ArtifactCache):
+    def broken(tmp: Path):
+        tmp.write_text("half")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        cache.get_or_build("demo", "k2", ".txt", broken)
+    assert cache.lookup("demo", "k2", ".txt") is None
+    assert not any(p.suffix == ".tmp" or ".tmp" in p.name for p in (cache.root / "demo").iterdir())
+    entry = cache.get_or_build("demo", "k2", ".txt", lambda tmp: tmp.write_text("ok") and None)
+    assert entry.built and entry.path.read_text() == "ok"
+
+
+def _race(root: str, log: str) -> None:
+    def build(tmp: Path):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.3)  # long enough that every process arrives while the first one builds
+        tmp.write_text("shared")
+        return None
+
+    entry = ArtifactCache(root).get_or_build("race", "same", ".txt", build)
+    assert entry.path.read_text() == "shared"
+
+
+def test_concurrent_processes_build_exactly_once(tmp_path: Path):
+    log = tmp_path / "builds.log"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_race, args=(str(tmp_path / "c"), str(log))) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert len(log.read_text().split()) == 1
+
+
+def test_atomic_write_json_replaces_whole_file(tmp_path: Path):
+    target = tmp_path / "r" / "result.json"
+    atomic_write_json(target, {"a": 1})
+    atomic_write_json(target, {"b": 2})
+    assert json.loads(target.read_text()) == {"b": 2}
+    assert [p.name for p in target.parent.iterdir()] == ["result.json"]

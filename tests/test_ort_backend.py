@@ -1,0 +1,67 @@
+"""ONNX Runtime backend on a tiny model built in the test, and the backend registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from quantbench.backends import BackendKind, BuildOptions, resolve_backend
+from quantbench.backends.ort import OrtBackend
+from quantbench.errors import BackendError, ConfigError
+
+
+def _tiny_conv_model(path: Path) -> np.ndarray:
+    """A 1x1 conv NCHW model with dynamic batch; returns its weight for a numpy reference."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 3, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["images", "w"], ["y"]), helper.make_node("Reshape", ["y", "shape"], ["f"])],
+        "tiny",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("f", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([0, 6, -1], np.int64), "shape")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return w
+
+
+def test_ort_runner_infers_times_and_describes(tmp_path: Path, cache):
+    w = _tiny_conv_model(tmp_path / "tiny.onnx")
+    backend = OrtBackend(use_cuda=False)
+    engine = backend.build(tmp_path / "tiny.onnx", BuildOptions(threads=1), cache)
+    batch = np.random.default_rng(1).random((2, 3, 8, 8), dtype=np.float32)
+    with backend.open(engine) as runner:
+        out = runner.infer(batch)
+        timing = runner.time(batch, warmup=1, iterations=3)
+        info = runner.describe()
+    expected = np.einsum("oc,nchw->nohw", w[:, :, 0, 0], batch).reshape(2, 6, 64)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    assert len(timing.host_ms) == 3 and all(t > 0 for t in timing.host_ms)
+    assert info["backend"] == "onnxruntime" and info["providers"] == ["CPUExecutionProvider"]
+
+
+def test_ort_runner_names_the_file_it_cannot_load(tmp_path: Path, cache):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not a model")
+    backend = OrtBackend(use_cuda=False)
+    with pytest.raises(BackendError, match="broken.onnx"):
+        backend.open(backend.build(bad, BuildOptions(), cache))
+
+
+def test_resolve_backend_auto_falls_back_to_onnxruntime_with_a_reason():
+    cls, reason = resolve_backend("auto")
+    if cls.kind is BackendKind.ONNXRUNTIME:
+        assert reason and "tensorrt" in reason.lower()
+    else:  # a machine with TensorRT and a GPU
+        assert reason is None
+
+
+def test_resolve_backend_rejects_unknown_names():
+    with pytest.raises(ConfigError, match="onnxruntime"):
+        resolve_backend("tensorflow")

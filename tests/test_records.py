@@ -1,0 +1,64 @@
+"""Records: one JSON shape, round trip, foreign versions and unknown keys rejected."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from quantbench.records import (
+    SCHEMA_VERSION,
+    CocoMetrics,
+    EvalResult,
+    EvalTiming,
+    LatencyResult,
+    LatencyStats,
+    RecordError,
+    from_dict,
+    to_dict,
+)
+
+
+def _eval() -> EvalResult:
+    return EvalResult(
+        model="yolov5n-coco",
+        variant="int8-max",
+        backend="onnxruntime",
+        device="CPU",
+        dataset="val500",
+        num_images=100,
+        skipped_images=("bad.jpg",),
+        untrained=False,
+        metrics=CocoMetrics(0.24, 0.40, 0.25, 0.1, 0.2, 0.3, 0.35, {"person": 0.5}),
+        timing=EvalTiming(inference_s=3.0, total_s=3.5, images_per_s=28.6),
+    )
+
+
+def test_eval_result_round_trips_through_json():
+    rec = _eval()
+    data = json.loads(json.dumps(to_dict(rec)))
+    assert data["metrics"]["map50_95"] == 0.24 and data["schema"] == SCHEMA_VERSION
+    assert from_dict(EvalResult, data) == rec
+
+
+def test_latency_result_round_trips_with_optional_fields():
+    rec = LatencyResult(
+        model="m", variant="fp16", backend="tensorrt", device="H100", batch_size=8,
+        host=LatencyStats(1.0, 1.1, 0.9, 1.5, 0.1, 50), images_per_s=7272.7,
+        device_ms=0.8, precision={"int8": 3, "fp16": 10},
+    )
+    assert from_dict(LatencyResult, json.loads(json.dumps(to_dict(rec)))) == rec
+
+
+def test_foreign_schema_version_is_rejected():
+    data = to_dict(_eval())
+    data["schema"] = SCHEMA_VERSION + 1
+    with pytest.raises(RecordError, match="schema version"):
+        from_dict(EvalResult, data)
+
+
+def test_unknown_key_is_rejected_with_its_name():
+    data = to_dict(_eval())
+    data["metrics"]["map_typo"] = 1.0
+    with pytest.raises(RecordError, match="map_typo"):
+        from_dict(EvalResult, data)
