@@ -18,8 +18,11 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PYTEST) bench --benchmark-json=reports/benchmark.json
 
+# Needs an NVIDIA GPU and internet (pip fetches tensorrt + cuda-python). TensorRT tests skip
+# with "tensorrt not installed" where it is missing; CUDA tests skip without a device.
 gpu-test: $(VENV)/.installed
-	$(PYTEST) tests -m gpu -v
+	$(PY) -m pip install -q -e '.[test,trt]'
+	$(PYTEST) tests -m "gpu or tensorrt" -v -rs
 
 clean:
 	rm -rf .quantbench-cache reports .benchmarks

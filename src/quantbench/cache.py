@@ -23,6 +23,10 @@ from typing import Any
 from filelock import FileLock
 
 _CHUNK = 1 << 20
+# mkstemp creates files 0600; published artefacts and reports get the usual umask-based mode.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
 _file_hash_memo: dict[tuple[str, int, int], str] = {}
 
 
@@ -77,6 +81,7 @@ def _temp_path_beside(target: Path) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
+    os.chmod(tmp, _FILE_MODE)
     try:
         yield tmp
     finally:

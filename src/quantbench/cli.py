@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -150,7 +151,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         print(format_selection_table(selection))
     if args.report_dir:
         paths = write_report(selections, Path(args.report_dir),
-                             rebuild_command="quantbench select " + " ".join(args.json_files))
+                             rebuild_command=shlex.join(["quantbench", *args.argv]))
         print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0 if all(s.winner for s in selections) else 1
 
@@ -225,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="COCO folder (images/ + instances.json); default: val500 or COCO val2017 subset")
     p.add_argument("--limit", type=_positive_int, help="evaluate only the first N images")
     p.add_argument("--batch-size", type=_positive_int, default=1)
-    p.add_argument("--backend", default="onnxruntime", help="onnxruntime (default), tensorrt or auto")
+    p.add_argument("--backend", default="auto", help="auto (TensorRT when installed with a GPU, else ONNX Runtime), onnxruntime or tensorrt")
     p.add_argument("--json", type=Path, help="write the result record here")
     p.set_defaults(handler=cmd_eval)
 
@@ -253,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.handler(args)
     except QuantbenchError as exc:

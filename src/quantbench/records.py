@@ -9,6 +9,7 @@ hand-edited file fails loudly instead of being half-read.
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import types
 import typing
 from dataclasses import dataclass, field
@@ -148,6 +149,20 @@ class LatencyStats:
     max_ms: float
     stddev_ms: float
     rounds: int
+
+    @classmethod
+    def from_samples(cls, samples_ms: typing.Sequence[float]) -> LatencyStats:
+        """Summary of raw per-batch samples (pytest-benchmark's rounds or `Runner.time`'s)."""
+        if not samples_ms:
+            raise ValueError("no latency samples to summarise")
+        return cls(
+            median_ms=statistics.median(samples_ms),
+            mean_ms=statistics.fmean(samples_ms),
+            min_ms=min(samples_ms),
+            max_ms=max(samples_ms),
+            stddev_ms=statistics.stdev(samples_ms) if len(samples_ms) > 1 else 0.0,
+            rounds=len(samples_ms),
+        )
 
 
 @dataclass(frozen=True)

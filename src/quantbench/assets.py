@@ -1,0 +1,92 @@
+"""Where defaults come from: an offline assets folder, or downloads into the user's cache.
+
+With ``QUANTBENCH_ASSETS`` set (CI, offline machines) nothing is downloaded: the default model is
+``<assets>/models/yolov5n-coco.onnx`` and the data are ``<assets>/coco/val500`` (evaluation) and
+``<assets>/coco/calib500`` (calibration). Without it the default model is ``yolo11n.pt``, which
+Ultralytics downloads itself when it exports, and the data are disjoint seeded subsets of COCO
+val2017 fetched from the official archives into the cache (see `quantbench.download`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .download import COCO_VAL2017, CocoSource, SubsetRole, fetch_coco_subset
+from .errors import DataError, ModelError
+
+ASSETS_ENV = "QUANTBENCH_ASSETS"
+CACHE_ENV = "QUANTBENCH_CACHE"
+
+PRETRAINED_MODEL = "yolo11n.pt"
+ASSETS_MODEL = Path("models/yolov5n-coco.onnx")
+ASSETS_EVAL_DATA = Path("coco/val500")
+ASSETS_CALIB_DATA = Path("coco/calib500")
+SUBSET_IMAGES = 500  # images per downloaded subset (evaluation and calibration each)
+
+
+def assets_root() -> Path | None:
+    """The offline assets folder named by ``$QUANTBENCH_ASSETS``, or None when it is unset or empty."""
+    value = os.environ.get(ASSETS_ENV, "").strip()
+    if not value:
+        return None
+    root = Path(value).expanduser()
+    if not root.is_dir():
+        raise DataError(
+            f"{ASSETS_ENV}={value} is not a folder; point it at the offline assets folder (with models/ and coco/) "
+            "or unset it to download COCO instead."
+        )
+    return root
+
+
+def cache_root() -> Path:
+    """``$QUANTBENCH_CACHE``, else ``$XDG_CACHE_HOME/quantbench``, else ``~/.cache/quantbench``."""
+    explicit = os.environ.get(CACHE_ENV, "").strip()
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    if xdg and Path(xdg).is_absolute():  # the XDG spec says relative values are to be ignored
+        return Path(xdg) / "quantbench"
+    return Path.home() / ".cache" / "quantbench"
+
+
+def default_model() -> str:
+    """The offline yolov5n-coco.onnx when assets are configured, else ``yolo11n.pt``."""
+    root = assets_root()
+    if root is None:
+        return PRETRAINED_MODEL
+    path = root / ASSETS_MODEL
+    if not path.is_file():
+        raise ModelError(f"{path} does not exist; put yolov5n-coco.onnx there or pass --model explicitly.")
+    return str(path)
+
+
+def default_eval_data(*, num_images: int = SUBSET_IMAGES, seed: int = 0, source: CocoSource = COCO_VAL2017,
+                      progress: bool = True) -> Path:
+    """``<assets>/coco/val500``, else the downloaded evaluation subset of COCO val2017.
+
+    ``num_images``, ``seed`` and ``source`` shape only the downloaded subset; the offline folder is
+    used as it is.
+    """
+    return _default_data(ASSETS_EVAL_DATA, SubsetRole.EVAL, num_images, seed, source, progress)
+
+
+def default_calib_data(*, num_images: int = SUBSET_IMAGES, seed: int = 0, source: CocoSource = COCO_VAL2017,
+                       progress: bool = True) -> Path:
+    """``<assets>/coco/calib500``, else the downloaded calibration subset (disjoint from evaluation's)."""
+    return _default_data(ASSETS_CALIB_DATA, SubsetRole.CALIB, num_images, seed, source, progress)
+
+
+def _default_data(offline: Path, role: SubsetRole, num_images: int, seed: int, source: CocoSource,
+                  progress: bool) -> Path:
+    root = assets_root()
+    if root is None:
+        return fetch_coco_subset(role, root=cache_root(), num_images=num_images, seed=seed, source=source,
+                                 progress=progress)
+    folder = root / offline
+    if not (folder / "instances.json").is_file() or not (folder / "images").is_dir():
+        raise DataError(
+            f"{folder} is not a COCO folder (images/ + instances.json); restore it in the assets folder or unset "
+            f"{ASSETS_ENV} to download COCO instead."
+        )
+    return folder

@@ -1,0 +1,269 @@
+"""What the user reads: the terminal table, report.md, selection.json and pareto.png.
+
+Everything here formats `selection.Selection`s and decides nothing. Files are written atomically
+(`cache.atomic_write_*`), so a report folder never holds a half-written file. The plot uses
+matplotlib's object API with the Agg canvas: no pyplot global state, no display needed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from .cache import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .errors import ConfigError
+from .records import SCHEMA_VERSION, from_dict, to_dict
+from .selection import Selection, VariantOutcome
+
+# selection.json's "kind": tells a selection file apart from any other JSON.
+SELECTION_KIND = "quantbench.selection"
+
+_COLUMNS = ("variant", "mAP50-95", "drop", "latency ms", "img/s", "speed-up", "result", "reason")
+
+
+def winner_line(selection: Selection) -> str:
+    """One line naming the fastest passing variant, or saying that none passes."""
+    s = selection
+    won = s.winning_outcome
+    if won is None:
+        return f"no variant passes for {s.model} on {s.backend} at batch {s.reference_batch}: see the reasons above"
+    note = " (the baseline: no faster variant passes)" if won.variant == s.baseline else ""
+    untrained = " [untrained model: mAP means nothing]" if won.untrained else ""
+    return (
+        f"fastest passing: {s.model} {won.variant} on {s.backend} "
+        f"({won.latency_ms:.2f} ms, mAP {won.map50_95:.4f}){note}{untrained}"
+    )
+
+
+def format_selection_table(selection: Selection) -> str:
+    """Plain-text table of one selection, ranked as selected, ending with the winner line."""
+    rows = [_COLUMNS, *(_row(selection, o) for o in selection.outcomes)]
+    # The last column (reasons) is left unpadded: it may be long and should not widen the others.
+    widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS) - 1)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)) + "  " + cells[-1]
+
+    head = f"{selection.model} on {selection.backend} (batch {selection.reference_batch}, {_criteria_text(selection)})"
+    body = [line(rows[0]), line(["-" * w for w in widths] + ["-" * len(_COLUMNS[-1])])]
+    body += [line(r).rstrip() for r in rows[1:]]
+    return "\n".join([head, *body, winner_line(selection)])
+
+
+def _row(selection: Selection, o: VariantOutcome) -> tuple[str, ...]:
+    name = o.variant + (" (baseline)" if o.variant == selection.baseline else "")
+    return (
+        name,
+        _num(o.map50_95, "{:.4f}"),
+        _drop(o),
+        _num(o.latency_ms, "{:.2f}"),
+        _num(o.images_per_s, "{:.1f}"),
+        _num(o.speedup, "{:.2f}x"),
+        _verdict(selection, o),
+        "; ".join(o.reasons),
+    )
+
+
+def _verdict(selection: Selection, o: VariantOutcome) -> str:
+    if o.variant == selection.winner:
+        return "WINNER"
+    if not o.gated:
+        return "pass (not gated)" if o.passed else "fail (not gated)"
+    return "pass" if o.passed else "FAIL"
+
+
+def _drop(o: VariantOutcome) -> str:
+    if o.drop_abs is None:
+        return "-"
+    rel = f" / {o.drop_rel * 100:.1f}%" if o.drop_rel is not None else ""
+    return f"{o.drop_abs * 100:+.2f} pt{rel}"
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _criteria_text(selection: Selection) -> str:
+    c = selection.criteria
+    if not c:
+        return f"baseline {selection.baseline}"
+    parts = [
+        f"baseline {c['baseline']}",
+        f"drop <= {c['max_abs_drop'] * 100:.2f} pt and <= {c['max_rel_drop'] * 100:.1f} %",
+    ]
+    speedup = c.get("min_speedup", {}).get(selection.backend)
+    if speedup is not None:
+        parts.append(f"speed-up >= {speedup:.2f}x")
+    if c.get("max_memory_increase") is not None and any(o.peak_memory_bytes for o in selection.outcomes):
+        parts.append(f"GPU memory <= {c['max_memory_increase'] * 100:+.0f} %")
+    if c.get("min_map") is not None:
+        parts.append(f"baseline mAP >= {c['min_map']:.4f}")
+    return ", ".join(parts)
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def write_report(selections: Sequence[Selection], out_dir: Path, *, rebuild_command: str) -> dict[str, Path]:
+    """Write report.md, selection.json and pareto.png into ``out_dir``; return their paths."""
+    if not selections:
+        raise ConfigError(
+            f"nothing to report into {out_dir}: no results were selected; "
+            "pass benchmark JSON files that hold quantbench records."
+        )
+    out_dir = Path(out_dir)
+    paths = {"report": out_dir / "report.md", "selection": out_dir / "selection.json", "pareto": out_dir / "pareto.png"}
+    atomic_write_json(paths["selection"], selection_document(selections))
+    atomic_write_bytes(paths["pareto"], pareto_png(selections))
+    markdown = report_markdown(selections, rebuild_command=rebuild_command, pareto_name=paths["pareto"].name)
+    atomic_write_text(paths["report"], markdown)
+    return paths
+
+
+def selection_document(selections: Sequence[Selection]) -> dict:
+    """selection.json's content: versioned, read back by `read_selection_json`."""
+    return {"kind": SELECTION_KIND, "schema": SCHEMA_VERSION, "selections": [to_dict(s) for s in selections]}
+
+
+def read_selection_json(path: Path) -> list[Selection]:
+    """Selections back from a `report.write_report` selection.json (foreign schema versions rejected)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"selection file {path} cannot be read ({exc}); pass a selection.json quantbench wrote.") from None
+    if not isinstance(data, dict) or data.get("kind") != SELECTION_KIND:
+        raise ConfigError(
+            f"{path} is not a quantbench selection.json (kind is not {SELECTION_KIND!r}); pass the file write_report wrote."
+        )
+    if data.get("schema") != SCHEMA_VERSION:
+        raise ConfigError(
+            f"{path} has schema version {data.get('schema')!r}, not {SCHEMA_VERSION}; "
+            "re-run quantbench select with this version."
+        )
+    selections = data.get("selections")
+    if not isinstance(selections, list):
+        raise ConfigError(f"{path} has no 'selections' list; pass the file write_report wrote.")
+    return [from_dict(Selection, s, where=f"{path}: selections[{i}]") for i, s in enumerate(selections)]
+
+
+def report_markdown(selections: Sequence[Selection], *, rebuild_command: str, pareto_name: str = "pareto.png") -> str:
+    lines = ["# quantbench selection", ""]
+    lines += [f"- {winner_line(s)}" for s in selections]
+    lines += [
+        "",
+        "A variant passes when its mAP50-95 drop versus the baseline is within BOTH the absolute and the "
+        "relative limit, and its speed-up (and GPU memory, where measured) meets the backend's target "
+        "where one is set. Only gated variants can win; not-gated (exploratory) ones are listed for "
+        "information. Latency is the median host time of one synchronised batch.",
+        "",
+        f"![latency vs mAP50-95]({pareto_name})",
+        "",
+    ]
+    for s in selections:
+        lines += _selection_markdown(s)
+    lines += ["## Rebuild this report", "", "```sh", rebuild_command, "```", ""]
+    return "\n".join(lines)
+
+
+def _selection_markdown(s: Selection) -> list[str]:
+    lines = [f"## {s.model} on {s.backend}", "", f"Batch {s.reference_batch}; {_criteria_text(s)}.", ""]
+    borrowed = sorted({o.accuracy_backend for o in s.outcomes if o.accuracy_backend and o.accuracy_backend != s.backend})
+    if borrowed:
+        lines += [f"Accuracy measured on {', '.join(borrowed)} (no {s.backend} accuracy results).", ""]
+    if any(o.untrained for o in s.outcomes):
+        lines += ["**Untrained model (random weights): its mAP means nothing, so no variant passes the accuracy gate.**", ""]
+    lines += ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+    for o in s.outcomes:
+        cells = [c.replace("|", "\\|") or " " for c in _row(s, o)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"**{winner_line(s)}**", ""]
+    won = s.winning_outcome
+    if won is not None:
+        lines += [
+            f"Options of `{won.variant}` (as in the variants table):",
+            "",
+            "```json",
+            json.dumps(won.options, indent=2, sort_keys=True),
+            "```",
+            "",
+        ]
+    return lines
+
+
+def pareto_png(selections: Sequence[Selection]) -> bytes:
+    """Latency vs mAP50-95, one panel per (model, backend): pass, fail, not gated, winner, front."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = len(selections)
+    cols = min(n, 2)
+    rows = (n + cols - 1) // cols
+    fig = Figure(figsize=(6.4 * cols, 4.8 * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, s in zip(axes, selections):
+        _pareto_panel(ax, s)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def _pareto_panel(ax, s: Selection) -> None:
+    plotted = [o for o in s.outcomes if o.latency_ms is not None and o.map50_95 is not None]
+    styles = {  # scatter() keywords per verdict
+        "pass": {"marker": "o", "color": "tab:green", "label": "pass"},
+        "fail": {"marker": "x", "color": "tab:red", "label": "fail"},
+        "info": {"marker": "s", "facecolors": "none", "edgecolors": "tab:gray", "label": "not gated"},
+    }
+    for kind, style in styles.items():
+        pts = [o for o in plotted if o.variant != s.winner and _kind(o) == kind]
+        if pts:
+            ax.scatter([o.latency_ms for o in pts], [o.map50_95 for o in pts], s=40, zorder=3, **style)
+    won = s.winning_outcome
+    if won is not None and won in plotted:
+        ax.scatter([won.latency_ms], [won.map50_95], marker="*", s=220, color="gold", edgecolors="black",
+                   zorder=4, label=f"winner: {won.variant}")
+    front = _pareto_front(plotted)
+    if len(front) > 1:
+        ax.plot([o.latency_ms for o in front], [o.map50_95 for o in front], color="tab:blue", lw=1,
+                ls="--", zorder=2, label="Pareto front")
+    for o in plotted:
+        ax.annotate(o.variant, (o.latency_ms, o.map50_95), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    base = next((o for o in plotted if o.variant == s.baseline), None)
+    if base is not None and s.criteria:
+        # Both drop limits must hold, so the lowest passing mAP is the higher of the two floors.
+        floor = max(base.map50_95 - s.criteria["max_abs_drop"], base.map50_95 * (1 - s.criteria["max_rel_drop"]))
+        ax.axhline(floor, color="tab:orange", lw=1, ls=":", label=f"lowest passing mAP {floor:.4f}")
+    missing = len(s.outcomes) - len(plotted)
+    title = f"{s.model} on {s.backend}, batch {s.reference_batch}"
+    if missing:
+        title += f"\n({missing} variant{'s' if missing > 1 else ''} without latency or mAP not shown)"
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("latency per batch (ms, lower is better)")
+    ax.set_ylabel("COCO mAP50-95 (higher is better)")
+    ax.grid(True, alpha=0.3)
+    ax.margins(x=0.12, y=0.08)  # room for the variant labels at the edges
+    if plotted:
+        ax.legend(fontsize=8, loc="best")
+    else:
+        ax.text(0.5, 0.5, "nothing measured", ha="center", va="center", transform=ax.transAxes)
+
+
+def _kind(o: VariantOutcome) -> str:
+    if not o.gated:
+        return "info"
+    return "pass" if o.passed else "fail"
+
+
+def _pareto_front(outcomes: Sequence[VariantOutcome]) -> list[VariantOutcome]:
+    """Points no other point beats on both latency (lower) and mAP (higher), by latency."""
+    front, best = [], float("-inf")
+    for o in sorted(outcomes, key=lambda o: (o.latency_ms, -o.map50_95)):
+        if o.map50_95 > best:
+            front.append(o)
+            best = o.map50_95
+    return front

@@ -1,0 +1,272 @@
+"""`thresholds.toml`: the pass/fail criteria of the bench, validated before any work starts.
+
+File layout (every key optional; see the commented `thresholds.toml` at the repository root)::
+
+    baseline = "fp16"            # variant every other variant is compared with
+    max_abs_drop = 0.010         # mAP50-95 drop as a fraction (0.010 = 1.0 point)
+    max_rel_drop = 0.03          # mAP50-95 drop relative to the baseline's (0.03 = 3 %)
+    min_map = 0.30               # floor for the baseline's own mAP50-95 (catches a broken pipeline)
+    max_memory_increase = 0.10   # peak GPU memory vs the baseline (0.10 = +10 %)
+    not_gated = ["int8-all"]     # exploratory variants: reported, never red, never the winner
+    [min_speedup]                # backend -> minimum speed-up vs the baseline
+    tensorrt = 1.2
+    [model.yolo11n]              # per-model overrides, inheriting everything above
+    min_speedup = { tensorrt = 1.33 }
+
+Inheritance: a `[model.<name>]` table starts from the top-level values; its scalars replace
+them, its `min_speedup` entries are merged backend by backend, its `not_gated` list replaces the
+top-level list.
+
+Which drop counts: a variant passes the accuracy gate only when BOTH its absolute and its relative
+mAP50-95 drops are within their limits (the absolute limit protects strong models, the relative
+one weak models). The baseline itself is gated only by `min_map`. Speed-ups and memory are
+checked only where a threshold is set and the measurement exists.
+
+The `check_*` functions return a reason string that names the measured value and the threshold,
+or None when the check passes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .backends.base import BackendKind
+from .errors import ConfigError
+
+# Measurements are floats (0.2427 - 0.2327 = 0.010000000000000009): a drop that equals its limit
+# up to rounding noise passes.
+_TOLERANCE = 1e-9
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ModelThresholds:
+    """The criteria for one model; the defaults are the user's stated success criteria."""
+
+    baseline: str = "fp16"
+    max_abs_drop: float = 0.010
+    max_rel_drop: float = 0.03
+    min_map: float | None = None
+    min_speedup: dict[str, float] = field(default_factory=dict)
+    not_gated: tuple[str, ...] = ()
+    max_memory_increase: float | None = None
+
+    def is_gated(self, variant: str) -> bool:
+        return variant not in self.not_gated
+
+
+_KEYS = tuple(f.name for f in fields(ModelThresholds))
+_TOP_LEVEL_KEYS = (*_KEYS, "model")
+_BACKENDS = tuple(k.value for k in BackendKind)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The top-level criteria plus per-model overrides, as read from one file."""
+
+    default: ModelThresholds
+    per_model: dict[str, ModelThresholds]
+    source: Path | None
+
+    @classmethod
+    def load(cls, path: Path) -> Thresholds:
+        """Read and validate ``path``; ConfigError naming the file and the key on any bad entry."""
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(
+                f"thresholds file {path} does not exist; pass an existing file "
+                "(the repository's thresholds.toml shows every key)."
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"thresholds file {path} cannot be read ({exc}); check its permissions and encoding."
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML ({exc}); fix the syntax there.") from None
+        return cls.from_mapping(raw, source=path)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], *, source: Path | None = None) -> Thresholds:
+        """Validate an already parsed table (``load`` without the file)."""
+        where = str(source) if source else "thresholds"
+        _reject_unknown(raw, _TOP_LEVEL_KEYS, where, "the top level")
+        top = {k: v for k, v in raw.items() if k != "model"}
+        default = _parse_model_table(top, ModelThresholds(), where, "")
+        models = raw.get("model", {})
+        if not isinstance(models, dict):
+            raise ConfigError(
+                f"{where}: 'model' must be tables like [model.yolo11n], not {type(models).__name__}; "
+                "write one [model.<name>] table per model."
+            )
+        per_model = {}
+        for name, table in models.items():
+            if not isinstance(table, dict):
+                raise ConfigError(
+                    f"{where}: model.{name} must be a table ([model.{name}]) of threshold keys, "
+                    f"not {type(table).__name__}."
+                )
+            per_model[name] = _parse_model_table(table, default, where, f"model.{name}.")
+        return cls(default=default, per_model=per_model, source=source)
+
+    def for_model(self, model: str) -> ModelThresholds:
+        """The criteria for ``model``: its own table where there is one, else the top level."""
+        return self.per_model.get(model, self.default)
+
+    def validate_variants(self, variant_names: Iterable[str]) -> None:
+        """ConfigError when a baseline or a not_gated entry names no variant in ``variant_names``."""
+        names = tuple(variant_names)
+        where = str(self.source) if self.source else "thresholds"
+        tables = [("", self.default), *((f"model.{m}.", t) for m, t in self.per_model.items())]
+        for prefix, t in tables:
+            if t.baseline not in names:
+                raise ConfigError(
+                    f"{where}: {prefix}baseline = {t.baseline!r} is not a variant in the variants table"
+                    f"{_suggest(t.baseline, names)}; choose one of {', '.join(names) or '(none)'}."
+                )
+            for name in t.not_gated:
+                if name not in names:
+                    raise ConfigError(
+                        f"{where}: {prefix}not_gated lists {name!r}, which is not a variant in the variants "
+                        f"table{_suggest(name, names)}; choose from {', '.join(names) or '(none)'}."
+                    )
+
+
+def check_accuracy(t: ModelThresholds, variant: str, map_variant: float, map_baseline: float) -> str | None:
+    """Why ``variant``'s mAP50-95 fails ``t`` (both drop limits must hold), or None."""
+    if not math.isfinite(map_variant):
+        return f"mAP50-95 of {variant} is {map_variant}, not a number"
+    if variant == t.baseline:
+        if t.min_map is not None and map_variant + _TOLERANCE < t.min_map:
+            return f"baseline {variant} mAP50-95 {map_variant:.4f} < {t.min_map:.4f} floor (min_map)"
+        return None
+    if not math.isfinite(map_baseline):
+        return f"mAP50-95 of baseline {t.baseline} is {map_baseline}, not a number"
+    drop_abs = map_baseline - map_variant
+    broken = []
+    if drop_abs > t.max_abs_drop + _TOLERANCE:
+        broken.append(f"{drop_abs * 100:.2f} points > {t.max_abs_drop * 100:.2f} allowed")
+    drop_rel = relative_drop(map_variant, map_baseline)
+    if drop_rel is not None and drop_rel > t.max_rel_drop + _TOLERANCE:
+        broken.append(f"{drop_rel * 100:.1f} % > {t.max_rel_drop * 100:.1f} % allowed")
+    if not broken:
+        return None
+    return f"mAP50-95 drop {' and '.join(broken)} ({map_variant:.4f} vs baseline {t.baseline} {map_baseline:.4f})"
+
+
+def check_speedup(t: ModelThresholds, backend: str, variant_ms: float, baseline_ms: float) -> str | None:
+    """Why the speed-up over the baseline misses ``backend``'s minimum, or None (also when none is set)."""
+    required = t.min_speedup.get(backend)
+    if required is None:
+        return None
+    if not (variant_ms > 0 and baseline_ms > 0):
+        return f"latency {variant_ms} ms vs baseline {baseline_ms} ms cannot give a speed-up (not positive)"
+    speedup = baseline_ms / variant_ms
+    if speedup + _TOLERANCE < required:
+        return (
+            f"speed-up {speedup:.2f}x < {required:.2f}x required on {backend} "
+            f"({variant_ms:.2f} ms vs baseline {t.baseline} {baseline_ms:.2f} ms)"
+        )
+    return None
+
+
+def check_memory(t: ModelThresholds, variant_bytes: int | None, baseline_bytes: int | None) -> str | None:
+    """Why peak device memory grew more than allowed over the baseline's, or None.
+
+    None also when no limit is set or either side was not measured (ONNX Runtime on the CPU).
+    """
+    if t.max_memory_increase is None or variant_bytes is None or not baseline_bytes:
+        return None
+    increase = variant_bytes / baseline_bytes - 1.0
+    if increase > t.max_memory_increase + _TOLERANCE:
+        return (
+            f"GPU memory {increase * 100:+.1f} % > {t.max_memory_increase * 100:+.1f} % allowed "
+            f"({variant_bytes / _MIB:.1f} MiB vs baseline {t.baseline} {baseline_bytes / _MIB:.1f} MiB)"
+        )
+    return None
+
+
+def relative_drop(map_variant: float, map_baseline: float) -> float | None:
+    """Drop as a fraction of the baseline's mAP; None when the baseline's mAP is not positive."""
+    return (map_baseline - map_variant) / map_baseline if map_baseline > 0 else None
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def _parse_model_table(table: Mapping[str, Any], base: ModelThresholds, where: str, prefix: str) -> ModelThresholds:
+    _reject_unknown(table, _KEYS, where, f"[{prefix.rstrip('.')}]" if prefix else "the top level")
+    changes: dict[str, Any] = {}
+    if "baseline" in table:
+        value = table["baseline"]
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where}: {prefix}baseline = {value!r} must be a variant name such as \"fp16\".")
+        changes["baseline"] = value
+    for key in ("max_abs_drop", "max_rel_drop", "min_map", "max_memory_increase"):
+        if key in table:
+            changes[key] = _fraction(table[key], where, prefix + key)
+    if "min_speedup" in table:
+        changes["min_speedup"] = {**base.min_speedup, **_speedups(table["min_speedup"], where, prefix)}
+    if "not_gated" in table:
+        value = table["not_gated"]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(
+                f"{where}: {prefix}not_gated = {value!r} must be a list of variant names, e.g. [\"int8-all\"]."
+            )
+        changes["not_gated"] = tuple(value)
+    result = replace(base, **changes)
+    if result.baseline in result.not_gated:
+        raise ConfigError(
+            f"{where}: {prefix}not_gated lists the baseline {result.baseline!r}; "
+            "the baseline is always reported and gated only by min_map, so remove it from not_gated."
+        )
+    return result
+
+
+def _fraction(value: Any, where: str, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: {key} = {value!r} must be a number (a fraction: 0.01 = 1 %).")
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(
+            f"{where}: {key} = {value!r} is impossible; give a fraction between 0 and 1 (0.01 = 1 %)."
+        )
+    return float(value)
+
+
+def _speedups(value: Any, where: str, prefix: str) -> dict[str, float]:
+    key = prefix + "min_speedup"
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{where}: {key} = {value!r} must be a table of backend = factor, e.g. {{ tensorrt = 1.33 }}."
+        )
+    _reject_unknown(value, _BACKENDS, where, key)
+    out = {}
+    for backend, factor in value.items():
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
+            raise ConfigError(
+                f"{where}: {key}.{backend} = {factor!r} is impossible; give a speed-up factor above 0 "
+                "(1.33 = 33 % faster than the baseline)."
+            )
+        out[backend] = float(factor)
+    return out
+
+
+def _reject_unknown(table: Mapping[str, Any], allowed: tuple[str, ...], where: str, section: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(
+                f"{where}: unknown key {key!r} in {section}{_suggest(key, allowed)}; "
+                f"allowed keys are {', '.join(allowed)}."
+            )
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
