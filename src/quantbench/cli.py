@@ -71,14 +71,13 @@ def _calibration(args: argparse.Namespace, num_images: int):
 def _variant_onnx(args: argparse.Namespace):
     """Base model, or the requested variant of it built through ModelOpt (cached)."""
     from .quantize import quantize_variant
-    from .variants import VariantKind
 
     model = _model(args)
     if not args.variant:
         return model, None
     variant = _variant(args)
     calib = None
-    if variant.kind is VariantKind.INT8:
+    if variant.needs_calibration:
         calib = _calibration(args, args.calib_images or variant.calib_images)
     return model, quantize_variant(model, variant, calib, _cache(args))
 

@@ -1,0 +1,243 @@
+"""The declarative variant table (``bench/variants.toml``): which builds of a model to compare.
+
+A variant is a frozen ``Variant``: a name, a kind (``fp32`` reference, ``fp16`` through ModelOpt
+AutoCast, ``int8`` Q/DQ through ModelOpt PTQ) and the ModelOpt options that shape it. The table
+is validated as a whole before any work starts: unknown keys (with the closest known key as a
+suggestion), keys that do not apply to a kind, unknown kinds, calibration methods and passes, op
+types that are not ONNX operators, node patterns that are not regular expressions, and duplicate
+names all raise one ``ConfigError`` sentence naming the file, the variant and the key.
+
+File layout: one ``[[variant]]`` table per variant, in the order they are reported::
+
+    [[variant]]
+    name = "int8-entropy"            # required; letters, digits, '.', '_' and '-' (a pytest id)
+    kind = "int8"                    # required; fp32 | fp16 | int8
+    calibration_method = "entropy"   # int8: max | entropy
+    calib_images = 128               # fp16, int8: calibration images (fp16: AutoCast's range check)
+    op_types_to_exclude = ["Concat"] # fp16, int8: ONNX op types kept out of the low precision
+    nodes_to_exclude = ["/model\\.0/.*"]  # fp16, int8: node-name regexes kept out
+    exclude_head = true              # fp16, int8: the detection head's output convs (+ DFL) kept out
+    high_precision_dtype = "fp16"    # int8: precision of everything not in INT8 (fp32 | fp16 | bf16)
+    calibrate_per_node = false       # int8: calibrate node by node (less memory, slower)
+    passes = ["concat_elimination"]  # int8: ModelOpt passes; omit for ModelOpt's default
+    gated = true                     # false: exploratory, reported but never the winner
+    description = "..."              # free text for the report
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_VARIANTS = Path("bench/variants.toml")
+
+CALIBRATION_METHODS = ("max", "entropy")  # ModelOpt's INT8 calibrators (ORT MinMax / Entropy)
+HIGH_PRECISION_DTYPES = ("fp32", "fp16", "bf16")
+MODELOPT_PASSES = ("concat_elimination",)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class VariantKind(str, Enum):
+    FP32 = "fp32"  # the exported model itself: the reference
+    FP16 = "fp16"  # ModelOpt AutoCast mixed precision
+    INT8 = "int8"  # ModelOpt INT8 Q/DQ post-training quantization
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One build of a model: its kind and the ModelOpt options that shape it."""
+
+    name: str
+    kind: VariantKind
+    calibration_method: str = "max"
+    calib_images: int = 128
+    op_types_to_exclude: tuple[str, ...] = ()
+    nodes_to_exclude: tuple[str, ...] = ()  # node-name regexes
+    exclude_head: bool = False  # detection-head output convs (+ DFL) kept out of INT8
+    high_precision_dtype: str = "fp16"
+    calibrate_per_node: bool = False
+    passes: tuple[str, ...] | None = None  # None: ModelOpt's default passes
+    gated: bool = True
+    description: str = ""
+
+    @property
+    def id(self) -> str:
+        """Stable id; doubles as the pytest id."""
+        return self.name
+
+    @property
+    def needs_calibration(self) -> bool:
+        """INT8 needs calibration ranges; FP16 needs real images for AutoCast's overflow check."""
+        return self.kind is not VariantKind.FP32
+
+    def options(self) -> dict[str, Any]:
+        """The options that determine the built ONNX (JSON-able): part of cache keys and reports.
+
+        Only options that apply to the kind are listed, so that e.g. renaming a variant or editing
+        its description never invalidates its cached build.
+        """
+        applicable = _KIND_OPTIONS[self.kind]
+        out: dict[str, Any] = {"kind": self.kind.value}
+        for key in applicable:
+            value = getattr(self, key)
+            out[key] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+# Which build options each kind reads; anything else in its table is a mistake worth reporting.
+_KIND_OPTIONS: dict[VariantKind, tuple[str, ...]] = {
+    VariantKind.FP32: (),
+    VariantKind.FP16: ("calib_images", "op_types_to_exclude", "nodes_to_exclude", "exclude_head"),
+    VariantKind.INT8: (
+        "calibration_method", "calib_images", "op_types_to_exclude", "nodes_to_exclude",
+        "exclude_head", "high_precision_dtype", "calibrate_per_node", "passes",
+    ),
+}
+_COMMON_KEYS = ("name", "kind", "gated", "description")
+_ALL_KEYS = tuple(f.name for f in fields(Variant))
+
+
+def _closest(word: str, choices: tuple[str, ...] | list[str]) -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1)
+    return f"did you mean {match[0]!r}?" if match else f"known keys: {', '.join(choices)}."
+
+
+class _TableReader:
+    """Validates one ``[[variant]]`` table; every error names the file, the variant and the key."""
+
+    def __init__(self, path: Path, index: int, table: dict[str, Any]):
+        self.path, self.table = path, table
+        name = table.get("name")
+        self.label = f"variant {name!r}" if isinstance(name, str) else f"variant #{index + 1}"
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {self.label}, key {key!r}: {problem}")
+
+    def string(self, key: str, choices: tuple[str, ...] | None = None) -> str:
+        value = self.table[key]
+        if not isinstance(value, str):
+            raise self.fail(key, f"{value!r} is not a string; write it in quotes.")
+        if choices is not None and value not in choices:
+            raise self.fail(key, f"{value!r} is not one of {', '.join(choices)}; use one of those.")
+        return value
+
+    def boolean(self, key: str) -> bool:
+        value = self.table[key]
+        if not isinstance(value, bool):
+            raise self.fail(key, f"{value!r} is not a boolean; write true or false.")
+        return value
+
+    def positive_int(self, key: str) -> int:
+        value = self.table[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise self.fail(key, f"{value!r} is not a positive whole number; write e.g. 128.")
+        return value
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self.table[key]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(key, f"{value!r} is not a list of strings; write e.g. [\"Concat\"].")
+        return tuple(value)
+
+    def op_types(self, key: str) -> tuple[str, ...]:
+        import onnx.defs
+
+        ops = self.strings(key)
+        for op in ops:
+            if not onnx.defs.has(op):
+                known = sorted({schema.name for schema in onnx.defs.get_all_schemas()})
+                hint = difflib.get_close_matches(op, known, n=1)
+                fix = f"did you mean {hint[0]!r}?" if hint else "use ONNX operator names such as Conv or Concat."
+                raise self.fail(key, f"{op!r} is not an ONNX operator type; {fix}")
+        return ops
+
+    def regexes(self, key: str) -> tuple[str, ...]:
+        patterns = self.strings(key)
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise self.fail(key, f"{pattern!r} is not a valid regular expression ({exc}); fix or escape it.") from None
+        return patterns
+
+    def passes(self, key: str) -> tuple[str, ...]:
+        names = self.strings(key)
+        for name in names:
+            if name not in MODELOPT_PASSES:
+                raise self.fail(key, f"{name!r} is not a ModelOpt pass; use one of {', '.join(MODELOPT_PASSES)} or [].")
+        return names
+
+    def variant(self) -> Variant:
+        for key in self.table:
+            if key not in _ALL_KEYS:
+                raise self.fail(key, f"unknown key; {_closest(key, _ALL_KEYS)}")
+        for required in ("name", "kind"):
+            if required not in self.table:
+                raise self.fail(required, "missing; every [[variant]] needs a name and a kind.")
+        name = self.string("name")
+        if not _NAME_RE.match(name):
+            raise self.fail("name", f"{name!r} may only hold letters, digits, '.', '_' and '-' (it is a test id); rename it.")
+        kind = VariantKind(self.string("kind", tuple(k.value for k in VariantKind)))
+        allowed = _COMMON_KEYS + _KIND_OPTIONS[kind]
+        for key in self.table:
+            if key not in allowed:
+                raise self.fail(key, f"does not apply to kind {kind.value!r}; remove it or change the kind.")
+
+        readers = {
+            "gated": self.boolean,
+            "description": self.string,
+            "calibration_method": lambda k: self.string(k, CALIBRATION_METHODS),
+            "calib_images": self.positive_int,
+            "op_types_to_exclude": self.op_types,
+            "nodes_to_exclude": self.regexes,
+            "exclude_head": self.boolean,
+            "high_precision_dtype": lambda k: self.string(k, HIGH_PRECISION_DTYPES),
+            "calibrate_per_node": self.boolean,
+            "passes": self.passes,
+        }
+        values = {key: readers[key](key) for key in self.table if key in readers}
+        return Variant(name=name, kind=kind, **values)
+
+
+def load_variants(path: Path) -> tuple[Variant, ...]:
+    """Read and validate a variant table; ``ConfigError`` on the first problem found."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"variant table {path} does not exist; pass an existing file (the default is {DEFAULT_VARIANTS})."
+        ) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc}); fix the syntax at that line.") from None
+    for key in raw:
+        if key != "variant":
+            raise ConfigError(
+                f"{path}: top-level key {key!r} is unknown; {_closest(key, ('variant',))} "
+                "(write one [[variant]] table per variant)."
+            )
+    tables = raw.get("variant", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{path}: 'variant' must be an array of tables; write each one as [[variant]].")
+    if not tables:
+        raise ConfigError(f"{path} defines no variants; add at least one [[variant]] table.")
+    variants: list[Variant] = []
+    seen: set[str] = set()
+    for index, table in enumerate(tables):
+        variant = _TableReader(path, index, table).variant()
+        if variant.name in seen:
+            raise ConfigError(
+                f"{path}: variant {variant.name!r}, key 'name': the name is used twice; give each variant its own name."
+            )
+        seen.add(variant.name)
+        variants.append(variant)
+    return tuple(variants)

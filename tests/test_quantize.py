@@ -1,0 +1,240 @@
+"""quantize.py: ModelOpt INT8 / FP16 builds on yolo11n and yolov5n-coco, caching, failures.
+
+Kept light: 8 calibration images for INT8, 2 for FP16's reference run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from quantbench.cache import ArtifactCache
+from quantbench.calibration import CalibrationSet, build_calibration
+from quantbench.errors import QuantizeError
+from quantbench.export import ModelInfo, resolve_model
+from quantbench.quantize import build_variants, count_quantized_nodes, head_nodes, quantize_variant
+from quantbench.variants import Variant, VariantKind
+
+INT8_HEAD = Variant(name="int8-head-fp16", kind=VariantKind.INT8, calibration_method="max", exclude_head=True)
+INT8_MAX = Variant(name="int8-max", kind=VariantKind.INT8, calibration_method="max")
+FP16 = Variant(name="fp16", kind=VariantKind.FP16)
+FP32 = Variant(name="fp32", kind=VariantKind.FP32)
+# What Ultralytics' own INT8 export keeps out of INT8 (ultralytics/utils/export/engine.py).
+ULTRALYTICS_HEAD_PATTERNS = (r".*\.2/Conv$", r".*/dfl/")
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _dq_fed(model: onnx.ModelProto) -> set[str]:
+    dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return {n.name for n in model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            and any(i in dq_out for i in n.input)}
+
+
+def _run(path: str | Path, batch: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: batch})[0]
+
+
+@pytest.fixture(scope="module")
+def calib8(calib500: Path, session_cache: ArtifactCache) -> CalibrationSet:
+    return build_calibration(calib500, 8, cache=session_cache, seed=0)
+
+
+@pytest.fixture(scope="module")
+def calib2(calib500: Path, session_cache: ArtifactCache) -> CalibrationSet:
+    return build_calibration(calib500, 2, cache=session_cache, seed=1)
+
+
+@pytest.fixture(scope="module")
+def models(yolov5n_onnx: Path, yolo11n_onnx: Path, session_cache: ArtifactCache) -> dict[str, ModelInfo]:
+    return {
+        "yolov5n-coco": resolve_model(yolov5n_onnx, session_cache),
+        "yolo11n": resolve_model(yolo11n_onnx, session_cache),  # fixes the dynamic side to 640
+    }
+
+
+# --- graph analysis --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fixture", ["yolo11n_onnx", "yolo11s_onnx"])
+def test_head_nodes_match_ultralytics_int8_exclusions_on_yolo11(fixture: str, request: pytest.FixtureRequest):
+    model = onnx.load(str(request.getfixturevalue(fixture)))
+    expected = {n.name for n in model.graph.node if n.op_type == "Conv"
+                and any(re.match(p, n.name) for p in ULTRALYTICS_HEAD_PATTERNS)}
+    head = head_nodes(model)
+    assert set(head) == expected
+    assert len(head) == 7 and "/model.23/dfl/conv/Conv" in head  # 3 box + 3 class convs + DFL
+
+
+def test_head_nodes_of_yolov5n_are_its_three_output_convs(yolov5n_onnx: Path):
+    assert head_nodes(onnx.load(str(yolov5n_onnx))) == ("/model.24/m.0/Conv", "/model.24/m.1/Conv", "/model.24/m.2/Conv")
+
+
+def test_count_quantized_nodes_counts_dq_consumers_only():
+    f32 = TensorProto.FLOAT
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xdq"], name="dq"),
+        helper.make_node("Relu", ["xdq"], ["a"], name="fed_by_dq"),
+        helper.make_node("Add", ["a", "xdq"], ["b"], name="also_fed_by_dq"),
+        helper.make_node("Relu", ["b"], ["y"], name="float_only"),
+    ]
+    inits = [helper.make_tensor("s", f32, [], [0.1]), helper.make_tensor("z", TensorProto.INT8, [], [0])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f32, [1])],
+                              [helper.make_tensor_value_info("y", f32, [1])], inits)
+    assert count_quantized_nodes(helper.make_model(graph)) == 2
+
+
+# --- INT8 -----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name", ["yolo11n", "yolov5n-coco"])
+def test_int8_head_fp16_build(model_name: str, models: dict[str, ModelInfo], calib8: CalibrationSet,
+                              session_cache: ArtifactCache, monkeypatch: pytest.MonkeyPatch):
+    model = models[model_name]
+    source_sha = _sha(model.path)
+    siblings = sorted(p.name for p in model.path.parent.iterdir())
+
+    build = quantize_variant(model, INT8_HEAD, calib8, session_cache)
+
+    assert not build.cached and build.seconds > 0
+    assert (build.model, build.variant, build.kind, build.base_sha256) == (model.name, "int8-head-fp16", "int8", model.sha256)
+    assert build.options["calibration"] == {"sha256": calib8.sha256, "num_images": 8, "seed": 0}
+    out = onnx.load(build.onnx_path)
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0
+    quantized = _dq_fed(out)
+    assert build.quantized_nodes == len(quantized) > 50
+    expected_head = head_nodes(onnx.load(str(model.path)))
+    assert build.excluded_nodes == expected_head
+    assert not quantized & set(expected_head)  # the head convs read float tensors
+    assert any(n.op_type == "Conv" for n in out.graph.node if n.name in quantized)  # the backbone's do not
+    if model_name == "yolo11n":
+        # The C2PSA attention block (model.10) went through ModelOpt and still runs.
+        assert any(name.startswith("/model.10/") for name in quantized)
+
+    x = calib8.load()[:1]
+    y = _run(build.onnx_path, x)
+    assert y.shape == (1, 84, model.num_anchors) and y.dtype == np.float32 and np.isfinite(y).all()
+
+    # ModelOpt ran on a private copy: the input file and its folder are untouched.
+    assert _sha(model.path) == source_sha
+    assert sorted(p.name for p in model.path.parent.iterdir()) == siblings
+
+    # Unchanged inputs: the second call is answered by the cache and never reaches ModelOpt.
+    import modelopt.onnx.quantization as mq
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("ModelOpt called for a cached variant")
+
+    monkeypatch.setattr(mq, "quantize", refuse)
+    again = quantize_variant(model, INT8_HEAD, calib8, session_cache)
+    assert again.cached and again.onnx_path == build.onnx_path and again.onnx_sha256 == build.onnx_sha256
+    assert (again.quantized_nodes, again.excluded_nodes, again.seconds) == (build.quantized_nodes, build.excluded_nodes, build.seconds)
+
+
+def test_int8_without_calibration_is_refused(models: dict[str, ModelInfo], cache: ArtifactCache):
+    with pytest.raises(QuantizeError, match="variant 'int8-max' .* of model yolov5n-coco needs calibration images"):
+        quantize_variant(models["yolov5n-coco"], INT8_MAX, None, cache)
+    with pytest.raises(QuantizeError, match="variant 'fp16' .* needs calibration images"):
+        quantize_variant(models["yolov5n-coco"], FP16, None, cache)
+    assert not cache.root.exists()
+
+
+def test_calibration_of_another_size_is_refused(models: dict[str, ModelInfo], calib500: Path, cache: ArtifactCache):
+    small = build_calibration(calib500, 1, cache=cache, size=320)
+    with pytest.raises(QuantizeError, match="is 320x320 but model yolo11n takes 640x640; rebuild the calibration with size=640"):
+        quantize_variant(models["yolo11n"], INT8_MAX, small, cache)
+
+
+def test_fixed_batch_needs_whole_batches(yolov5n_onnx: Path, calib500: Path, cache: ArtifactCache):
+    model = resolve_model(yolov5n_onnx, cache, batch=4)
+    three = build_calibration(calib500, 3, cache=cache)
+    with pytest.raises(QuantizeError, match="fixed batch of 4 but calibration .* holds only 3 images"):
+        quantize_variant(model, INT8_MAX, three, cache)
+
+
+def test_fp32_is_the_base_model(models: dict[str, ModelInfo], cache: ArtifactCache):
+    model = models["yolo11n"]
+    build = quantize_variant(model, FP32, None, cache)
+    assert (build.onnx_path, build.onnx_sha256, build.quantized_nodes, build.excluded_nodes) == (str(model.path), model.sha256, 0, ())
+    assert not cache.root.exists()  # nothing built
+
+
+# --- FP16 -----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name", ["yolo11n", "yolov5n-coco"])
+def test_fp16_build(model_name: str, models: dict[str, ModelInfo], calib2: CalibrationSet, session_cache: ArtifactCache):
+    model = models[model_name]
+    source_sha = _sha(model.path)
+    build = quantize_variant(model, FP16, calib2, session_cache)
+    out = onnx.load(build.onnx_path)
+    init_types = [init.data_type for init in out.graph.initializer]
+    assert init_types.count(TensorProto.FLOAT16) > 0.5 * len(init_types)  # weights went to fp16
+    conv_weights = {n.input[1] for n in out.graph.node if n.op_type == "Conv"}
+    assert all(i.data_type == TensorProto.FLOAT16 for i in out.graph.initializer if i.name in conv_weights)
+    # float32 in and out: the pipeline around the model is unchanged.
+    assert out.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert out.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert (build.kind, build.quantized_nodes) == ("fp16", 0)
+    x = calib2.load()[:1]
+    y16, y32 = _run(build.onnx_path, x), _run(model.path, x)
+    assert y16.shape == y32.shape == (1, 84, model.num_anchors) and y16.dtype == np.float32
+    if not model.untrained:  # real weights: FP16 boxes stay within a pixel of FP32's on the strongest anchors
+        best = np.argsort(y32[0, 4:].max(0))[-20:]
+        assert np.abs(y16[0, :4, best] - y32[0, :4, best]).max() < 1.0
+    assert _sha(model.path) == source_sha
+
+
+# --- one failing variant does not stop the others ------------------------------------------------
+
+@pytest.mark.slow
+def test_failing_variant_yields_its_error_while_others_build(
+    models: dict[str, ModelInfo], calib8: CalibrationSet, session_cache: ArtifactCache, monkeypatch: pytest.MonkeyPatch
+):
+    import modelopt.onnx.quantization as mq
+
+    real_quantize = mq.quantize
+    broken = Variant(name="int8-broken", kind=VariantKind.INT8, calibration_method="entropy")
+
+    def quantize_failing_for_entropy(*args, **kwargs):
+        # Failure injection at ModelOpt's entry point: entropy calibration "crashes".
+        if kwargs.get("calibration_method") == "entropy":
+            raise RuntimeError("injected calibration failure\nsecond line of a long traceback text")
+        return real_quantize(*args, **kwargs)
+
+    monkeypatch.setattr(mq, "quantize", quantize_failing_for_entropy)
+    asked: list[str] = []
+
+    def calib_for(variant: Variant) -> CalibrationSet:
+        asked.append(variant.name)
+        return calib8
+
+    results = build_variants(models["yolov5n-coco"], [FP32, broken, INT8_HEAD], calib_for, session_cache)
+
+    assert list(results) == ["fp32", "int8-broken", "int8-head-fp16"]
+    assert asked == ["int8-broken", "int8-head-fp16"]  # fp32 needs no calibration
+    error = results["int8-broken"]
+    assert isinstance(error, QuantizeError)
+    assert str(error) == (
+        "ModelOpt failed to build variant 'int8-broken' of model yolov5n-coco (RuntimeError: injected calibration "
+        "failure); check the variant's options in the variant table; ModelOpt's log above has the details."
+    )
+    assert results["fp32"].kind == "fp32"
+    good = results["int8-head-fp16"]
+    assert not isinstance(good, QuantizeError) and good.quantized_nodes > 50 and Path(good.onnx_path).is_file()
+    # Nothing half-built was published for the failed variant.
+    published = {p.name for p in (session_cache.root / "variants").glob("*.onnx")}
+    assert Path(good.onnx_path).name in published
+    assert not any(p.name.endswith(".tmp.onnx") for p in (session_cache.root / "variants").iterdir())

@@ -1,0 +1,163 @@
+"""variants.py: the default table loads, and every kind of mistake is one ConfigError sentence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from quantbench.errors import ConfigError
+from quantbench.variants import DEFAULT_VARIANTS, Variant, VariantKind, load_variants
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _table(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "variants.toml"
+    path.write_text(text)
+    return path
+
+
+def test_default_table_loads():
+    variants = load_variants(REPO / DEFAULT_VARIANTS)
+    by_name = {v.name: v for v in variants}
+    required = {"fp32", "fp16", "int8-max", "int8-entropy", "int8-head-fp16", "int8-entropy-calib500"}
+    assert required <= set(by_name)
+    assert by_name["fp32"].kind is VariantKind.FP32 and not by_name["fp32"].needs_calibration
+    assert by_name["fp16"].kind is VariantKind.FP16 and by_name["fp16"].needs_calibration
+    assert by_name["int8-max"].calibration_method == "max" and not by_name["int8-max"].exclude_head
+    assert by_name["int8-entropy"].calibration_method == "entropy"
+    assert by_name["int8-head-fp16"].exclude_head and by_name["int8-head-fp16"].high_precision_dtype == "fp16"
+    assert by_name["int8-entropy-calib500"].calib_images == 500
+    assert [v.id for v in variants] == [v.name for v in variants]
+    for variant in variants:
+        json.dumps(variant.options())  # part of cache keys: must be JSON-able
+
+
+def test_options_hold_only_what_shapes_the_build():
+    a = Variant(name="a", kind=VariantKind.INT8, calibration_method="entropy", description="one")
+    b = Variant(name="b", kind=VariantKind.INT8, calibration_method="entropy", description="two", gated=False)
+    assert a.options() == b.options()  # renaming or re-describing keeps the cached build
+    assert a.options() != Variant(name="a", kind=VariantKind.INT8, calibration_method="max").options()
+    assert Variant(name="f", kind=VariantKind.FP32).options() == {"kind": "fp32"}
+    assert a.options()["passes"] is None  # ModelOpt's default passes
+    assert Variant(name="p", kind=VariantKind.INT8, passes=()).options()["passes"] == []
+
+
+def test_full_int8_table_round_trips(tmp_path: Path):
+    path = _table(tmp_path, r'''
+[[variant]]
+name = "int8-custom"
+kind = "int8"
+calibration_method = "entropy"
+calib_images = 32
+op_types_to_exclude = ["Concat", "MaxPool"]
+nodes_to_exclude = ["/model\\.0/.*", "/model\\.24/m\\.[0-2]/Conv"]
+exclude_head = true
+high_precision_dtype = "fp32"
+calibrate_per_node = true
+passes = []
+gated = false
+description = "everything set"
+''')
+    (variant,) = load_variants(path)
+    assert variant == Variant(
+        name="int8-custom", kind=VariantKind.INT8, calibration_method="entropy", calib_images=32,
+        op_types_to_exclude=("Concat", "MaxPool"), nodes_to_exclude=(r"/model\.0/.*", r"/model\.24/m\.[0-2]/Conv"),
+        exclude_head=True, high_precision_dtype="fp32", calibrate_per_node=True, passes=(), gated=False,
+        description="everything set",
+    )
+
+
+BAD_TABLES = {
+    "unknown key": (
+        '[[variant]]\nname = "v"\nkind = "int8"\ncalibration_metod = "max"\n',
+        r"variant 'v', key 'calibration_metod': unknown key; did you mean 'calibration_method'\?",
+    ),
+    "unknown op type": (
+        '[[variant]]\nname = "v"\nkind = "int8"\nop_types_to_exclude = ["Conv2D"]\n',
+        r"variant 'v', key 'op_types_to_exclude': 'Conv2D' is not an ONNX operator type; did you mean 'Conv",
+    ),
+    "bad kind": (
+        '[[variant]]\nname = "v"\nkind = "int4"\n',
+        r"variant 'v', key 'kind': 'int4' is not one of fp32, fp16, int8",
+    ),
+    "bad method": (
+        '[[variant]]\nname = "v"\nkind = "int8"\ncalibration_method = "percentile"\n',
+        r"variant 'v', key 'calibration_method': 'percentile' is not one of max, entropy",
+    ),
+    "bad regex": (
+        '[[variant]]\nname = "v"\nkind = "int8"\nnodes_to_exclude = ["/model.(0"]\n',
+        r"variant 'v', key 'nodes_to_exclude': '/model.\(0' is not a valid regular expression",
+    ),
+    "duplicate name": (
+        '[[variant]]\nname = "v"\nkind = "fp32"\n[[variant]]\nname = "v"\nkind = "fp16"\n',
+        r"variant 'v', key 'name': the name is used twice",
+    ),
+    "key of another kind": (
+        '[[variant]]\nname = "v"\nkind = "fp32"\ncalib_images = 8\n',
+        r"variant 'v', key 'calib_images': does not apply to kind 'fp32'",
+    ),
+    "int8-only key on fp16": (
+        '[[variant]]\nname = "v"\nkind = "fp16"\ncalibration_method = "max"\n',
+        r"variant 'v', key 'calibration_method': does not apply to kind 'fp16'",
+    ),
+    "bad count": (
+        '[[variant]]\nname = "v"\nkind = "int8"\ncalib_images = 0\n',
+        r"variant 'v', key 'calib_images': 0 is not a positive whole number",
+    ),
+    "string for bool": (
+        '[[variant]]\nname = "v"\nkind = "int8"\nexclude_head = "yes"\n',
+        r"variant 'v', key 'exclude_head': 'yes' is not a boolean",
+    ),
+    "bad dtype": (
+        '[[variant]]\nname = "v"\nkind = "int8"\nhigh_precision_dtype = "fp8"\n',
+        r"variant 'v', key 'high_precision_dtype': 'fp8' is not one of fp32, fp16, bf16",
+    ),
+    "bad pass": (
+        '[[variant]]\nname = "v"\nkind = "int8"\npasses = ["fold_everything"]\n',
+        r"variant 'v', key 'passes': 'fold_everything' is not a ModelOpt pass",
+    ),
+    "not a list": (
+        '[[variant]]\nname = "v"\nkind = "int8"\nnodes_to_exclude = "/model.0/.*"\n',
+        r"variant 'v', key 'nodes_to_exclude': '/model.0/.\*' is not a list of strings",
+    ),
+    "missing kind": (
+        '[[variant]]\nname = "v"\n',
+        r"variant 'v', key 'kind': missing",
+    ),
+    "missing name": (
+        '[[variant]]\nkind = "fp32"\n',
+        r"variant #1, key 'name': missing",
+    ),
+    "name with spaces": (
+        '[[variant]]\nname = "int8 max"\nkind = "int8"\n',
+        r"variant 'int8 max', key 'name': 'int8 max' may only hold letters",
+    ),
+    "top-level key": (
+        '[[variants]]\nname = "v"\nkind = "fp32"\n',
+        r"top-level key 'variants' is unknown; did you mean 'variant'\?",
+    ),
+    "toml syntax": (
+        '[[variant]]\nname = "v\nkind = "fp32"\n',
+        r"is not valid TOML \(.*line 2",
+    ),
+    "empty": ("# nothing here\n", "defines no variants"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TABLES))
+def test_bad_tables_are_one_config_error(tmp_path: Path, case: str):
+    text, match = BAD_TABLES[case]
+    path = _table(tmp_path, text)
+    with pytest.raises(ConfigError, match=match) as err:
+        load_variants(path)
+    message = str(err.value)
+    assert str(path) in message  # names the file
+    assert message.count(". ") <= 1 and "\n" not in message.strip()  # one sentence
+
+
+def test_missing_table_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"variant table .*nope\.toml does not exist"):
+        load_variants(tmp_path / "nope.toml")
