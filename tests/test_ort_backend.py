@@ -65,3 +65,36 @@ def test_resolve_backend_auto_falls_back_to_onnxruntime_with_a_reason():
 def test_resolve_backend_rejects_unknown_names():
     with pytest.raises(ConfigError, match="onnxruntime"):
         resolve_backend("tensorflow")
+
+
+def _fp16_qdq_model(path: Path, scale: float) -> None:
+    """float16 input -> QuantizeLinear(int8) -> DequantizeLinear -> float16, as ModelOpt emits."""
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q"),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], name="dq")],
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)],
+        [numpy_helper.from_array(np.array(scale, np.float16), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    onnx.save(model, path)
+
+
+def test_fp16_quantize_linear_rounds_half_to_even_like_tensorrt(tmp_path: Path, cache):
+    """Negative values must round to nearest (onnxruntime's fp16 CPU kernel truncates them)."""
+    scale = 0.2
+    _fp16_qdq_model(tmp_path / "qdq.onnx", scale)
+    x = (np.random.default_rng(0).standard_normal((1, 4, 8, 8)) * 8).astype(np.float16)
+    backend = OrtBackend(use_cuda=False)
+    engine = backend.build(tmp_path / "qdq.onnx", BuildOptions(threads=1), cache)
+    assert engine.meta["fp16_quantize_repaired"] == 1 and engine.path != tmp_path / "qdq.onnx"
+    with backend.open(engine) as runner:
+        y = runner.infer(x)
+    s32 = np.float32(np.float16(scale))
+    expected = (np.clip(np.rint(x.astype(np.float32) / s32), -128, 127) * s32).astype(np.float16)
+    np.testing.assert_array_equal(y, expected)
+    # The repaired copy is cached: a second build reuses it.
+    again = backend.build(tmp_path / "qdq.onnx", BuildOptions(threads=1), cache)
+    assert again.path == engine.path
