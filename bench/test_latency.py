@@ -1,0 +1,50 @@
+"""Latency: one synchronised inference of a fixed batch of real images, per (model, variant, batch).
+
+Serial runs time with pytest-benchmark (``benchmark.pedantic``: ``--qb-warmup`` untimed rounds,
+then ``--qb-rounds`` timed ones), so ``--benchmark-json`` / ``--benchmark-compare`` work as usual;
+``extra_info["quantbench"]`` carries the records ``quantbench select`` reads. Under pytest-xdist
+pytest-benchmark switches itself off: a worker with a GPU of its own times with the backend's own
+device timer (``Runner.time``) into the same records; any other worker skips, and the serial
+phase of ``make bench`` times it. Where the baseline was timed in this same process, a gated
+variant that misses its backend's minimum speed-up fails.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from quantbench.backends import BackendKind
+from quantbench.thresholds import check_speedup
+
+pytestmark = pytest.mark.latency
+
+
+def test_latency(benchmark, qb, qb_model, qb_variant, qb_batch_size, qb_engine, qb_runner, qb_batch):
+    if not qb.device.times_latency:
+        pytest.skip(f"timed in the serial phase ({qb.device.reason})")
+    rounds, warmup = qb.options.rounds, qb.options.warmup
+    device = None
+    if benchmark.enabled:
+        benchmark.pedantic(qb_runner.infer, args=(qb_batch,), rounds=rounds, warmup_rounds=warmup, iterations=1)
+        host_ms = tuple(seconds * 1e3 for seconds in benchmark.stats.stats.data)
+        if qb.backend.kind is not BackendKind.ONNXRUNTIME:
+            # GPU time from device events, copies apart: the backend's own timer adds what the host clock cannot see.
+            device = qb_runner.time(qb_batch, warmup=0, iterations=rounds)
+    else:
+        # pytest-benchmark is off (pytest-xdist, --benchmark-disable) and calls its target once:
+        # the backend's own timer does the warm-up and the timed rounds.
+        device = benchmark.pedantic(qb_runner.time, args=(qb_batch,), kwargs={"warmup": warmup, "iterations": rounds})
+        host_ms = device.host_ms
+    latency = qb.record_latency(qb_model, qb_variant.name, qb_batch_size, host_ms, device, qb_runner, qb_engine)
+    benchmark.extra_info["quantbench"] = qb.benchmark_info(qb_model, qb_variant.name, latency)
+
+    t = qb.thresholds_for(qb_model.name)
+    baseline = qb.measured_latency(qb_model.name, t.baseline, qb_batch_size)
+    if qb_batch_size != qb.options.reference_batch or baseline is None or qb_variant.name == t.baseline:
+        return
+    reason = check_speedup(t, qb.backend.kind.value, latency.host.median_ms, baseline.host.median_ms)
+    if reason is None:
+        return
+    if not qb.is_gated(qb_model.name, qb_variant.name):
+        pytest.xfail(f"not gated: {reason}")
+    pytest.fail(reason, pytrace=False)
