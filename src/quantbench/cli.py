@@ -123,7 +123,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     engine = backend.build(onnx_path, BuildOptions(batch_sizes=(args.batch_size,)), _cache(args))
     with backend.open(engine) as runner:
         result = evaluate(runner, dataset, model=model.name, variant=args.variant or "base",
-                          batch_size=args.batch_size, untrained=model.untrained, progress=not args.quiet)
+                          batch_size=args.batch_size, untrained=model.untrained, imgsz=model.input_size,
+                          progress=not args.quiet)
     data = to_dict(result)
     if args.json:
         atomic_write_json(args.json, data)

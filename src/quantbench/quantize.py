@@ -17,6 +17,8 @@ ModelOpt / ONNX Runtime / ONNX versions; ``ArtifactCache`` publishes atomically 
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import re
 import shutil
@@ -267,10 +269,11 @@ def quantize_variant(
             out = scratch / "variant.onnx"
             log.info("building %s/%s with ModelOpt (%d calibration images)", model.name, variant.name, len(data))
             try:
-                if variant.kind is VariantKind.INT8:
-                    _run_int8(src, out, model, variant, data, excluded)
-                else:
-                    _run_fp16(src, out, model, variant, data, excluded, scratch)
+                with contextlib.chdir(scratch):  # some ModelOpt paths write temporaries into the cwd
+                    if variant.kind is VariantKind.INT8:
+                        _run_int8(src, out, model, variant, data, excluded)
+                    else:
+                        _run_fp16(src, out, model, variant, data, excluded, scratch)
             except Exception as exc:  # ModelOpt raises anything (AssertionError, ORT Fail, ValueError)
                 raise QuantizeError(
                     f"ModelOpt failed to build variant {variant.name!r} of model {model.name} ({_first_line(exc)}); "

@@ -1,0 +1,183 @@
+"""Image preprocessing identical to Ultralytics' validation of a fixed-size (640) export.
+
+Ultralytics 8.4 validates in two steps, reproduced here pixel for pixel:
+
+1. ``ultralytics/data/base.py`` ``BaseDataset.load_image``: the long side is resized to ``size``
+   with ``cv2.INTER_LINEAR`` (8.4 uses it for shrinking and enlarging alike; releases before 8.1
+   used ``INTER_AREA`` to shrink), each side ``min(ceil(side * size / long_side), size)``.
+2. ``ultralytics/data/augment.py`` ``LetterBox(scaleup=False)``: the image already has its long
+   side at ``size`` so it is only padded, centred, with 114 grey, ``top = round(dh / 2 - 0.1)``,
+   ``bottom = round(dh / 2 + 0.1)`` (and the same for left/right).
+
+Then BGR -> RGB, HWC -> CHW, ``/ 255`` in float32. Boxes go back to original pixels the way the
+validator does it (``ops.scale_boxes`` with the dataset's ``ratio_pad``: per-axis gains
+``resized / original`` and integer left/top padding, then clipping to the image).
+
+Decoding uses OpenCV in a thread pool: ``cv2.imread``/``cv2.resize`` release the GIL, so decoding
+runs alongside inference; batches come out in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import DataError
+
+IMGSZ = 640
+PAD_VALUE = 114
+
+SkipCallback = Callable[[Path, str], None]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How one image was mapped into the square ``size`` x ``size`` network input."""
+
+    gain: float  # size / long side of the original image
+    pad_x: float  # left padding in input pixels
+    pad_y: float  # top padding in input pixels
+    orig_h: int
+    orig_w: int
+    size: int
+
+    @property
+    def resized_w(self) -> int:
+        # Ultralytics rounds each resized side up (ceil) and caps it at the target size.
+        return min(math.ceil(self.orig_w * self.gain), self.size)
+
+    @property
+    def resized_h(self) -> int:
+        return min(math.ceil(self.orig_h * self.gain), self.size)
+
+    def scale_boxes_back(self, xyxy: np.ndarray) -> np.ndarray:
+        """Map ``(N, 4)`` xyxy boxes from input pixels to original pixels, clipped to the image.
+
+        Per-axis gains (``resized / original``) as in Ultralytics' validator: the ceil rounding
+        of the short side makes the x and y gains differ by up to one pixel over the image.
+        """
+        boxes = np.array(xyxy, dtype=np.float32, copy=True).reshape(-1, 4)
+        gain_x = self.resized_w / self.orig_w
+        gain_y = self.resized_h / self.orig_h
+        boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - self.pad_x) / gain_x).clip(0, self.orig_w)
+        boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - self.pad_y) / gain_y).clip(0, self.orig_h)
+        return boxes
+
+
+def letterbox(img_bgr: np.ndarray, size: int = IMGSZ) -> tuple[np.ndarray, Letterbox]:
+    """Resize the long side to ``size`` and pad to a centred square; HWC uint8 BGR in and out."""
+    if img_bgr.ndim == 2:  # grayscale decoded without IMREAD_COLOR: same three channels as cv2
+        img_bgr = cv2.cvtColor(img_bgr, cv2.COLOR_GRAY2BGR)
+    orig_h, orig_w = img_bgr.shape[:2]
+    gain = size / max(orig_h, orig_w)
+    box = Letterbox(gain=gain, pad_x=0.0, pad_y=0.0, orig_h=orig_h, orig_w=orig_w, size=size)
+    new_w, new_h = box.resized_w, box.resized_h
+    if (new_w, new_h) != (orig_w, orig_h):
+        img_bgr = cv2.resize(img_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    dw, dh = (size - new_w) / 2, (size - new_h) / 2
+    top, bottom = round(dh - 0.1), round(dh + 0.1)
+    left, right = round(dw - 0.1), round(dw + 0.1)
+    padded = cv2.copyMakeBorder(img_bgr, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
+    return padded, Letterbox(gain=gain, pad_x=float(left), pad_y=float(top), orig_h=orig_h, orig_w=orig_w, size=size)
+
+
+def to_network_input(padded_bgr: np.ndarray) -> np.ndarray:
+    """HWC uint8 BGR -> CHW float32 RGB in 0..1 (a contiguous array)."""
+    chw_rgb = padded_bgr.transpose(2, 0, 1)[::-1]
+    # float32 division, as Ultralytics' ``img.float() / 255``: bit-identical inputs.
+    return np.divide(chw_rgb, np.float32(255), dtype=np.float32)
+
+
+def load_image(path: Path, size: int = IMGSZ) -> tuple[np.ndarray, Letterbox]:
+    """Decode, letterbox and normalise one image: CHW float32 RGB / 255 and its Letterbox."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:  # cv2.imread returns None for missing, unreadable and corrupt files alike
+        reason = "file not found" if not Path(path).is_file() else "OpenCV cannot decode it"
+        raise DataError(f"image {path} could not be read ({reason}); replace or remove the file.")
+    padded, box = letterbox(img, size)
+    return to_network_input(padded), box
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Consecutive decoded images, in input order (skipped images are simply absent)."""
+
+    images: np.ndarray  # (N, 3, S, S) float32
+    paths: tuple[Path, ...]
+    letterboxes: tuple[Letterbox, ...]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def default_workers() -> int:
+    # Decoding one COCO image takes ~5 ms; a few threads keep ahead of any CPU inference.
+    return max(2, min(8, os.cpu_count() or 2))
+
+
+def iter_batches(
+    paths: Iterable[Path],
+    batch_size: int = 1,
+    size: int = IMGSZ,
+    workers: int | None = None,
+    on_skip: SkipCallback | None = None,
+) -> Iterator[Batch]:
+    """Decode ``paths`` in a thread pool and yield batches of ``batch_size`` in input order.
+
+    Decoding runs at most a few batches ahead of the consumer (bounded memory). An image that is
+    missing or cannot be decoded is skipped with a logged warning and reported through
+    ``on_skip(path, reason)``; the batch it would have been in is filled from the following
+    images, so every batch but the last has ``batch_size`` images.
+    """
+    if batch_size < 1:
+        raise DataError(f"batch size {batch_size} is not a positive integer; pass 1 or more.")
+    paths = [Path(p) for p in paths]
+    workers = workers or default_workers()
+    ahead = max(2 * workers, 2 * batch_size)  # decoded-but-unconsumed images kept in flight
+
+    def decode(path: Path) -> tuple[np.ndarray, Letterbox] | str:
+        try:
+            return load_image(path, size)
+        except DataError as exc:
+            return str(exc)
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qb-decode")
+    try:
+        pending: deque[tuple[Path, Future]] = deque()
+        next_index = 0
+        images: list[np.ndarray] = []
+        done_paths: list[Path] = []
+        boxes: list[Letterbox] = []
+        while next_index < len(paths) or pending:
+            while next_index < len(paths) and len(pending) < ahead:
+                pending.append((paths[next_index], pool.submit(decode, paths[next_index])))
+                next_index += 1
+            path, future = pending.popleft()
+            result = future.result()
+            if isinstance(result, str):
+                log.warning("skipping %s", result)
+                if on_skip is not None:
+                    on_skip(path, result)
+                continue
+            images.append(result[0])
+            boxes.append(result[1])
+            done_paths.append(path)
+            if len(images) == batch_size:
+                yield Batch(np.stack(images), tuple(done_paths), tuple(boxes))
+                images, done_paths, boxes = [], [], []
+        if images:
+            yield Batch(np.stack(images), tuple(done_paths), tuple(boxes))
+    finally:
+        # A consumer that stops early (break, exception) must not wait for queued decodes.
+        pool.shutdown(wait=True, cancel_futures=True)

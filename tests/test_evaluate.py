@@ -1,0 +1,167 @@
+"""End-to-end evaluation through the ONNX Runtime backend: the accuracy anchor, YOLO11 graphs,
+batching, skipped images and mismatched models."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import quantbench.evaluate as evaluate_module
+from quantbench.backends.base import BuildOptions
+from quantbench.backends.ort import OrtBackend, OrtRunner
+from quantbench.cache import ArtifactCache
+from quantbench.dataset import CocoDataset
+from quantbench.detections import Detections
+from quantbench.errors import BackendError, DataError
+from quantbench.evaluate import evaluate
+from quantbench.metrics import CocoScorer
+
+
+def open_runner(onnx_path: Path, cache: ArtifactCache) -> OrtRunner:
+    backend = OrtBackend(use_cuda=False)
+    return backend.open(backend.build(onnx_path, BuildOptions(), cache))
+
+
+class RecordingScorer(CocoScorer):
+    """The real scorer, also keeping what it was given (to compare detections between runs)."""
+
+    seen: dict[int, Detections]
+
+    def add(self, image_id: int, det: Detections) -> None:
+        self.seen[image_id] = det
+        super().add(image_id, det)
+
+
+def evaluate_recording(monkeypatch, runner, ds, **kwargs):
+    seen: dict[int, Detections] = {}
+    monkeypatch.setattr(evaluate_module, "CocoScorer", type("Rec", (RecordingScorer,), {"seen": seen}))
+    return evaluate(runner, ds, progress=False, **kwargs), seen
+
+
+@pytest.mark.slow
+def test_yolov5n_map_on_100_images(yolov5n_onnx: Path, val500: Path, session_cache: ArtifactCache):
+    """The accuracy anchor, on the first 100 val500 images (ids ascending).
+
+    Measured with this pipeline (letterbox 640, ORT CPU FP32, conf 0.001 / IoU 0.7 / 300 boxes,
+    pycocotools), 2026-11: all 500 images give mAP50-95 0.2438 / mAP50 0.4058, against the
+    independent pycocotools reference 0.2427 / 0.4044 (within its +-0.002); the first 100 images
+    give 0.3022 / 0.4834, asserted here.
+    """
+    ds = CocoDataset.load(val500, limit=100)
+    with open_runner(yolov5n_onnx, session_cache) as runner:
+        result = evaluate(runner, ds, model="yolov5n-coco", variant="fp32", progress=False)
+    assert result.metrics.map50_95 == pytest.approx(0.3022, abs=0.002)
+    assert result.metrics.map50 == pytest.approx(0.4834, abs=0.002)
+    assert result.num_images == 100 and result.skipped_images == ()
+    assert result.dataset == "val500[:100]" and result.backend == "onnxruntime"
+    assert 0 < result.timing.inference_s < result.timing.total_s
+    assert result.timing.images_per_s == pytest.approx(100 / result.timing.total_s)
+
+
+def test_yolo11n_graph_runs_end_to_end(yolo11n_onnx: Path, val500: Path, session_cache: ArtifactCache):
+    """Random weights: the pipeline must run (dynamic batch, padded last batch), mAP ~ 0."""
+    ds = CocoDataset.load(val500, limit=3)
+    with open_runner(yolo11n_onnx, session_cache) as runner:
+        result = evaluate(runner, ds, model="yolo11n", variant="fp32", batch_size=2, untrained=True, progress=False)
+    assert result.num_images == 3 and result.untrained and result.model == "yolo11n"
+    values = [result.metrics.map50_95, result.metrics.map50, result.metrics.map75, result.metrics.ar100]
+    assert all(math.isfinite(v) for v in values)
+    assert all(0 <= v < 0.01 for v in values)
+
+
+def test_batch_size_two_gives_the_same_detections_as_one(
+    yolov5n_onnx: Path, val500: Path, session_cache: ArtifactCache, monkeypatch
+):
+    ds = CocoDataset.load(val500, limit=5)  # batches of 2, 2, then 1 padded to 2
+    with open_runner(yolov5n_onnx, session_cache) as runner:
+        one, seen_one = evaluate_recording(monkeypatch, runner, ds, model="m", variant="v", batch_size=1)
+        two, seen_two = evaluate_recording(monkeypatch, runner, ds, model="m", variant="v", batch_size=2)
+    assert list(seen_one) == list(seen_two) == list(ds.image_ids)
+    for image_id in ds.image_ids:
+        a, b = seen_one[image_id], seen_two[image_id]
+        assert len(a) == len(b) > 0
+        np.testing.assert_array_equal(a.classes, b.classes)
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
+    assert one.metrics.map50_95 == pytest.approx(two.metrics.map50_95, abs=1e-6)
+
+
+def test_corrupt_and_missing_images_are_skipped_and_counted(
+    yolov5n_onnx: Path, val500: Path, session_cache: ArtifactCache, tmp_path: Path
+):
+    (tmp_path / "images").mkdir()
+    for f in CocoDataset.load(val500, limit=5).files:
+        shutil.copy(f, tmp_path / "images")
+    shutil.copy(val500 / "instances.json", tmp_path / "instances.json")
+    ds = CocoDataset.load(tmp_path, limit=5)
+    corrupt, missing = ds.files[1], ds.files[3]
+    corrupt.write_bytes(b"\x00garbage, not a JPEG" * 64)
+    missing.unlink()
+    with open_runner(yolov5n_onnx, session_cache) as runner:
+        result = evaluate(runner, ds, model="yolov5n-coco", variant="fp32", batch_size=2, progress=False)
+    assert result.skipped_images == (str(corrupt), str(missing))
+    assert result.num_images == 3
+    assert 0 < result.metrics.map50_95 <= 1
+
+
+def conv_model(path: Path, out_channels: int, flatten: bool) -> Path:
+    """A tiny real ONNX: a stride-32 conv over the 640 input, [N, C, 400] (or 4-D when not flattened)."""
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.normal(0, 0.01, (out_channels, 3, 32, 32)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["images", "w"], ["conv"], strides=[32, 32])]
+    inits = [weight]
+    if flatten:
+        nodes.append(helper.make_node("Reshape", ["conv", "shape"], ["output0"]))
+        inits.append(numpy_helper.from_array(np.array([0, out_channels, -1], np.int64), "shape"))
+    else:
+        nodes[0].output[0] = "output0"
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 640, 640])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, None)],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def val2(val500: Path) -> CocoDataset:
+    return CocoDataset.load(val500, limit=2)
+
+
+def test_model_with_other_class_count_than_the_dataset(tmp_path: Path, val2: CocoDataset, cache: ArtifactCache):
+    with open_runner(conv_model(tmp_path / "six.onnx", 4 + 2, flatten=True), cache) as runner:
+        with pytest.raises(DataError, match=r"model predicts 2 classes but dataset val500\[:2\] .* has 80 categories"):
+            evaluate(runner, val2, model="tiny", variant="fp32", progress=False)
+
+
+def test_engine_output_that_is_not_a_detection_head(tmp_path: Path, val2: CocoDataset, cache: ArtifactCache):
+    with open_runner(conv_model(tmp_path / "4d.onnx", 84, flatten=False), cache) as runner:
+        with pytest.raises(BackendError, match=r"output of shape \(1, 84, 20, 20\) for a batch of 1"):
+            evaluate(runner, val2, model="tiny", variant="fp32", progress=False)
+
+
+def test_bad_batch_size(val2: CocoDataset, yolov5n_onnx: Path, session_cache: ArtifactCache):
+    with open_runner(yolov5n_onnx, session_cache) as runner:
+        with pytest.raises(DataError, match="batch size 0"):
+            evaluate(runner, val2, model="m", variant="v", batch_size=0, progress=False)
+
+
+def test_every_image_unreadable(tmp_path: Path, val500: Path, yolov5n_onnx: Path, session_cache: ArtifactCache):
+    data = json.loads((val500 / "instances.json").read_text())
+    (tmp_path / "images").mkdir()
+    shutil.copy(val500 / "instances.json", tmp_path / "instances.json")
+    first = min(data["images"], key=lambda im: im["id"])
+    (tmp_path / "images" / first["file_name"]).write_bytes(b"not an image")
+    ds = CocoDataset.load(tmp_path, limit=1)
+    with open_runner(yolov5n_onnx, session_cache) as runner:
+        with pytest.raises(DataError, match="no images of dataset"):
+            evaluate(runner, ds, model="m", variant="v", progress=False)

@@ -1,0 +1,143 @@
+"""Preprocessing must be pixel-identical to Ultralytics' validation path, and robust to bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from quantbench.errors import DataError
+from quantbench.preprocess import IMGSZ, PAD_VALUE, Letterbox, iter_batches, letterbox, load_image
+
+ultralytics = pytest.importorskip("ultralytics", reason="ultralytics is the reference for preprocessing")
+
+
+def ultralytics_validation_image(path: Path, size: int = IMGSZ):
+    """Ultralytics' own code path: BaseDataset.load_image, then LetterBox(scaleup=False).
+
+    Returns the padded HWC BGR image and the validator's ``ratio_pad``.
+    """
+    from ultralytics.data.augment import LetterBox
+    from ultralytics.data.base import BaseDataset
+
+    dataset = SimpleNamespace(  # the attributes load_image reads on an uncached, non-augmenting dataset
+        ims=[None], im_files=[str(path)], npy_files=[Path("/nonexistent/no-cache.npy")], cache=None,
+        cv2_flag=cv2.IMREAD_COLOR, imgsz=size, augment=False, channels=3, prefix="",
+    )
+    im, (h0, w0), (h1, w1) = BaseDataset.load_image(dataset, 0)
+    labels = LetterBox(new_shape=size, scaleup=False)(labels={"img": im, "ratio_pad": (h1 / h0, w1 / w0)})
+    return labels["img"], labels["ratio_pad"]
+
+
+def write_image(path: Path, h: int, w: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    cv2.imwrite(str(path), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    return path
+
+
+@pytest.fixture(scope="module")
+def odd_shaped_images(tmp_path_factory) -> list[Path]:
+    """Enlarged, shrunk, exact-size, portrait, odd-padding and very thin images (lossless PNG)."""
+    root = tmp_path_factory.mktemp("odd")
+    shapes = [(37, 100), (480, 640), (640, 640), (1000, 333), (427, 640), (641, 1283), (3, 900), (900, 1)]
+    return [write_image(root / f"{h}x{w}.png", h, w, seed=i) for i, (h, w) in enumerate(shapes)]
+
+
+def test_letterbox_is_pixel_identical_to_ultralytics_on_val_images(val500: Path):
+    for path in sorted((val500 / "images").glob("*.jpg"))[:6]:
+        expected, _ = ultralytics_validation_image(path)
+        padded, _ = letterbox(cv2.imread(str(path)))
+        assert padded.shape == (IMGSZ, IMGSZ, 3)
+        np.testing.assert_array_equal(padded, expected, err_msg=str(path))
+
+
+def test_letterbox_is_pixel_identical_to_ultralytics_on_odd_shapes(odd_shaped_images: list[Path]):
+    for path in odd_shaped_images:
+        expected, (gains, pads) = ultralytics_validation_image(path)
+        padded, box = letterbox(cv2.imread(str(path)))
+        np.testing.assert_array_equal(padded, expected, err_msg=str(path))
+        # the geometry the validator uses to map boxes back
+        assert (box.resized_h / box.orig_h, box.resized_w / box.orig_w) == pytest.approx(gains, rel=1e-12)
+        assert (box.pad_x, box.pad_y) == pads
+
+
+def test_padding_is_grey_114_and_centred():
+    img = np.zeros((320, 640, 3), np.uint8)  # already 640 wide: only padded, 160 px above and below
+    padded, box = letterbox(img)
+    assert (box.pad_x, box.pad_y, box.gain) == (0.0, 160.0, 1.0)
+    assert (padded[:160] == PAD_VALUE).all() and (padded[480:] == PAD_VALUE).all()
+    assert (padded[160:480] == 0).all()
+
+
+def test_load_image_tensor_matches_ultralytics_normalisation(val500: Path):
+    import torch
+
+    path = sorted((val500 / "images").glob("*.jpg"))[0]
+    tensor, box = load_image(path)
+    padded, _ = ultralytics_validation_image(path)
+    # Ultralytics' validator: HWC BGR -> CHW RGB, then ``img.float() / 255``
+    expected = (torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)[::-1])).float() / 255).numpy()
+    assert tensor.dtype == np.float32 and tensor.shape == (3, IMGSZ, IMGSZ)
+    np.testing.assert_array_equal(tensor, expected)
+    assert (box.orig_h, box.orig_w) == cv2.imread(str(path)).shape[:2]
+
+
+def test_scale_boxes_back_matches_ultralytics_scale_boxes(odd_shaped_images: list[Path]):
+    import torch
+    from ultralytics.utils.ops import scale_boxes
+
+    rng = np.random.default_rng(1)
+    for path in odd_shaped_images:
+        _, ratio_pad = ultralytics_validation_image(path)
+        _, box = letterbox(cv2.imread(str(path)))
+        xy = rng.uniform(-20, IMGSZ + 20, (50, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(0, 200, (50, 2))], axis=1).astype(np.float32)
+        expected = scale_boxes((IMGSZ, IMGSZ), torch.from_numpy(boxes.copy()), (box.orig_h, box.orig_w), ratio_pad)
+        np.testing.assert_allclose(box.scale_boxes_back(boxes), expected.numpy(), rtol=1e-6, atol=1e-4)
+
+
+def test_scale_boxes_back_clips_to_the_original_image():
+    box = Letterbox(gain=0.5, pad_x=0.0, pad_y=80.0, orig_h=960, orig_w=1280, size=640)
+    out = box.scale_boxes_back(np.array([[-10, 0, 700, 600]], np.float32))
+    np.testing.assert_allclose(out, [[0, 0, 1280, 960]])
+    centre = box.scale_boxes_back(np.array([[320, 320, 330, 330]], np.float32))
+    np.testing.assert_allclose(centre, [[640, 480, 660, 500]])
+
+
+def test_load_image_rejects_missing_and_corrupt_files(tmp_path: Path):
+    with pytest.raises(DataError, match="not found"):
+        load_image(tmp_path / "missing.jpg")
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg" * 10)
+    with pytest.raises(DataError, match="cannot decode"):
+        load_image(corrupt)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 4])
+def test_iter_batches_keeps_order_and_skips_bad_files(tmp_path: Path, batch_size: int):
+    good = [write_image(tmp_path / f"img{i}.png", 50 + 10 * i, 80, seed=i) for i in range(6)]
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"garbage" * 100)
+    missing = tmp_path / "missing.jpg"
+    paths = [good[0], corrupt, good[1], good[2], missing, good[3], good[4], good[5]]
+    skipped: list[tuple[Path, str]] = []
+
+    batches = list(iter_batches(paths, batch_size, size=64, workers=3, on_skip=lambda p, r: skipped.append((p, r))))
+
+    assert [p for b in batches for p in b.paths] == good
+    assert [len(b) for b in batches[:-1]] == [batch_size] * (len(batches) - 1)
+    assert [p for p, _ in skipped] == [corrupt, missing]
+    for batch in batches:
+        assert batch.images.shape == (len(batch), 3, 64, 64) and batch.images.dtype == np.float32
+        for image, path, box in zip(batch.images, batch.paths, batch.letterboxes):
+            expected, expected_box = load_image(path, 64)
+            np.testing.assert_array_equal(image, expected)
+            assert box == expected_box
+
+
+def test_iter_batches_rejects_a_non_positive_batch_size(tmp_path: Path):
+    with pytest.raises(DataError, match="batch size 0"):
+        next(iter_batches([tmp_path / "a.jpg"], 0))
