@@ -1,10 +1,11 @@
 """The real bench suite (`pytest bench`), run in subprocesses on a tiny configuration.
 
 yolov5n-coco from QUANTBENCH_ASSETS, 8 evaluation and 8 calibration images, ONNX Runtime on the
-CPU, 3 timed rounds, and a small variant table: fp32, fp16 (the baseline), int8-max (8 max-
-calibration images are far too few: measured here, it loses ~18 mAP points on these 8 images),
-int8-max-explore (the same build, not gated), and int8-per-node, which ModelOpt cannot build for
-this dynamic-batch model ("Incomplete symbolic shape inference") - a real failure, not a mock.
+CPU, 3 timed rounds, and a small variant table: fp32, fp16 (the baseline), int8-extreme ("extreme
+INT8": Q/DQ on Sigmoid, Mul, Concat, ... too; measured here, it scores 0.0 mAP50-95 on these 8
+images, so it must fail the gate), int8-extreme-explore (the same build, not gated), and
+int8-per-node, which ModelOpt cannot build for this dynamic-batch model ("Incomplete symbolic shape
+inference") - a real failure, not a mock.
 
 The expensive runs (each builds variants with ModelOpt and evaluates them) are shared by several
 tests through module-scoped fixtures that run pytest in a subprocess (pytester is function-
@@ -43,18 +44,20 @@ kind = "fp16"
 calib_images = 8
 
 [[variant]]
-name = "int8-max"
+name = "int8-extreme"
 kind = "int8"
 calibration_method = "max"
 calib_images = 8
+op_types_to_quantize = [EXTREME]
 
 [[variant]]
-name = "int8-max-explore"
+name = "int8-extreme-explore"
 kind = "int8"
 calibration_method = "max"
 calib_images = 8
+op_types_to_quantize = [EXTREME]
 gated = false
-description = "int8-max under another name, not gated: same cached build and stored accuracy, an xfail."
+description = "int8-extreme under another name, not gated: same cached build and stored accuracy, an xfail."
 
 [[variant]]
 name = "int8-per-node"
@@ -63,7 +66,10 @@ calibrate_per_node = true
 calib_images = 8
 description = "ModelOpt fails on it for yolov5n-coco (dynamic batch): the failing variant of these tests."
 """
-GOOD = "fp32,fp16,int8-max"
+EXTREME_OPS = ("Conv", "Add", "Mul", "Sigmoid", "Concat", "MaxPool", "Resize", "Sub", "Div", "Reshape",
+               "Transpose", "Split", "Slice", "Pow")
+VARIANTS = VARIANTS.replace("EXTREME", ", ".join(f'"{op}"' for op in EXTREME_OPS))
+BUILDABLE = "fp32,fp16,int8-extreme"
 
 
 @dataclass(frozen=True)
@@ -127,7 +133,7 @@ def serial_runs(tmp_path_factory: pytest.TempPathFactory, assets_dir: Path) -> t
     first = run_suite(root / "first", root / "cache", assets_dir,
                       "--benchmark-json", str(root / "first" / "out" / "benchmark.json"),
                       "--benchmark-storage", str(root / "storage"), "--benchmark-autosave")
-    second = run_suite(root / "second", root / "cache", assets_dir, "--qb-variants", GOOD,
+    second = run_suite(root / "second", root / "cache", assets_dir, "--qb-variants", BUILDABLE,
                        "--benchmark-storage", str(root / "storage"), "--benchmark-compare")
     return first, second
 
@@ -136,8 +142,8 @@ def serial_runs(tmp_path_factory: pytest.TempPathFactory, assets_dir: Path) -> t
 def parallel_runs(tmp_path_factory: pytest.TempPathFactory, assets_dir: Path) -> tuple[SuiteRun, SuiteRun]:
     """`make bench` on an empty cache: builds and accuracy with -n 2, then the serial timed phase."""
     root = tmp_path_factory.mktemp("parallel")
-    build_phase = run_suite(root / "phase1", root / "cache", assets_dir, "--qb-variants", GOOD, "-n", "2", "-m", "accuracy")
-    timed_phase = run_suite(root / "phase2", root / "cache", assets_dir, "--qb-variants", GOOD,
+    build_phase = run_suite(root / "phase1", root / "cache", assets_dir, "--qb-variants", BUILDABLE, "-n", "2", "-m", "accuracy")
+    timed_phase = run_suite(root / "phase2", root / "cache", assets_dir, "--qb-variants", BUILDABLE,
                             "--benchmark-json", str(root / "phase2" / "benchmark.json"))
     return build_phase, timed_phase
 
@@ -158,13 +164,13 @@ def test_benchmark_json_carries_the_quantbench_records(serial_runs):
     first, _ = serial_runs
     data = json.loads((first.workdir / "out" / "benchmark.json").read_text())
     timed = {b["name"]: b for b in data["benchmarks"]}
-    assert set(timed) == {f"test_latency[yolov5n-coco-{v}-b1]" for v in (*GOOD.split(","), "int8-max-explore")}
-    int8 = timed["test_latency[yolov5n-coco-int8-max-b1]"]
+    assert set(timed) == {f"test_latency[yolov5n-coco-{v}-b1]" for v in (*BUILDABLE.split(","), "int8-extreme-explore")}
+    int8 = timed["test_latency[yolov5n-coco-int8-extreme-b1]"]
     info = int8["extra_info"]["quantbench"]
     assert info["latency"]["host"]["rounds"] == 3 == int8["stats"]["rounds"]
     assert info["latency"]["host"]["median_ms"] == pytest.approx(int8["stats"]["median"] * 1e3)
     assert info["latency"]["batch_size"] == 1 and info["latency"]["backend"] == "onnxruntime"
-    assert info["eval"]["num_images"] == 8 and info["eval"]["variant"] == "int8-max"
+    assert info["eval"]["num_images"] == 8 and info["eval"]["variant"] == "int8-extreme"
     assert info["variant_options"]["calibration_method"] == "max"
     assert info["variant_options"]["calib_images"] == 8  # --qb-calib-images caps the table's value
     assert info["build"]["quantized_nodes"] > 0
@@ -176,8 +182,8 @@ def test_benchmark_json_carries_the_quantbench_records(serial_runs):
     from quantbench.selection import records_from_benchmark_json
 
     evals, latencies, options = records_from_benchmark_json([first.workdir / "out" / "benchmark.json"])
-    assert {e.variant for e in evals} == {l.variant for l in latencies} == {*GOOD.split(","), "int8-max-explore"}
-    assert options["int8-max"] == info["variant_options"]
+    assert {e.variant for e in evals} == {l.variant for l in latencies} == {*BUILDABLE.split(","), "int8-extreme-explore"}
+    assert options["int8-extreme"] == info["variant_options"]
 
 
 def test_a_failing_variant_fails_only_its_own_tests(serial_runs):
@@ -188,14 +194,14 @@ def test_a_failing_variant_fails_only_its_own_tests(serial_runs):
     for name in broken:
         assert "QuantizeError: ModelOpt failed to build variant 'int8-per-node' of model yolov5n-coco" in first.message(name)
     assert outcomes["test_accuracy[yolov5n-coco-fp16]"] == outcomes["test_accuracy[yolov5n-coco-fp32]"] == "passed"
-    assert all(outcomes[f"test_latency[yolov5n-coco-{v}-b1]"] == "passed" for v in (*GOOD.split(","), "int8-max-explore"))
+    assert all(outcomes[f"test_latency[yolov5n-coco-{v}-b1]"] == "passed" for v in (*BUILDABLE.split(","), "int8-extreme-explore"))
     assert first.line("variants built").endswith("failed builds: 1 (yolov5n-coco/int8-per-node)")
 
 
 def test_an_accuracy_failure_names_the_measured_drop_and_the_threshold(serial_runs):
     first, _ = serial_runs
-    (map_int8, passed), map_fp16 = first.selection()["int8-max"], first.selection()["fp16"][0]
-    name = "test_accuracy[yolov5n-coco-int8-max]"
+    (map_int8, passed), map_fp16 = first.selection()["int8-extreme"], first.selection()["fp16"][0]
+    name = "test_accuracy[yolov5n-coco-int8-extreme]"
     assert first.outcomes()[name] == "failure" and not passed and map_fp16 - map_int8 > 0.010
     message = first.message(name)
     assert f"mAP50-95 drop {(map_fp16 - map_int8) * 100:.2f} points > 1.00 allowed" in message
@@ -204,23 +210,23 @@ def test_an_accuracy_failure_names_the_measured_drop_and_the_threshold(serial_ru
 
 def test_a_not_gated_variant_missing_the_budget_is_an_expected_failure(serial_runs):
     first, _ = serial_runs
-    name = "test_accuracy[yolov5n-coco-int8-max-explore]"
+    name = "test_accuracy[yolov5n-coco-int8-extreme-explore]"
     assert first.outcomes()[name] == "skipped"  # JUnit's word for xfail
     assert first.message(name).startswith("not gated: mAP50-95 drop")
-    assert first.selection()["int8-max-explore"] == first.selection()["int8-max"]  # same build, same stored mAP
-    assert re.search(r"^int8-max-explore .* fail \(not gated\)", first.output, re.M), first.output
+    assert first.selection()["int8-extreme-explore"] == first.selection()["int8-extreme"]  # same build, same stored mAP
+    assert re.search(r"^int8-extreme-explore .* fail \(not gated\)", first.output, re.M), first.output
 
 
 def test_second_run_builds_nothing_evaluates_nothing_and_compares(serial_runs):
     first, second = serial_runs
     assert first.line("variants built").startswith(
-        "quantbench: variants built by ModelOpt: 2 (yolov5n-coco/fp16, yolov5n-coco/int8-max)")
+        "quantbench: variants built by ModelOpt: 2 (yolov5n-coco/fp16, yolov5n-coco/int8-extreme)")
     assert second.line("variants built").startswith("quantbench: variants built by ModelOpt: 0 (none)")
     assert second.line("evaluations run") == "quantbench: evaluations run: 0 (none); read from the results store: 3"
     assert "Comparing against benchmarks from" in second.output
     assert re.search(r"test_latency\[yolov5n-coco-fp32-b1\] \(0001_", second.output), second.output
     assert re.search(r"test_latency\[yolov5n-coco-fp32-b1\] \(NOW\)", second.output), second.output
-    same = set(GOOD.split(","))  # the same mAPs and verdicts, read back
+    same = set(BUILDABLE.split(","))  # the same mAPs and verdicts, read back
     assert {k: v for k, v in second.selection().items() if k in same} == {
         k: v for k, v in first.selection().items() if k in same}
 
@@ -229,9 +235,9 @@ def test_parallel_phase_builds_and_evaluates_each_artefact_once(parallel_runs):
     build_phase, _ = parallel_runs
     assert "gw0: CPU shared by 2 workers" in build_phase.output
     assert build_phase.line("variants built").startswith(
-        "quantbench: variants built by ModelOpt: 2 (yolov5n-coco/fp16, yolov5n-coco/int8-max);")
+        "quantbench: variants built by ModelOpt: 2 (yolov5n-coco/fp16, yolov5n-coco/int8-extreme);")
     assert build_phase.line("evaluations run").startswith(
-        "quantbench: evaluations run: 3 (yolov5n-coco/fp16, yolov5n-coco/fp32, yolov5n-coco/int8-max);")
+        "quantbench: evaluations run: 3 (yolov5n-coco/fp16, yolov5n-coco/fp32, yolov5n-coco/int8-extreme);")
     assert build_phase.line("latency results") == (
         "quantbench: latency results: none in this run (timed in the serial phase); no selection made here")
     assert not any(name.startswith("test_latency") for name in build_phase.outcomes())  # -m accuracy
@@ -246,7 +252,7 @@ def test_serial_phase_after_the_parallel_one_reuses_everything_and_matches_the_s
     # Same mAPs (computed by the workers) and the same verdicts. The winner is left out: fp32 and
     # fp16 run within a few % of each other on ONNX Runtime's CPU provider, so which of the two
     # passing variants is faster is down to the load on the machine at that moment.
-    same = set(GOOD.split(","))
+    same = set(BUILDABLE.split(","))
     assert {k: v for k, v in timed_phase.selection().items() if k in same} == {
         k: v for k, v in first.selection().items() if k in same}
     assert timed_phase.selection()["winner"] in ("fp32", "fp16")

@@ -43,6 +43,10 @@ def test_options_hold_only_what_shapes_the_build():
     assert Variant(name="f", kind=VariantKind.FP32).options() == {"kind": "fp32"}
     assert a.options()["passes"] is None  # ModelOpt's default passes
     assert Variant(name="p", kind=VariantKind.INT8, passes=()).options()["passes"] == []
+    # op_types_to_quantize came later: unset, it stays out of the options (and earlier cache keys).
+    assert "op_types_to_quantize" not in a.options()
+    only_conv = Variant(name="c", kind=VariantKind.INT8, calibration_method="entropy", op_types_to_quantize=("Conv",))
+    assert only_conv.options()["op_types_to_quantize"] == ["Conv"] and only_conv.options() != a.options()
 
 
 def test_full_int8_table_round_trips(tmp_path: Path):
@@ -102,6 +106,10 @@ BAD_TABLES = {
     "int8-only key on fp16": (
         '[[variant]]\nname = "v"\nkind = "fp16"\ncalibration_method = "max"\n',
         r"variant 'v', key 'calibration_method': does not apply to kind 'fp16'",
+    ),
+    "unknown op type to quantize": (
+        '[[variant]]\nname = "v"\nkind = "int8"\nop_types_to_quantize = ["Conv", "Sigmod"]\n',
+        r"variant 'v', key 'op_types_to_quantize': 'Sigmod' is not an ONNX operator",
     ),
     "bad count": (
         '[[variant]]\nname = "v"\nkind = "int8"\ncalib_images = 0\n',

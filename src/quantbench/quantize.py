@@ -196,6 +196,7 @@ def _run_int8(src: Path, out: Path, model: ModelInfo, variant: Variant, data: np
         calibration_shapes=f"{model.input_name}:{model.batch or 1}x3x{model.input_size}x{model.input_size}",
         calibration_eps=list(CALIBRATION_EPS),
         op_types_to_exclude=list(variant.op_types_to_exclude) or None,
+        op_types_to_quantize=list(variant.op_types_to_quantize) or None,
         nodes_to_exclude=[exact_name_pattern(n) for n in excluded] or None,
         high_precision_dtype=variant.high_precision_dtype,
         calibrate_per_node=variant.calibrate_per_node,

@@ -15,6 +15,7 @@ File layout: one ``[[variant]]`` table per variant, in the order they are report
     calibration_method = "entropy"   # int8: max | entropy
     calib_images = 128               # fp16, int8: calibration images (fp16: AutoCast's range check)
     op_types_to_exclude = ["Concat"] # fp16, int8: ONNX op types kept out of the low precision
+    op_types_to_quantize = ["Conv"]  # int8: only these op types get Q/DQ (ModelOpt's default set if omitted)
     nodes_to_exclude = ["/model\\.0/.*"]  # fp16, int8: node-name regexes kept out
     exclude_head = true              # fp16, int8: the detection head's output convs (+ DFL) kept out
     high_precision_dtype = "fp16"    # int8: precision of everything not in INT8 (fp32 | fp16 | bf16)
@@ -59,6 +60,7 @@ class Variant:
     calibration_method: str = "max"
     calib_images: int = 128
     op_types_to_exclude: tuple[str, ...] = ()
+    op_types_to_quantize: tuple[str, ...] = ()  # empty: ModelOpt's default set
     nodes_to_exclude: tuple[str, ...] = ()  # node-name regexes
     exclude_head: bool = False  # detection-head output convs (+ DFL) kept out of INT8
     high_precision_dtype: str = "fp16"
@@ -87,6 +89,8 @@ class Variant:
         out: dict[str, Any] = {"kind": self.kind.value}
         for key in applicable:
             value = getattr(self, key)
+            if key in _OMIT_WHEN_EMPTY and not value:
+                continue
             out[key] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -96,10 +100,13 @@ _KIND_OPTIONS: dict[VariantKind, tuple[str, ...]] = {
     VariantKind.FP32: (),
     VariantKind.FP16: ("calib_images", "op_types_to_exclude", "nodes_to_exclude", "exclude_head"),
     VariantKind.INT8: (
-        "calibration_method", "calib_images", "op_types_to_exclude", "nodes_to_exclude",
+        "calibration_method", "calib_images", "op_types_to_exclude", "op_types_to_quantize", "nodes_to_exclude",
         "exclude_head", "high_precision_dtype", "calibrate_per_node", "passes",
     ),
 }
+# Options added after the first release: left out of options() while unset, so that adding
+# them kept every earlier cache key (and its ModelOpt build) valid.
+_OMIT_WHEN_EMPTY = ("op_types_to_quantize",)
 _COMMON_KEYS = ("name", "kind", "gated", "description")
 _ALL_KEYS = tuple(f.name for f in fields(Variant))
 
@@ -196,6 +203,7 @@ class _TableReader:
             "calibration_method": lambda k: self.string(k, CALIBRATION_METHODS),
             "calib_images": self.positive_int,
             "op_types_to_exclude": self.op_types,
+            "op_types_to_quantize": self.op_types,
             "nodes_to_exclude": self.regexes,
             "exclude_head": self.boolean,
             "high_precision_dtype": lambda k: self.string(k, HIGH_PRECISION_DTYPES),
