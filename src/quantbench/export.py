@@ -156,8 +156,6 @@ def _class_names(path: Path, meta: dict[str, str], num_classes: int) -> tuple[st
 
 def _infer_output_dims(model: onnx.ModelProto, size: int, path: Path) -> list[int | str | None]:
     """The output's dims with the input side fixed to ``size`` (batch stays symbolic)."""
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     dims = _graph_inputs(probe)[0].type.tensor_type.shape.dim
@@ -165,6 +163,16 @@ def _infer_output_dims(model: onnx.ModelProto, size: int, path: Path) -> list[in
     dims[2].dim_value = size
     dims[3].Clear()
     dims[3].dim_value = size
+    # ONNX's own inference with data propagation settles YOLO heads in a fraction of a second;
+    # ONNX Runtime's symbolic inference (which imports torch: ~6 s) is the fallback.
+    try:
+        quick = _dims(onnx.shape_inference.infer_shapes(probe, data_prop=True).graph.output[0])
+        if len(quick) == 3 and isinstance(quick[1], int) and isinstance(quick[2], int):
+            return quick
+    except Exception:  # onnx's checker raises on exotic graphs: leave them to the fallback
+        pass
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
     try:
         inferred = SymbolicShapeInference.infer_shapes(probe, auto_merge=True)
     except Exception as exc:  # its failures are asserts and KeyErrors deep in per-op handlers
