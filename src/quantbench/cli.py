@@ -7,6 +7,7 @@ what they return. User errors (`QuantbenchError`) end in one line on stderr and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shlex
@@ -32,6 +33,11 @@ def _positive_int(text: str) -> int:
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
     return tuple(_positive_int(part) for part in text.split(",") if part.strip())
+
+
+def _emit(args: argparse.Namespace, text: str) -> None:
+    """A result line for the user (stdout), apart from the libraries' chatter (stderr)."""
+    print(text, file=args.out, flush=True)
 
 
 def _cache(args: argparse.Namespace):
@@ -84,7 +90,7 @@ def _variant_onnx(args: argparse.Namespace):
 
 def cmd_export(args: argparse.Namespace) -> int:
     model = _model(args)
-    print(json.dumps({"name": model.name, "onnx": str(model.path), "sha256": model.sha256,
+    _emit(args, json.dumps({"name": model.name, "onnx": str(model.path), "sha256": model.sha256,
                       "classes": model.num_classes, "anchors": model.num_anchors,
                       "batch": model.batch, "untrained": model.untrained}, indent=2))
     return 0
@@ -92,7 +98,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     calib = _calibration(args, args.calib_images or 128)
-    print(json.dumps({"npy": str(calib.path), "sha256": calib.sha256, "images": calib.num_images,
+    _emit(args, json.dumps({"npy": str(calib.path), "sha256": calib.sha256, "images": calib.num_images,
                       "seed": calib.seed}, indent=2))
     return 0
 
@@ -101,7 +107,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from .records import to_dict
 
     _, build = _variant_onnx(args)
-    print(json.dumps(to_dict(build), indent=2))
+    _emit(args, json.dumps(to_dict(build), indent=2))
     return 0
 
 
@@ -130,11 +136,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         atomic_write_json(args.json, data)
     m, t = result.metrics, result.timing
     note = "  (untrained model: random weights, this mAP means nothing)" if result.untrained else ""
-    print(f"{result.model} {result.variant} on {result.backend}: mAP50-95 {m.map50_95:.4f}  "
+    _emit(args, f"{result.model} {result.variant} on {result.backend}: mAP50-95 {m.map50_95:.4f}  "
           f"mAP50 {m.map50:.4f}  over {result.num_images} images{note}")
     if result.skipped_images:
-        print(f"skipped {len(result.skipped_images)} unreadable images: {', '.join(result.skipped_images[:5])}")
-    print(f"inference {t.inference_s:.2f} s, total {t.total_s:.2f} s ({t.images_per_s:.1f} images/s)")
+        _emit(args, f"skipped {len(result.skipped_images)} unreadable images: {', '.join(result.skipped_images[:5])}")
+    _emit(args, f"inference {t.inference_s:.2f} s, total {t.total_s:.2f} s ({t.images_per_s:.1f} images/s)")
     return 0
 
 
@@ -148,39 +154,65 @@ def cmd_select(args: argparse.Namespace) -> int:
     selections = select(evals, latencies, thresholds, reference_batch=args.reference_batch,
                         variant_options=options)
     for selection in selections:
-        print(format_selection_table(selection))
+        _emit(args, format_selection_table(selection))
     if args.report_dir:
         paths = write_report(selections, Path(args.report_dir),
                              rebuild_command=shlex.join(["quantbench", *args.argv]))
-        print("wrote " + ", ".join(str(p) for p in paths.values()))
+        _emit(args, "wrote " + ", ".join(str(p) for p in paths.values()))
     return 0 if all(s.winner for s in selections) else 1
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     from .sensitivity import run_sensitivity
 
-    report = run_sensitivity(**_stage_kwargs(args))
-    print(report.summary() if hasattr(report, "summary") else report)
+    report = run_sensitivity(**_stage_kwargs(args), calibration_method=args.calibration_method,
+                             calib_images=args.calib_images, probe_images=args.probe_images,
+                             top_k=args.top_k, progress=not args.quiet)
+    _emit(args, f"{report.num_groups} quantized layer groups of {report.model}, most sensitive first:")
+    for group in report.groups[:10]:
+        _emit(args, f"  {group.name}")
+    _emit(args, "wrote " + ", ".join(report.files.values()))
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from .search import run_search
 
-    result = run_search(**_stage_kwargs(args), budget=args.budget)
-    print(result.summary() if hasattr(result, "summary") else result)
-    return 0
+    result = run_search(**_stage_kwargs(args), budget=args.budget, thresholds=Path(args.thresholds),
+                        calibration_method=args.calibration_method, calib_images=args.calib_images,
+                        probe_images=args.probe_images, top_k=args.top_k, variant_name=args.variant_name,
+                        min_int8_flop_share=args.min_int8_flop_share, progress=not args.quiet)
+    o = result.outcome
+    verdict = "within" if o.met_budget else "NOT within"
+    _emit(args, f"{result.variant_name}: {len(o.excluded)} layer groups kept out of INT8, "
+          f"{100 * o.int8_flop_share:.1f} % of linear-op FLOPs INT8; {verdict} the budget on {result.probe}.")
+    _emit(args, result.variant_toml)
+    _emit(args, "wrote " + ", ".join(result.files.values()))
+    return 0 if o.met_budget else 1
 
 
 def _stage_kwargs(args: argparse.Namespace) -> dict:
     from .assets import default_calib_data
 
-    model = _model(args)
+    calib = Path(args.calib_data) if args.calib_data else default_calib_data()
     return {
-        "model_onnx": model.path,
-        "calib_folder": Path(args.calib_data) if args.calib_data else default_calib_data(),
+        "model": _model(args).path,
+        "calib_folder": calib,
+        "probe_folder": Path(args.probe_data) if args.probe_data else calib,
         "out_dir": Path(args.out_dir),
+        "cache": _cache(args),
     }
+
+
+def _split_opts(p: argparse.ArgumentParser, out_dir: str) -> None:
+    p.add_argument("--calib-data", help="calibration images (default: calib500 or a COCO subset)")
+    p.add_argument("--probe-data", help="COCO folder for probe mAP, disjoint from the evaluation data "
+                   "(default: the calibration folder; its calibration images are left out of the probe)")
+    p.add_argument("--calibration-method", default="entropy", choices=("max", "entropy"))
+    p.add_argument("--calib-images", type=_positive_int, default=128)
+    p.add_argument("--probe-images", type=_positive_int, default=200)
+    p.add_argument("--top-k", type=_positive_int, default=12, help="groups whose probe mAP is measured")
+    p.add_argument("--out-dir", default=out_dir)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -237,17 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-dir", help="also write report.md, selection.json and pareto.png here")
     p.set_defaults(handler=cmd_select)
 
-    p = sub.add_parser("sensitivity", help="per-layer INT8 sensitivity report")
+    p = sub.add_parser("sensitivity", help="per-layer INT8 sensitivity report (Markdown, CSV, PNG)")
     _common(p)
-    p.add_argument("--calib-data")
-    p.add_argument("--out-dir", default="reports/sensitivity")
+    _split_opts(p, "reports/sensitivity")
     p.set_defaults(handler=cmd_sensitivity)
 
-    p = sub.add_parser("search", help="find the FP16/INT8 split that fits the mAP budget")
+    p = sub.add_parser("search", help="find the FP16/INT8 split that fits the mAP budget (resumable)")
     _common(p)
-    p.add_argument("--calib-data")
-    p.add_argument("--out-dir", default="reports/search")
-    p.add_argument("--budget", type=float, help="max mAP50-95 drop (default: thresholds.toml)")
+    _split_opts(p, "reports/search")
+    p.add_argument("--budget", type=float, help="max mAP50-95 drop vs FP32 as a fraction (default: thresholds.toml)")
+    p.add_argument("--thresholds", default="thresholds.toml")
+    p.add_argument("--variant-name", default="int8-auto")
+    p.add_argument("--min-int8-flop-share", type=float, default=0.85,
+                   help="keep at least this share of linear-op FLOPs in INT8 (default 0.85)")
     p.set_defaults(handler=cmd_search)
     return parser
 
@@ -257,8 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    args.out = sys.stdout
     try:
-        return args.handler(args)
+        # Results are printed to args.out; what ModelOpt, ONNX Runtime and Ultralytics print while
+        # working goes to stderr, so `quantbench quantize ... | jq` reads clean JSON.
+        with contextlib.redirect_stdout(sys.stderr):
+            return args.handler(args)
     except QuantbenchError as exc:
         print(f"quantbench: error: {exc}", file=sys.stderr)
         return 2
