@@ -1,0 +1,576 @@
+"""Accuracy-budgeted FP16/INT8 split: keep as much as possible in INT8 within a probe-score budget.
+
+Starting from the full INT8 graph, `search_split` takes layer groups out of INT8 (into the
+variant's high precision) in order of INT8 error removed per cost (`search_order`), and finds
+the shortest such prefix whose probe score (mAP50-95 on a split disjoint from the evaluation
+data) is within ``budget`` of the reference (FP32) score: by bisection (few probe runs) or one
+group at a time (a full accuracy curve). A floor on the INT8 share of FLOPs can cap what leaves
+INT8. Then it tries to give each excluded linear group back to INT8, the costliest first, keeping
+every return that stays within budget. Each trial is a graph derived from the one calibrated INT8
+ONNX (`qdq_graph`), so the search never re-calibrates; the result is confirmed on a real ModelOpt
+build with the found ``nodes_to_exclude`` (``verify``), and more groups are taken out if that
+build misses.
+
+Cost of a split: the groups kept out of INT8, each weighted by its FLOPs (`FlopCost`). The cost
+model is a protocol so that measured TensorRT per-layer latency can replace FLOPs later.
+
+Every trial is appended to a state file (atomically) before the next starts: a killed search,
+run again with the same inputs, replays the recorded trials and continues from the last one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import io
+import json
+import logging
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from tqdm import tqdm
+
+from .cache import atomic_write_bytes, atomic_write_json, atomic_write_text, hash_key
+from .errors import ConfigError, QuantbenchError
+from .qdq_graph import LayerGroup, QdqModel
+from .sensitivity import GraphMeter, SensitivityReport, error_power
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "search_state.json"
+_STATE_VERSION = 1
+
+
+class SearchStateError(QuantbenchError):
+    """A saved search state does not match the search being resumed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost
+
+
+class CostModel(Protocol):
+    """What keeping one group out of INT8 costs (higher is worse); only ratios matter."""
+
+    name: str
+
+    def cost(self, group: LayerGroup) -> float: ...
+
+
+@dataclass(frozen=True)
+class FlopCost:
+    """One layer, plus its FLOPs in units of the model's mean linear layer (a conv of average size costs 2)."""
+
+    mean_linear_flops: float
+    name: str = "flops"
+
+    @classmethod
+    def for_model(cls, qdq: QdqModel) -> FlopCost:
+        linear = [g.flops for g in qdq.groups if g.is_linear]
+        return cls(mean_linear_flops=max(1.0, sum(linear) / max(1, len(linear))))
+
+    def cost(self, group: LayerGroup) -> float:
+        return 1.0 + (group.flops / self.mean_linear_flops if group.is_linear else 0.0)
+
+
+def search_order(report: SensitivityReport, qdq: QdqModel, cost: CostModel) -> tuple[str, ...]:
+    """Groups in the order the search takes them out of INT8: most INT8 error removed per cost first.
+
+    A group's lone INT8 error (its ``error_share``) is what excluding it removes, because the
+    groups' errors add up (see `sensitivity.layer_sensitivity`); ties go by the whole-output error.
+    """
+    rows = report.by_name()
+
+    def key(name: str) -> tuple[float, float]:
+        c = cost.cost(qdq.group(name))
+        return (-rows[name].error_share / c, -error_power(rows[name].only.sqnr_db) / c)
+
+    return tuple(sorted(report.ranking, key=key))
+
+
+# ---------------------------------------------------------------------------------------------
+# Trace and result
+
+
+class Strategy(str, enum.Enum):
+    BISECT = "bisect"  # the shortest prefix of the order within budget, by bisection (few probe runs)
+    GREEDY = "greedy"  # one more group at a time until within budget (a full accuracy curve)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    budget: float  # largest allowed drop of the probe score below the reference score
+    strategy: Strategy = Strategy.BISECT
+    min_int8_flop_share: float = 0.0  # never take out a group that would leave less INT8 than this
+    max_steps: int = 40  # probe evaluations, all phases together (the start point included)
+    trim: bool = True  # after meeting the budget, give linear groups back to INT8 where the budget allows
+    # Only groups worth a probe run are given back: each trial is one more draw of the probe's noise
+    # (about +-0.3 mAP points on a few hundred COCO images), which a 0.6 % conv cannot repay.
+    trim_min_flop_share: float = 0.02
+    max_verify: int = 3  # real builds tried; each miss takes one more group out of INT8
+
+    def __post_init__(self) -> None:
+        if not (self.budget >= 0):  # also refuses NaN
+            raise ConfigError(f"search budget {self.budget!r} must be a non-negative score drop, e.g. 0.003.")
+        for name in ("min_int8_flop_share", "trim_min_flop_share"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name}={value!r} is not a fraction between 0 and 1; pass e.g. 0.85 for 85 %.")
+        if self.max_steps < 1 or self.max_verify < 0:
+            raise ConfigError(
+                f"max_steps={self.max_steps}, max_verify={self.max_verify}: give at least 1 step and 0 or more "
+                "verifies."
+            )
+        try:
+            object.__setattr__(self, "strategy", Strategy(self.strategy))
+        except ValueError:
+            raise ConfigError(
+                f"search strategy {self.strategy!r} is not one of {', '.join(s.value for s in Strategy)}."
+            ) from None
+
+
+@dataclass(frozen=True)
+class SearchStep:
+    """One trial of the search: a split and its probe score."""
+
+    step: int
+    action: str  # start | add (greedy) | prefix (bisection) | trim | verify
+    group: str | None  # the group taken out (add, prefix: the prefix's last) or given back (trim)
+    excluded: tuple[str, ...]  # groups out of INT8 in this trial
+    score: float
+    drop: float  # reference score - score
+    int8_flop_share: float
+    fp16_groups: int  # len(excluded)
+    within_budget: bool
+    accepted: bool  # the search moved to this split
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    reference_score: float
+    budget: float
+    excluded: tuple[str, ...]  # graph order
+    score: float  # probe score of the simulated split
+    verified_score: float | None  # probe score of the real build, where verified
+    met_budget: bool  # the final split (the real build where verified) is within budget
+    int8_flop_share: float
+    steps: tuple[SearchStep, ...]
+
+
+class _Ledger:
+    """The recorded trials: replayed first on a resumed search, appended and saved after each new one."""
+
+    def __init__(self, path: Path | None, header: dict[str, Any]):
+        self.path, self.header = path, header
+        self.steps: list[SearchStep] = []
+        self.recorded: list[SearchStep] = []
+        if path is not None and path.exists():
+            saved = json.loads(path.read_text())
+            if saved.get("version") == _STATE_VERSION and saved.get("header") == header:
+                self.recorded = [SearchStep(**{**s, "excluded": tuple(s["excluded"])}) for s in saved["steps"]]
+                log.info("resuming the search in %s after %d recorded trials", path, len(self.recorded))
+            else:
+                log.info("%s belongs to another search (different inputs): starting over", path)
+
+    @property
+    def replaying(self) -> bool:
+        return len(self.steps) < len(self.recorded)
+
+    def trial(self, action: str, group: str | None, excluded: Sequence[str], score_fn: Callable[[], float],
+              make: Callable[[int, float], SearchStep]) -> SearchStep:
+        index = len(self.steps)
+        if index < len(self.recorded):
+            step = self.recorded[index]
+            if (step.action, step.group, step.excluded) != (action, group, tuple(excluded)):
+                raise SearchStateError(
+                    f"{self.path}: trial {index} was {step.action} {step.group!r} but this run reached "
+                    f"{action} {group!r}; delete {self.path} to start the search over."
+                )
+        else:
+            step = make(index, float(score_fn()))
+        self.steps.append(step)
+        if index >= len(self.recorded) and self.path is not None:
+            atomic_write_json(self.path, {"version": _STATE_VERSION, "header": self.header,
+                                          "steps": [dataclasses.asdict(s) for s in self.steps]})
+        return step
+
+
+def within_floor(qdq: QdqModel, order: Sequence[str], min_int8_flop_share: float) -> list[str]:
+    """The groups of ``order``, in order, that can all leave INT8 without the share going below the floor."""
+    taken: list[str] = []
+    for name in order:
+        if qdq.int8_flop_share([*taken, name]) >= min_int8_flop_share - 1e-12:
+            taken.append(name)
+    return taken
+
+
+def search_split(
+    meter: GraphMeter,
+    order: Sequence[str],
+    *,
+    reference_score: float,
+    config: SearchConfig,
+    cost: CostModel | None = None,
+    verify: Callable[[tuple[str, ...]], float] | None = None,
+    state_path: Path | None = None,
+    progress: bool = True,
+) -> SearchOutcome:
+    """Find the cheapest split within ``config.budget`` of ``reference_score``, taking groups in ``order``.
+
+    Forward phase (``config.strategy``): the shortest prefix of ``order`` (less any group that
+    would break ``config.min_int8_flop_share``) whose probe score is within budget. Trim phase:
+    each linear group of that prefix with at least ``config.trim_min_flop_share`` of the FLOPs,
+    the costliest first, is given back to INT8 if the budget still holds. ``verify(excluded)`` builds the split for real and returns its probe score; a
+    miss takes the next group out and builds again. ``state_path`` makes the search resumable.
+    """
+    qdq = meter.qdq
+    qdq.check_names(order)
+    sequence = within_floor(qdq, list(dict.fromkeys(order)), config.min_int8_flop_share)
+    cost = cost or FlopCost.for_model(qdq)
+    all_groups = frozenset(qdq.group_names)
+    header = {"qdq": meter.qdq_hash, "probe": meter.probe.fingerprint() if meter.probe else None,
+              "order": sequence, "reference": reference_score,
+              "config": {**dataclasses.asdict(config), "strategy": config.strategy.value},
+              "cost": cost.name, "verify": verify is not None}
+    ledger = _Ledger(state_path, header)
+    bar = tqdm(total=config.max_steps, desc="search", unit="trial", disable=not progress)
+
+    def graph_order(names: Collection[str]) -> tuple[str, ...]:
+        chosen = set(names)
+        return tuple(n for n in qdq.group_names if n in chosen)
+
+    def budget_left() -> bool:
+        return len(ledger.steps) < config.max_steps
+
+    def run(action: str, group: str | None, excluded: Sequence[str], score_fn: Callable[[], float] | None = None
+            ) -> SearchStep:
+        excluded = graph_order(excluded)
+        if score_fn is None:
+            score_fn = lambda: meter.probe_score(all_groups - set(excluded))  # noqa: E731
+
+        def make(index: int, score: float) -> SearchStep:
+            drop = reference_score - score
+            return SearchStep(step=index, action=action, group=group, excluded=excluded, score=score, drop=drop,
+                              int8_flop_share=qdq.int8_flop_share(excluded), fp16_groups=len(excluded),
+                              within_budget=drop <= config.budget + 1e-12, accepted=False)
+
+        step = ledger.trial(action, group, excluded, score_fn, make)
+        bar.update()
+        bar.set_postfix_str(f"{action} drop={step.drop:+.4f} int8={100 * step.int8_flop_share:.1f}%", refresh=False)
+        return step
+
+    accepted: list[SearchStep] = []
+    with bar:
+        current = run("start", None, ())
+        accepted.append(current)
+        taken = 0  # length of the prefix of ``sequence`` now out of INT8
+        if not current.within_budget and sequence:
+            if config.strategy is Strategy.GREEDY:
+                while not current.within_budget and taken < len(sequence) and budget_left():
+                    taken += 1
+                    current = run("add", sequence[taken - 1], sequence[:taken])
+                    accepted.append(current)
+            elif budget_left():
+                # Bisection on the prefix length, assuming more groups out never scores worse.
+                failing, passing = 0, len(sequence)
+                top = run("prefix", sequence[-1], sequence)
+                if top.within_budget:
+                    best = top
+                    while passing - failing > 1 and budget_left():
+                        mid = (failing + passing) // 2
+                        step = run("prefix", sequence[mid - 1], sequence[:mid])
+                        if step.within_budget:
+                            passing, best = mid, step
+                        else:
+                            failing = mid
+                    taken, current = passing, best
+                else:
+                    taken, current = len(sequence), top  # out of reach: report the best effort
+                accepted.append(current)
+        excluded = list(sequence[:taken])
+        pending = list(sequence[taken:])
+
+        if current.within_budget and config.trim:
+            total = qdq.linear_flops_total or 1
+            worth = [n for n in excluded
+                     if qdq.group(n).is_linear and qdq.group(n).flops / total >= config.trim_min_flop_share]
+            for group in sorted(worth, key=lambda n: -cost.cost(qdq.group(n))):
+                if not budget_left():
+                    break
+                trial = [n for n in excluded if n != group]
+                step = run("trim", group, trial)
+                if step.within_budget:
+                    excluded, current = trial, step
+                    accepted.append(step)
+
+        verified = None
+        if verify is not None and current.within_budget:
+            for _ in range(config.max_verify):
+                frozen = graph_order(excluded)
+                check = run("verify", None, frozen, lambda: verify(frozen))
+                verified = check.score
+                if check.within_budget or not pending or not budget_left():
+                    break
+                group = pending.pop(0)  # the real build missed: one more group out, then build again
+                excluded.append(group)
+                current = run("add", group, excluded)
+                accepted.append(current)
+
+    accepted_ids = {s.step for s in accepted}
+    steps = tuple(dataclasses.replace(s, accepted=s.step in accepted_ids) for s in ledger.steps)
+    final_excluded = graph_order(excluded)
+    final_score = verified if verified is not None else current.score
+    return SearchOutcome(
+        reference_score=reference_score, budget=config.budget, excluded=final_excluded, score=current.score,
+        verified_score=verified,
+        met_budget=current.within_budget and reference_score - final_score <= config.budget + 1e-12,
+        int8_flop_share=qdq.int8_flop_share(final_excluded), steps=steps,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The variant entry and the report
+
+
+def variant_toml(variant: Any) -> str:
+    """One ``[[variant]]`` table for bench/variants.toml from a `variants.Variant`."""
+    lines = ["[[variant]]", f"name = {json.dumps(variant.name)}"]
+    for key, value in variant.options().items():
+        if value is None:
+            continue  # the default, which TOML cannot spell
+        if isinstance(value, list):
+            if not value:
+                lines.append(f"{key} = []")
+                continue
+            lines.append(f"{key} = [")
+            lines += [f"  {json.dumps(v)}," for v in value]  # JSON string escapes are valid TOML
+            lines.append("]")
+        elif isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")
+    if not variant.gated:
+        lines.append("gated = false")
+    if variant.description:
+        lines.append(f"description = {json.dumps(variant.description)}")
+    return "\n".join(lines) + "\n"
+
+
+def excluded_patterns(excluded: Sequence[str]) -> tuple[str, ...]:
+    """ModelOpt ``nodes_to_exclude`` patterns that match exactly these node names."""
+    from .quantize import exact_name_pattern
+
+    return tuple(exact_name_pattern(n) for n in excluded)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    model: str
+    variant_name: str
+    outcome: SearchOutcome
+    variant_toml: str
+    probe: str
+    cost_model: str
+    files: dict[str, str] = field(default_factory=dict)
+    build: Any = None  # records.VariantBuild of the verified variant, where built
+
+
+def search_markdown(result: SearchResult, qdq: QdqModel) -> str:
+    o = result.outcome
+    verdict = "met" if o.met_budget else "NOT met"
+    lines = [
+        f"# FP16/INT8 split search for {result.model}",
+        "",
+        f"- Probe: {result.probe}; reference (FP32) score {o.reference_score:.4f}, budget: drop <= {o.budget:.4f}",
+        f"- Result: {len(o.excluded)} of {len(qdq.groups)} layer groups kept out of INT8; "
+        f"INT8 share of linear-op FLOPs {100 * o.int8_flop_share:.1f} %; "
+        f"simulated probe score {o.score:.4f} (drop {o.reference_score - o.score:+.4f})"
+        + (f"; real build {o.verified_score:.4f} (drop {o.reference_score - o.verified_score:+.4f})"
+           if o.verified_score is not None else "")
+        + f"; budget {verdict}.",
+        f"- Cost model: {result.cost_model}",
+        "",
+        "## Variant entry (for bench/variants.toml)",
+        "",
+        "```toml",
+        result.variant_toml.rstrip(),
+        "```",
+        "",
+        "## Trace",
+        "",
+        "| step | action | group | FP16 groups | INT8 FLOP % | probe score | drop | within budget | accepted |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for s in o.steps:
+        lines.append(
+            f"| {s.step} | {s.action} | {'' if s.group is None else f'`{s.group}`'} | {s.fp16_groups} | "
+            f"{100 * s.int8_flop_share:.1f} | {s.score:.4f} | {s.drop:+.4f} | {'yes' if s.within_budget else 'no'} | "
+            f"{'yes' if s.accepted else ''} |"
+        )
+    lines += ["", "## Groups kept out of INT8", ""]
+    lines += [f"- `{n}` ({qdq.group(n).op_type}, {qdq.group(n).flops / 1e9:.3f} GFLOPs)" for n in o.excluded]
+    return "\n".join(lines) + "\n"
+
+
+def search_curve(result: SearchResult, path: Path) -> Path:
+    """Probe score against the number of groups out of INT8, every trial marked, budget line drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    o = result.outcome
+    fig, ax = plt.subplots(figsize=(8, 5))
+    forward = sorted((s for s in o.steps if s.action in ("start", "add", "prefix")), key=lambda s: s.fp16_groups)
+    ax.plot([s.fp16_groups for s in forward], [s.score for s in forward], "o-", color="tab:blue",
+            label="taking groups out of INT8, in search order")
+    for action, marker, color in (("trim", "s", "tab:orange"), ("verify", "*", "tab:red")):
+        pts = [s for s in o.steps if s.action == action]
+        if pts:
+            label = "giving a group back to INT8" if action == "trim" else "real ModelOpt build"
+            ax.scatter([s.fp16_groups for s in pts], [s.score for s in pts], marker=marker, s=70, color=color,
+                       label=label, zorder=3)
+    ax.axhline(o.reference_score, color="black", lw=1, label="reference (FP32)")
+    ax.axhline(o.reference_score - o.budget, color="tab:green", ls="--", lw=1, label="budget")
+    for s in forward:
+        ax.annotate(f"{100 * s.int8_flop_share:.0f}%", (s.fp16_groups, s.score), textcoords="offset points",
+                    xytext=(0, 6), ha="center", fontsize=7)
+    ax.set_xlabel("layer groups kept out of INT8 (labels: INT8 share of FLOPs)")
+    ax.set_ylabel(result.probe)
+    ax.set_title(f"{result.model}: probe score vs layers out of INT8")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def write_search(result: SearchResult, qdq: QdqModel, out_dir: Path) -> SearchResult:
+    """Write search.md, search_curve.png and <variant>.toml; the result with their paths."""
+    out_dir = Path(out_dir)
+    files = {
+        "markdown": atomic_write_text(out_dir / "search.md", search_markdown(result, qdq)),
+        "curve": search_curve(result, out_dir / "search_curve.png"),
+        "variant": atomic_write_text(out_dir / f"{result.variant_name}.toml", result.variant_toml),
+    }
+    return dataclasses.replace(result, files={k: str(v) for k, v in files.items()})
+
+
+def trace_key(outcome: SearchOutcome) -> str:
+    """A short id of a search's path (tests compare resumed and uninterrupted runs with it)."""
+    return hash_key([(s.action, s.group, s.excluded, round(s.score, 9)) for s in outcome.steps])
+
+
+# ---------------------------------------------------------------------------------------------
+# Library entry point (what `quantbench search` calls)
+
+
+def budget_from_thresholds(path: Path, model: str) -> float:
+    """``max_abs_drop`` for ``model`` from a thresholds.toml (engineer E's `quantbench.thresholds`)."""
+    from .thresholds import Thresholds
+
+    return Thresholds.load(Path(path)).for_model(model).max_abs_drop
+
+
+def run_search(
+    model: str | Path,
+    calib_folder: Path,
+    probe_folder: Path,
+    out_dir: Path,
+    budget: float | None = None,
+    *,
+    cache: Any,
+    thresholds: Path | None = None,
+    calibration_method: str = "entropy",
+    calib_images: int = 128,
+    seed: int = 0,
+    imgsz: int = 640,
+    probe_images: int = 200,
+    proxy_images: int = 16,
+    top_k: int = 12,
+    high_precision_dtype: str = "fp16",
+    variant_name: str = "int8-auto",
+    strategy: Strategy | str = Strategy.BISECT,
+    min_int8_flop_share: float = 0.0,
+    max_steps: int = 40,
+    trim: bool = True,
+    trim_min_flop_share: float = 0.02,
+    verify: bool = True,
+    verify_high_precision_dtype: str | None = "fp32",
+    batch_size: int = 8,
+    progress: bool = True,
+) -> SearchResult:
+    """Find the cheapest FP16/INT8 split of ``model`` whose probe mAP50-95 drop vs FP32 is within ``budget``.
+
+    ``budget`` (a fraction: 0.003 = 0.3 mAP points) defaults to ``max_abs_drop`` for the model in
+    ``thresholds``; ``min_int8_flop_share`` (e.g. 0.85) caps what may leave INT8. Runs (or reuses
+    from the cache) the sensitivity analysis, searches (``strategy``: bisect or greedy), builds the
+    found variant with ModelOpt and scores it on the probe, and writes into ``out_dir``:
+    sensitivity.{md,csv,png}, search.md, search_curve.png, ``<variant_name>.toml`` and the
+    resumable search_state.json.
+
+    The emitted variant keeps ``high_precision_dtype`` (FP16 is what TensorRT deploys); the build
+    that verifies the split uses ``verify_high_precision_dtype`` (FP32 by default) because ONNX
+    Runtime's CPU QuantizeLinear truncates float16 inputs instead of rounding them (measured on
+    onnxruntime 1.24: a mean error of minus half a quantization step), which would charge every
+    FP16 Q/DQ graph an error TensorRT does not make. ``None`` verifies the emitted dtype itself.
+    """
+    from .quantize import quantize_variant
+    from .sensitivity import layer_sensitivity, open_meter, prepare_analysis, write_sensitivity
+
+    if budget is None:
+        if thresholds is None:
+            raise ConfigError("no search budget given; pass budget= (e.g. 0.003) or a thresholds.toml.")
+    setup = prepare_analysis(model, calib_folder, probe_folder, cache, calibration_method=calibration_method,
+                             calib_images=calib_images, seed=seed, imgsz=imgsz, probe_images=probe_images,
+                             proxy_images=proxy_images, high_precision_dtype=high_precision_dtype,
+                             variant_name=variant_name)
+    if budget is None:
+        budget = budget_from_thresholds(thresholds, setup.model.name)  # type: ignore[arg-type]
+    config = SearchConfig(budget=budget, strategy=strategy,  # type: ignore[arg-type]  (a name is converted)
+                          min_int8_flop_share=min_int8_flop_share, max_steps=max_steps, trim=trim,
+                          trim_min_flop_share=trim_min_flop_share)
+    out_dir = Path(out_dir)
+    qdq, meter = open_meter(setup, cache, batch_size=batch_size)
+    with meter:
+        report = layer_sensitivity(meter, model=setup.model.name, top_k=top_k, fp32_onnx=Path(setup.model.path),
+                                   progress=progress)
+        write_sensitivity(report, out_dir)
+        cost = FlopCost.for_model(qdq)
+        reference = meter.probe_score_of_file(Path(setup.model.path))
+        builds: dict[tuple[str, ...], Any] = {}
+
+        def variant_for(excluded: Sequence[str]) -> Any:
+            share = qdq.int8_flop_share(excluded)
+            return dataclasses.replace(
+                setup.template, nodes_to_exclude=excluded_patterns(excluded),
+                description=(f"Found by quantbench search: {len(excluded)} of {len(qdq.groups)} layer groups out of "
+                             f"INT8, {100 * share:.1f} % of linear-op FLOPs INT8; probe drop budget {budget:.4f} "
+                             f"({meter.probe.description if meter.probe else 'no probe'})."),
+            )
+
+        def build_and_score(excluded: tuple[str, ...]) -> float:
+            variant = variant_for(excluded)
+            if verify_high_precision_dtype is not None:
+                variant = dataclasses.replace(variant, high_precision_dtype=verify_high_precision_dtype)
+            build = quantize_variant(setup.model, variant, setup.calib, cache)
+            builds[excluded] = build
+            return meter.probe_score_of_file(Path(build.onnx_path))
+
+        outcome = search_split(meter, search_order(report, qdq, cost), reference_score=reference, config=config,
+                               cost=cost, verify=build_and_score if verify else None,
+                               state_path=out_dir / STATE_FILE, progress=progress)
+        variant = variant_for(outcome.excluded)
+        build = builds.get(outcome.excluded)
+        if verify and build is None and outcome.verified_score is not None:
+            build_and_score(outcome.excluded)  # a resumed search: build and score come from the cache
+            build = builds[outcome.excluded]
+        result = SearchResult(
+            model=setup.model.name, variant_name=variant_name, outcome=outcome, variant_toml=variant_toml(variant),
+            probe=meter.probe.description if meter.probe else "", cost_model=f"{cost.name} (FP16 layers weighted "
+            "by FLOPs: 1 + FLOPs / mean linear-layer FLOPs)", build=build,
+        )
+        return write_search(result, qdq, out_dir)
