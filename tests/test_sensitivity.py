@@ -32,8 +32,8 @@ from quantbench.sensitivity import (
     run_batches,
     run_sensitivity,
 )
-from quantbench.search import excluded_patterns
-from quantbench.variants import Variant, VariantKind
+from quantbench.search import excluded_patterns, run_search
+from quantbench.variants import Variant, VariantKind, load_variants
 
 SIZE = 320
 ATTN = "/model.10/m/m.0/attn"
@@ -135,12 +135,20 @@ def test_bypassing_every_group_gives_the_fp32_model(y11: Y11, tmp_path: Path) ->
 def test_output_agreement_measures_noise() -> None:
     ref = [np.ones((2, 6, 10), np.float32)]
     same = output_agreement(ref, ref)
-    assert same.sqnr_db == np.inf and same.cosine == pytest.approx(1.0)
+    assert same.sqnr_db == np.inf and same.cosine == pytest.approx(1.0) and same.box_sqnr_db == np.inf
     noisy = output_agreement(ref, [ref[0] + 0.1])  # noise power 0.01 of signal power 1
     assert noisy.sqnr_db == pytest.approx(20.0) and noisy.score_sqnr_db == pytest.approx(20.0)
+    assert noisy.box_sqnr_db == pytest.approx(20.0)
     boxes_only = ref[0].copy()
     boxes_only[:, :4] += 0.5  # the box rows are off, the class rows exact
-    assert output_agreement(ref, [boxes_only]).score_sqnr_db == np.inf
+    off = output_agreement(ref, [boxes_only])
+    assert off.score_sqnr_db == np.inf and off.box_sqnr_db == pytest.approx(10 * np.log10(1 / 0.25))
+    # Box errors count by the anchor's confidence: an anchor no class scores for does not matter.
+    confident = ref[0].copy()
+    confident[:, 4:, 5:] = 0.0  # anchors 5..9 score nothing
+    wrong_where_unsure = confident.copy()
+    wrong_where_unsure[:, :4, 5:] += 3.0
+    assert output_agreement([confident], [wrong_where_unsure]).box_sqnr_db == np.inf
 
 
 def _damage(qdq: QdqModel, group: str, factor: float) -> QdqModel:
@@ -240,3 +248,25 @@ def test_user_errors_name_the_problem(y11: Y11, calib500: Path, tmp_path: Path) 
             meter.agreement(y11.qdq.group_names)
         with pytest.raises(ConfigError, match="probe"):
             meter.probe_score(y11.qdq.group_names)
+
+
+def test_run_search_end_to_end_on_yolo11n(y11: Y11, calib500: Path, yolo11n_onnx: Path, tmp_path: Path) -> None:
+    """Plumbing only (random weights score ~0 mAP): analysis, search, a verifying ModelOpt build, files."""
+    subset = [f"{ATTN}/MatMul", DFL_CONV, "/model.0/conv/Conv"]
+    out = tmp_path / "search"
+    result = run_search(yolo11n_onnx, calib500, calib500, out, 0.0, cache=y11.cache, calibration_method="max",
+                        calib_images=2, imgsz=SIZE, probe_images=3, proxy_images=2, top_k=1, groups=subset,
+                        high_precision_dtype="fp16", batch_size=2, progress=False)
+    o = result.outcome
+    assert o.steps[0].action == "start" and o.steps[-1].action == "verify"
+    assert o.verified_score == o.steps[-1].score and o.met_budget == o.steps[-1].within_budget
+    # The verifying build is the found split in FP32 outside INT8 (ONNX Runtime truncates FP16 Q inputs);
+    # the emitted variant keeps FP16 for deployment.
+    assert result.build.options["high_precision_dtype"] == "fp32"
+    assert set(result.build.excluded_nodes) == set(o.excluded)
+    (variant,) = load_variants(Path(result.files["variant"]))
+    assert variant.name == "int8-auto" and variant.high_precision_dtype == "fp16"
+    assert Path(result.files["markdown"]).read_text().count("| verify |") == 1
+    assert Path(result.files["curve"]).read_bytes()[:4] == b"\x89PNG"
+    assert {p.name for p in out.iterdir()} >= {"sensitivity.md", "sensitivity.csv", "sensitivity.png",
+                                               "search_state.json", "int8-auto.toml"}

@@ -122,8 +122,7 @@ class QdqModel:
             LayerGroup(n.name, n.op_type, tuple(pairs[i].source for i in n.input if i in pairs), flops[n.name])
             for n in anchors
         )
-        groups = self.groups
-        self._group_by_name = {g.name: g for g in groups}
+        self._group_by_name = {g.name: g for g in self.groups}
         # Total cost of every linear op in the graph, quantized or not: the INT8 share's denominator.
         self.linear_flops_total = sum(flops[name] for name in linear_names)
         # dq output -> anchors reading it (a DQ also feeds Shape, Concat... which are not groups)
@@ -174,8 +173,9 @@ class QdqModel:
 
     def fp16_linear_layers(self, excluded: Collection[str]) -> int:
         """Linear ops (convolutions, matmuls) kept out of INT8: ModelOpt's own exclusions plus ``excluded``."""
+        excluded = self.check_names(excluded)
         linear_total = sum(1 for n in self.model.graph.node if n.op_type in LINEAR_OPS)
-        int8 = sum(1 for g in self.groups if g.is_linear and g.name not in self.check_names(excluded))
+        int8 = sum(1 for g in self.groups if g.is_linear and g.name not in excluded)
         return linear_total - int8
 
     def with_excluded(self, excluded: Collection[str]) -> onnx.ModelProto:

@@ -222,8 +222,9 @@ def search_split(
     Forward phase (``config.strategy``): the shortest prefix of ``order`` (less any group that
     would break ``config.min_int8_flop_share``) whose probe score is within budget. Trim phase:
     each linear group of that prefix with at least ``config.trim_min_flop_share`` of the FLOPs,
-    the costliest first, is given back to INT8 if the budget still holds. ``verify(excluded)`` builds the split for real and returns its probe score; a
-    miss takes the next group out and builds again. ``state_path`` makes the search resumable.
+    the costliest first, is given back to INT8 if the budget still holds. ``verify(excluded)``
+    builds the split for real and returns its probe score; a miss takes the next group out and
+    builds again. ``state_path`` makes the search resumable.
     """
     qdq = meter.qdq
     qdq.check_names(order)
@@ -247,8 +248,9 @@ def search_split(
     def run(action: str, group: str | None, excluded: Sequence[str], score_fn: Callable[[], float] | None = None
             ) -> SearchStep:
         excluded = graph_order(excluded)
-        if score_fn is None:
-            score_fn = lambda: meter.probe_score(all_groups - set(excluded))  # noqa: E731
+
+        def simulated() -> float:
+            return meter.probe_score(all_groups - set(excluded))
 
         def make(index: int, score: float) -> SearchStep:
             drop = reference_score - score
@@ -256,7 +258,7 @@ def search_split(
                               int8_flop_share=qdq.int8_flop_share(excluded), fp16_groups=len(excluded),
                               within_budget=drop <= config.budget + 1e-12, accepted=False)
 
-        step = ledger.trial(action, group, excluded, score_fn, make)
+        step = ledger.trial(action, group, excluded, score_fn or simulated, make)
         bar.update()
         bar.set_postfix_str(f"{action} drop={step.drop:+.4f} int8={100 * step.int8_flop_share:.1f}%", refresh=False)
         return step
@@ -306,12 +308,13 @@ def search_split(
                     accepted.append(step)
 
         verified = None
-        if verify is not None and current.within_budget:
+        if verify is not None and config.max_verify > 0:
+            # A split out of reach (best effort) is built and scored too, but not extended further.
             for _ in range(config.max_verify):
                 frozen = graph_order(excluded)
                 check = run("verify", None, frozen, lambda: verify(frozen))
                 verified = check.score
-                if check.within_budget or not pending or not budget_left():
+                if check.within_budget or not current.within_budget or not pending or not budget_left():
                     break
                 group = pending.pop(0)  # the real build missed: one more group out, then build again
                 excluded.append(group)
@@ -321,11 +324,11 @@ def search_split(
     accepted_ids = {s.step for s in accepted}
     steps = tuple(dataclasses.replace(s, accepted=s.step in accepted_ids) for s in ledger.steps)
     final_excluded = graph_order(excluded)
+    # The real build, where there is one, has the last word: the simulation only predicts it.
     final_score = verified if verified is not None else current.score
     return SearchOutcome(
         reference_score=reference_score, budget=config.budget, excluded=final_excluded, score=current.score,
-        verified_score=verified,
-        met_budget=current.within_budget and reference_score - final_score <= config.budget + 1e-12,
+        verified_score=verified, met_budget=reference_score - final_score <= config.budget + 1e-12,
         int8_flop_share=qdq.int8_flop_share(final_excluded), steps=steps,
     )
 
@@ -335,11 +338,13 @@ def search_split(
 
 
 def variant_toml(variant: Any) -> str:
-    """One ``[[variant]]`` table for bench/variants.toml from a `variants.Variant`."""
+    """One ``[[variant]]`` table for bench/variants.toml from a `variants.Variant` (defaults left out)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(variant)}
     lines = ["[[variant]]", f"name = {json.dumps(variant.name)}"]
     for key, value in variant.options().items():
-        if value is None:
-            continue  # the default, which TOML cannot spell
+        default = defaults.get(key)
+        if value is None or value == default or (isinstance(default, tuple) and value == list(default)):
+            continue  # the default (None included, which TOML cannot spell)
         if isinstance(value, list):
             if not value:
                 lines.append(f"{key} = []")
@@ -383,11 +388,11 @@ def search_markdown(result: SearchResult, qdq: QdqModel) -> str:
     lines = [
         f"# FP16/INT8 split search for {result.model}",
         "",
-        f"- Probe: {result.probe}; reference (FP32) score {o.reference_score:.4f}, budget: drop <= {o.budget:.4f}",
+        f"- Probe: {result.probe}; reference (FP32) score {o.reference_score:.5f}, budget: drop <= {o.budget:.5f}",
         f"- Result: {len(o.excluded)} of {len(qdq.groups)} layer groups kept out of INT8; "
         f"INT8 share of linear-op FLOPs {100 * o.int8_flop_share:.1f} %; "
-        f"simulated probe score {o.score:.4f} (drop {o.reference_score - o.score:+.4f})"
-        + (f"; real build {o.verified_score:.4f} (drop {o.reference_score - o.verified_score:+.4f})"
+        f"simulated probe score {o.score:.5f} (drop {o.reference_score - o.score:+.5f})"
+        + (f"; real build {o.verified_score:.5f} (drop {o.reference_score - o.verified_score:+.5f})"
            if o.verified_score is not None else "")
         + f"; budget {verdict}.",
         f"- Cost model: {result.cost_model}",
@@ -406,7 +411,7 @@ def search_markdown(result: SearchResult, qdq: QdqModel) -> str:
     for s in o.steps:
         lines.append(
             f"| {s.step} | {s.action} | {'' if s.group is None else f'`{s.group}`'} | {s.fp16_groups} | "
-            f"{100 * s.int8_flop_share:.1f} | {s.score:.4f} | {s.drop:+.4f} | {'yes' if s.within_budget else 'no'} | "
+            f"{100 * s.int8_flop_share:.1f} | {s.score:.5f} | {s.drop:+.5f} | {'yes' if s.within_budget else 'no'} | "
             f"{'yes' if s.accepted else ''} |"
         )
     lines += ["", "## Groups kept out of INT8", ""]
@@ -500,13 +505,15 @@ def run_search(
     trim_min_flop_share: float = 0.02,
     verify: bool = True,
     verify_high_precision_dtype: str | None = "fp32",
+    groups: Collection[str] | None = None,
     batch_size: int = 8,
     progress: bool = True,
 ) -> SearchResult:
     """Find the cheapest FP16/INT8 split of ``model`` whose probe mAP50-95 drop vs FP32 is within ``budget``.
 
     ``budget`` (a fraction: 0.003 = 0.3 mAP points) defaults to ``max_abs_drop`` for the model in
-    ``thresholds``; ``min_int8_flop_share`` (e.g. 0.85) caps what may leave INT8. Runs (or reuses
+    ``thresholds``; ``min_int8_flop_share`` (e.g. 0.85) caps what may leave INT8; ``groups``
+    restricts the analysis and the search to those layer groups (node names). Runs (or reuses
     from the cache) the sensitivity analysis, searches (``strategy``: bisect or greedy), builds the
     found variant with ModelOpt and scores it on the probe, and writes into ``out_dir``:
     sensitivity.{md,csv,png}, search.md, search_curve.png, ``<variant_name>.toml`` and the
@@ -536,8 +543,8 @@ def run_search(
     out_dir = Path(out_dir)
     qdq, meter = open_meter(setup, cache, batch_size=batch_size)
     with meter:
-        report = layer_sensitivity(meter, model=setup.model.name, top_k=top_k, fp32_onnx=Path(setup.model.path),
-                                   progress=progress)
+        report = layer_sensitivity(meter, model=setup.model.name, top_k=top_k, groups=groups,
+                                   fp32_onnx=Path(setup.model.path), progress=progress)
         write_sensitivity(report, out_dir)
         cost = FlopCost.for_model(qdq)
         reference = meter.probe_score_of_file(Path(setup.model.path))

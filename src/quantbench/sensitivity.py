@@ -47,7 +47,8 @@ from .qdq_graph import QdqModel
 log = logging.getLogger(__name__)
 
 CACHE_KIND = "sensitivity"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 1  # of cached probe scores
+_AGREEMENT_VERSION = 2  # of cached output agreements (2: confidence-weighted box SQNR)
 _SCORE_ROW = 4  # YOLO output rows 0-3 are the box, 4.. the class scores
 
 
@@ -61,7 +62,11 @@ class OutputAgreement:
 
     sqnr_db: float  # 10 log10(sum ref^2 / sum (out - ref)^2) over the whole raw output
     cosine: float  # mean over images of the cosine similarity of the flattened raw output
-    score_sqnr_db: float  # SQNR of the class-score rows only (what NMS and mAP mostly see)
+    score_sqnr_db: float  # SQNR of the class-score rows only (what NMS ranks)
+    # SQNR of the box rows, each anchor weighted by its FP32 confidence (max class score): box
+    # errors of anchors no detection comes from do not matter, those of confident ones decide
+    # mAP at the high IoU thresholds of mAP50-95.
+    box_sqnr_db: float
 
 
 def _sqnr_db(signal: float, noise: float) -> float:
@@ -77,7 +82,7 @@ def _gain(after_db: float, before_db: float) -> float:
 
 def output_agreement(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> OutputAgreement:
     """Proxies of ``outputs`` against ``reference``: equal-shaped batches, in the same order."""
-    signal = noise = score_signal = score_noise = 0.0
+    signal = noise = score_signal = score_noise = box_signal = box_noise = 0.0
     cosines: list[float] = []
     for ref, out in zip(reference, outputs, strict=True):
         ref = ref.astype(np.float64, copy=False)
@@ -87,13 +92,17 @@ def output_agreement(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarr
         if ref.ndim == 3 and ref.shape[1] > _SCORE_ROW:
             score_signal += float(np.square(ref[:, _SCORE_ROW:]).sum())
             score_noise += float(np.square(err[:, _SCORE_ROW:]).sum())
+            confidence = ref[:, _SCORE_ROW:].max(axis=1)  # (batch, anchors)
+            box_signal += float((np.square(ref[:, :_SCORE_ROW]).sum(axis=1) * confidence).sum())
+            box_noise += float((np.square(err[:, :_SCORE_ROW]).sum(axis=1) * confidence).sum())
         flat_ref = ref.reshape(len(ref), -1)
         flat_out = out.reshape(len(out), -1).astype(np.float64)
         norms = np.linalg.norm(flat_ref, axis=1) * np.linalg.norm(flat_out, axis=1)
         cosines.extend((np.einsum("ij,ij->i", flat_ref, flat_out) / np.maximum(norms, 1e-30)).tolist())
-    if score_signal == 0.0:
-        score_signal, score_noise = signal, noise  # not a YOLO output: the whole output is the score
-    return OutputAgreement(_sqnr_db(signal, noise), float(np.mean(cosines)), _sqnr_db(score_signal, score_noise))
+    if score_signal == 0.0 and box_signal == 0.0:  # not a YOLO output: the whole output is both
+        score_signal, score_noise = box_signal, box_noise = signal, noise
+    return OutputAgreement(_sqnr_db(signal, noise), float(np.mean(cosines)), _sqnr_db(score_signal, score_noise),
+                           _sqnr_db(box_signal, box_noise))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +245,7 @@ class GraphMeter:
         if self._proxy_key is None:
             raise ConfigError("no proxy images were given to this meter; pass proxy_images and reference_onnx.")
         keep = self.qdq.check_names(quantized)
-        key = hash_key("agreement", _FORMAT_VERSION, self.qdq_hash, sorted(keep), self._proxy_key)
+        key = hash_key("agreement", _AGREEMENT_VERSION, self.qdq_hash, sorted(keep), self._proxy_key)
 
         images, reference_onnx = self.proxy_images, self.reference_onnx
         assert images is not None and reference_onnx is not None  # _proxy_key is set only with both
@@ -294,7 +303,11 @@ class GroupSensitivity:
     op_type: str
     flops: int
     flop_share: float  # of all linear-op FLOPs in the model
-    error_share: float  # this group's lone INT8 class-score error power / the sum over all groups
+    # What this group's INT8 costs when it alone is INT8, as a share of the sum over all groups:
+    # ``error_share`` is the mean of the class-score and the confidence-weighted box shares.
+    error_share: float
+    score_error_share: float
+    box_error_share: float
     bypass: OutputAgreement  # full INT8 but this group in high precision
     only: OutputAgreement  # high precision but this group in INT8
     bypass_gain_db: float  # bypass.score_sqnr_db - full INT8's score_sqnr_db: what excluding it buys alone
@@ -309,7 +322,8 @@ class SensitivityReport:
     num_groups: int
     proxy_images: int
     full_int8: OutputAgreement
-    additivity: float | None  # sum of the groups' lone error powers / full INT8's error power
+    # sum over groups of their lone error powers / the full INT8 graph's, for scores and boxes
+    additivity: dict[str, float] | None
     probe: str | None  # the probe's description
     fp32_probe_score: float | None
     int8_probe_score: float | None
@@ -340,11 +354,12 @@ def layer_sensitivity(
 ) -> SensitivityReport:
     """Measure every group (or only ``groups``) of ``meter.qdq``; probe the ``top_k`` highest ranked.
 
-    Ranking: by the class-score error power each group causes when it alone is INT8 (its share of
-    the sum over all groups). These lone errors add up: on yolov5n their sum is within 10 % of the
-    full INT8 graph's error (``additivity``), so the share predicts what excluding a *set* of
-    groups removes, which single-group bypass gains (measured against an already noisy graph) do
-    not. Ties (class scores no group changes, as with random weights) go by the whole output.
+    Ranking: by the error each group causes when it alone is INT8, as its share of the sum over all
+    groups, averaged over the class scores and the confidence-weighted boxes. These lone errors
+    add up: on yolov5n their sums are within 10 % of the full INT8 graph's errors
+    (``additivity``), so the shares predict what excluding a *set* of groups removes, which
+    single-group bypass gains (measured against an already noisy graph) do not. Ties (outputs no
+    group changes, as with random weights) go by the whole output.
     """
     qdq = meter.qdq
     names = list(qdq.group_names if groups is None else qdq.check_names(groups))
@@ -364,11 +379,17 @@ def layer_sensitivity(
             bypass[name] = meter.agreement(all_groups - {name})
             bar.update()
 
-    errors = {n: error_power(only[n].score_sqnr_db) for n in names}
-    total_error = sum(errors.values())
-    ranked_names = sorted(names, key=lambda n: (-errors[n], -error_power(only[n].sqnr_db)))
-    full_error = error_power(full.score_sqnr_db)
-    additivity = total_error / full_error if full_error > 0 and groups is None else None
+    shares: dict[str, dict[str, float]] = {}
+    additivity: dict[str, float] | None = {} if groups is None else None
+    for part in ("score", "box"):
+        errors = {n: error_power(getattr(only[n], f"{part}_sqnr_db")) for n in names}
+        total = sum(errors.values())
+        shares[part] = {n: errors[n] / total if total > 0 else 0.0 for n in names}
+        full_error = error_power(getattr(full, f"{part}_sqnr_db"))
+        if additivity is not None and full_error > 0:
+            additivity[part] = total / full_error
+    share = {n: (shares["score"][n] + shares["box"][n]) / 2 for n in names}
+    ranked_names = sorted(names, key=lambda n: (-share[n], -error_power(only[n].sqnr_db)))
 
     probe_scores: dict[str, float] = {}
     fp32_score = int8_score = None
@@ -386,7 +407,7 @@ def layer_sensitivity(
         ranked.append(GroupSensitivity(
             rank=rank, name=name, op_type=group.op_type, flops=group.flops,
             flop_share=group.flops / total_flops if group.is_linear else 0.0,
-            error_share=errors[name] / total_error if total_error > 0 else 0.0,
+            error_share=share[name], score_error_share=shares["score"][name], box_error_share=shares["box"][name],
             bypass=bypass[name], only=only[name],
             bypass_gain_db=_gain(bypass[name].score_sqnr_db, full.score_sqnr_db),
             probe_score=score, probe_gain=None if score is None or int8_score is None else score - int8_score,
@@ -403,15 +424,16 @@ def layer_sensitivity(
 # Output files
 
 _CSV_COLUMNS = (
-    "rank", "group", "op_type", "flops", "flop_share", "error_share", "only_score_sqnr_db", "only_sqnr_db",
-    "only_cosine", "bypass_score_sqnr_db", "bypass_sqnr_db", "bypass_cosine", "bypass_gain_db", "probe_score",
-    "probe_gain",
+    "rank", "group", "op_type", "flops", "flop_share", "error_share", "score_error_share", "box_error_share",
+    "only_score_sqnr_db", "only_box_sqnr_db", "only_sqnr_db", "only_cosine", "bypass_score_sqnr_db",
+    "bypass_box_sqnr_db", "bypass_sqnr_db", "bypass_cosine", "bypass_gain_db", "probe_score", "probe_gain",
 )
 
 
 def _csv_row(g: GroupSensitivity) -> tuple[Any, ...]:
-    return (g.rank, g.name, g.op_type, g.flops, g.flop_share, g.error_share, g.only.score_sqnr_db, g.only.sqnr_db,
-            g.only.cosine, g.bypass.score_sqnr_db, g.bypass.sqnr_db, g.bypass.cosine, g.bypass_gain_db,
+    return (g.rank, g.name, g.op_type, g.flops, g.flop_share, g.error_share, g.score_error_share,
+            g.box_error_share, g.only.score_sqnr_db, g.only.box_sqnr_db, g.only.sqnr_db, g.only.cosine,
+            g.bypass.score_sqnr_db, g.bypass.box_sqnr_db, g.bypass.sqnr_db, g.bypass.cosine, g.bypass_gain_db,
             g.probe_score, g.probe_gain)
 
 
@@ -435,29 +457,31 @@ def sensitivity_markdown(report: SensitivityReport) -> str:
         f"- INT8 graph: `{report.int8_onnx}` ({report.num_groups} quantized layer groups)",
         f"- Proxies on {report.proxy_images} calibration images against FP32: full INT8 SQNR "
         f"{report.full_int8.sqnr_db:.2f} dB, class-score SQNR {report.full_int8.score_sqnr_db:.2f} dB, "
-        f"cosine {report.full_int8.cosine:.6f}",
+        f"confidence-weighted box SQNR {report.full_int8.box_sqnr_db:.2f} dB, cosine {report.full_int8.cosine:.6f}",
     ]
-    if report.additivity is not None:
-        lines.append(f"- Additivity: the groups' lone class-score errors sum to {100 * report.additivity:.0f} % of "
-                     "the full INT8 graph's")
+    if report.additivity:
+        parts = ", ".join(f"{part} {100 * ratio:.0f} %" for part, ratio in report.additivity.items())
+        lines.append(f"- Additivity: the groups' lone errors sum to this much of the full INT8 graph's: {parts}")
     if report.probe is not None:
         lines.append(f"- Probe: {report.probe}; FP32 {_fmt(report.fp32_probe_score, '.4f')}, "
                      f"full INT8 {_fmt(report.int8_probe_score, '.4f')}")
     lines += [
         "",
-        "*only*: high precision with only this group INT8 (error share: its class-score error power over the sum "
-        "over all groups; the ranking); *bypass*: full INT8 with only this group in high precision (gain: "
-        "class-score SQNR gained); *probe*: probe score with this group bypassed (top groups only).",
+        "*only*: high precision with only this group INT8; error % = its share of the summed lone errors, mean of "
+        "the class-score share and the confidence-weighted box share (the ranking); *bypass*: full INT8 with only "
+        "this group in high precision (gain: class-score SQNR gained); *probe*: probe score with this group "
+        "bypassed (top groups only).",
         "",
-        "| rank | group | op | GFLOPs | FLOP % | error % | only score SQNR dB | only SQNR dB | bypass gain dB | "
-        "probe | probe gain |",
-        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| rank | group | op | GFLOPs | FLOP % | error % | score % | box % | only score SQNR dB | only box SQNR dB | "
+        "bypass gain dB | probe | probe gain |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for g in report.groups:
         lines.append(
             f"| {g.rank} | `{g.name}` | {g.op_type} | {g.flops / 1e9:.3f} | {100 * g.flop_share:.1f} | "
-            f"{100 * g.error_share:.1f} | {g.only.score_sqnr_db:.2f} | {g.only.sqnr_db:.2f} | "
-            f"{g.bypass_gain_db:+.2f} | {_fmt(g.probe_score, '.4f')} | {_fmt(g.probe_gain, '+.4f')} |"
+            f"{100 * g.error_share:.1f} | {100 * g.score_error_share:.1f} | {100 * g.box_error_share:.1f} | "
+            f"{g.only.score_sqnr_db:.2f} | {g.only.box_sqnr_db:.2f} | {g.bypass_gain_db:+.2f} | "
+            f"{_fmt(g.probe_score, '.4f')} | {_fmt(g.probe_gain, '+.4f')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -473,7 +497,7 @@ def sensitivity_chart(report: SensitivityReport, path: Path, *, top: int = 30) -
     labels = [f"{g.rank}. {g.name[-48:]}" for g in shown][::-1]
     fig, axes = plt.subplots(1, 2, figsize=(14, 0.32 * len(shown) + 1.6), sharey=True)
     axes[0].barh(labels, [100 * g.error_share for g in shown][::-1], color="tab:blue")
-    axes[0].set_xlabel("share of INT8 class-score error power caused by the group alone (%)")
+    axes[0].set_xlabel("share of the INT8 error caused by the group alone (%, scores and boxes)")
     probe_gain = [0.0 if g.probe_gain is None else 100 * g.probe_gain for g in shown][::-1]
     colors = ["tab:gray" if g.probe_gain is None else "tab:green" for g in shown][::-1]
     axes[1].barh(labels, probe_gain, color=colors)
