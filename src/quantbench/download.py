@@ -312,7 +312,7 @@ def _link_stays_inside(dest: Path, name: str, linkname: str, archive: Path, *, h
 def _extract_zip(archive: Path, dest: Path, wanted: list[str] | None) -> list[Path]:
     try:
         with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist() if wanted is None else [_zip_member(zf, name, archive) for name in wanted]
+            infos = zf.infolist() if wanted is None else [_member(zf.getinfo, name, archive) for name in wanted]
             plan = []
             for info in infos:
                 target = _safe_target(dest, info.filename, archive)
@@ -336,9 +336,10 @@ def _extract_zip(archive: Path, dest: Path, wanted: list[str] | None) -> list[Pa
         raise DataError(f"{archive} is a damaged zip archive ({exc}); delete it so it is downloaded again.") from None
 
 
-def _zip_member(zf: zipfile.ZipFile, name: str, archive: Path) -> zipfile.ZipInfo:
+def _member(lookup, name: str, archive: Path):
+    """``lookup(name)`` (ZipFile.getinfo or TarFile.getmember), a missing member as one DataError."""
     try:
-        return zf.getinfo(name)
+        return lookup(name)
     except KeyError:
         raise DataError(f"{archive} has no member {name!r}; check the archive is the one expected.") from None
 
@@ -346,7 +347,7 @@ def _zip_member(zf: zipfile.ZipFile, name: str, archive: Path) -> zipfile.ZipInf
 def _extract_tar(archive: Path, dest: Path, wanted: list[str] | None) -> list[Path]:
     try:
         with tarfile.open(archive) as tf:
-            infos = tf.getmembers() if wanted is None else [_tar_member(tf, name, archive) for name in wanted]
+            infos = tf.getmembers() if wanted is None else [_member(tf.getmember, name, archive) for name in wanted]
             for info in infos:
                 _safe_target(dest, info.name, archive)
                 if info.issym() or info.islnk():
@@ -362,13 +363,6 @@ def _extract_tar(archive: Path, dest: Path, wanted: list[str] | None) -> list[Pa
                                  "from a trusted source.") from None
     except tarfile.TarError as exc:
         raise DataError(f"{archive} is a damaged tar archive ({exc}); delete it so it is downloaded again.") from None
-
-
-def _tar_member(tf: tarfile.TarFile, name: str, archive: Path) -> tarfile.TarInfo:
-    try:
-        return tf.getmember(name)
-    except KeyError:
-        raise DataError(f"{archive} has no member {name!r}; check the archive is the one expected.") from None
 
 
 # ---------------------------------------------------------------------------------------------
