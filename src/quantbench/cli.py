@@ -21,18 +21,24 @@ from .errors import ConfigError, QuantbenchError
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str, minimum: int, bound: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{text!r} must be {bound}")
     return value
 
 
-def _batch_sizes(text: str) -> tuple[int, ...]:
-    return tuple(_positive_int(part) for part in text.split(",") if part.strip())
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for counts of 1 or more (shared with the bench suite's options)."""
+    return _whole_number(text, 1, "at least 1")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type=`` for counts of 0 or more (shared with the bench suite's options)."""
+    return _whole_number(text, 0, "0 or more")
 
 
 def _emit(args: argparse.Namespace, text: str) -> None:
@@ -209,9 +215,9 @@ def _split_opts(p: argparse.ArgumentParser, out_dir: str) -> None:
     p.add_argument("--probe-data", help="COCO folder for probe mAP, disjoint from the evaluation data "
                    "(default: the calibration folder; its calibration images are left out of the probe)")
     p.add_argument("--calibration-method", default="entropy", choices=("max", "entropy"))
-    p.add_argument("--calib-images", type=_positive_int, default=128)
-    p.add_argument("--probe-images", type=_positive_int, default=200)
-    p.add_argument("--top-k", type=_positive_int, default=12, help="groups whose probe mAP is measured")
+    p.add_argument("--calib-images", type=positive_int, default=128)
+    p.add_argument("--probe-images", type=positive_int, default=200)
+    p.add_argument("--top-k", type=positive_int, default=12, help="groups whose probe mAP is measured")
     p.add_argument("--out-dir", default=out_dir)
 
 
@@ -226,7 +232,7 @@ def _variant_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", help="variant name from the variants table (default: the base model)")
     p.add_argument("--variants-file", help="variant table (default: bench/variants.toml)")
     p.add_argument("--calib-data", help="calibration images: a COCO folder or a folder of images")
-    p.add_argument("--calib-images", type=_positive_int, help="number of calibration images")
+    p.add_argument("--calib-images", type=positive_int, help="number of calibration images")
     p.add_argument("--seed", type=int, default=0, help="seed for choosing calibration images")
 
 
@@ -237,13 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="resolve a model source to a validated ONNX (cached)")
     _common(p)
-    p.add_argument("--batch", type=_positive_int, help="fix the batch axis to this size")
+    p.add_argument("--batch", type=positive_int, help="fix the batch axis to this size")
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("calibrate", help="build the calibration tensor (cached .npy)")
     _common(p)
     p.add_argument("--calib-data", help="calibration images: a COCO folder or a folder of images")
-    p.add_argument("--calib-images", type=_positive_int, help="number of images (default 128)")
+    p.add_argument("--calib-images", type=positive_int, help="number of images (default 128)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=cmd_calibrate)
 
@@ -256,8 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _variant_opts(p)
     p.add_argument("--data", help="COCO folder (images/ + instances.json); default: val500 or COCO val2017 subset")
-    p.add_argument("--limit", type=_positive_int, help="evaluate only the first N images")
-    p.add_argument("--batch-size", type=_positive_int, default=1)
+    p.add_argument("--limit", type=positive_int, help="evaluate only the first N images")
+    p.add_argument("--batch-size", type=positive_int, default=1)
     p.add_argument("--backend", default="auto", help="auto (TensorRT when installed with a GPU, else ONNX Runtime), onnxruntime or tensorrt")
     p.add_argument("--json", type=Path, help="write the result record here")
     p.set_defaults(handler=cmd_eval)
@@ -265,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("select", help="rank saved pytest-benchmark JSON runs and name the winner")
     p.add_argument("json_files", nargs="+", help="pytest-benchmark --benchmark-json files")
     p.add_argument("--thresholds", default="thresholds.toml")
-    p.add_argument("--reference-batch", type=_positive_int, default=1)
+    p.add_argument("--reference-batch", type=positive_int, default=1)
     p.add_argument("--report-dir", help="also write report.md, selection.json and pareto.png here")
     p.set_defaults(handler=cmd_select)
 
