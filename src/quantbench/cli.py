@@ -72,12 +72,13 @@ def _variant(args: argparse.Namespace):
     return table[args.variant]
 
 
-def _calibration(args: argparse.Namespace, num_images: int):
+def _calibration(args: argparse.Namespace, num_images: int, size: int = 640):
     from .assets import default_calib_data
     from .calibration import build_calibration
 
     folder = Path(args.calib_data) if args.calib_data else default_calib_data()
-    return build_calibration(folder, num_images, cache=_cache(args), seed=args.seed)
+    # The calibration tensor must have the model's input side, as the bench fixtures build it.
+    return build_calibration(folder, num_images, cache=_cache(args), seed=args.seed, size=size)
 
 
 def _variant_onnx(args: argparse.Namespace):
@@ -90,7 +91,7 @@ def _variant_onnx(args: argparse.Namespace):
     variant = _variant(args)
     calib = None
     if variant.needs_calibration:
-        calib = _calibration(args, args.calib_images or variant.calib_images)
+        calib = _calibration(args, args.calib_images or variant.calib_images, model.input_size)
     return model, quantize_variant(model, variant, calib, _cache(args))
 
 
