@@ -4,4 +4,6 @@ They stay dormant for ``pytest tests``: the bench state is created only when ``b
 the paths pytest runs.
 """
 
-pytest_plugins = ["fixtures.options", "fixtures.state", "fixtures.pipeline", "fixtures.results"]
+pytest_plugins = [
+    "fixtures.options", "fixtures.state", "fixtures.pipeline", "fixtures.results", "fixtures.parallel",
+]

@@ -1,7 +1,8 @@
 """Latency: one synchronised inference of a fixed batch of real images, per (model, variant, batch).
 
-Serial runs time with pytest-benchmark (``benchmark.pedantic``: ``--qb-warmup`` untimed rounds,
-then ``--qb-rounds`` timed ones), so ``--benchmark-json`` / ``--benchmark-compare`` work as usual;
+Serial runs time with pytest-benchmark (``benchmark.pedantic``): ``--qb-warmup`` untimed rounds,
+then at least ``--qb-rounds`` timed ones lasting at least ``--qb-min-time`` seconds (see
+`quantbench.timing`), so ``--benchmark-json`` / ``--benchmark-compare`` work as usual;
 ``extra_info["quantbench"]`` carries the records ``quantbench select`` reads. Under pytest-xdist
 pytest-benchmark switches itself off: a worker with a GPU of its own times with the backend's own
 device timer (``Runner.time``) into the same records; any other worker skips, and the serial
@@ -15,6 +16,7 @@ import pytest
 
 from quantbench.backends import BackendKind
 from quantbench.thresholds import check_speedup
+from quantbench.timing import warm_up
 
 pytestmark = pytest.mark.latency
 
@@ -22,18 +24,19 @@ pytestmark = pytest.mark.latency
 def test_latency(benchmark, qb, qb_model, qb_variant, qb_batch_size, qb_engine, qb_runner, qb_batch):
     if not qb.device.times_latency:
         pytest.skip(f"timed in the serial phase ({qb.device.reason})")
-    rounds, warmup = qb.options.rounds, qb.options.warmup
+    # Warm-up outside pytest-benchmark: its duration sets how many rounds meet --qb-min-time.
+    rounds = warm_up(lambda: qb_runner.infer(qb_batch), qb.options.timing)
     device = None
     if benchmark.enabled:
-        benchmark.pedantic(qb_runner.infer, args=(qb_batch,), rounds=rounds, warmup_rounds=warmup, iterations=1)
+        benchmark.pedantic(qb_runner.infer, args=(qb_batch,), rounds=rounds, warmup_rounds=0, iterations=1)
         host_ms = tuple(seconds * 1e3 for seconds in benchmark.stats.stats.data)
         if qb.backend.kind is not BackendKind.ONNXRUNTIME:
             # GPU time from device events, copies apart: the backend's own timer adds what the host clock cannot see.
             device = qb_runner.time(qb_batch, warmup=0, iterations=rounds)
     else:
         # pytest-benchmark is off (pytest-xdist, --benchmark-disable) and calls its target once:
-        # the backend's own timer does the warm-up and the timed rounds.
-        device = benchmark.pedantic(qb_runner.time, args=(qb_batch,), kwargs={"warmup": warmup, "iterations": rounds})
+        # the backend's own timer does the timed rounds.
+        device = benchmark.pedantic(qb_runner.time, args=(qb_batch,), kwargs={"warmup": 0, "iterations": rounds})
         host_ms = device.host_ms
     latency = qb.record_latency(qb_model, qb_variant.name, qb_batch_size, host_ms, device, qb_runner, qb_engine)
     benchmark.extra_info["quantbench"] = qb.benchmark_info(qb_model, qb_variant.name, latency)

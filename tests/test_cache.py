@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from quantbench.cache import ArtifactCache, atomic_write_json, hash_key, sha256_file
+from quantbench.cache import ArtifactCache, ArtifactMissing, atomic_write_json, hash_key, sha256_file
 
 
 def test_hash_key_is_order_insensitive_for_dict_keys_and_sensitive_to_values():
@@ -46,6 +46,21 @@ def test_get_or_build_builds_once_and_publishes_metadata(cache: ArtifactCache):
     # Nothing but the artefact, its metadata and the lock file remains in the folder.
     names = sorted(p.name for p in first.path.parent.iterdir())
     assert names == ["k1.txt", "k1.txt.json", "k1.txt.lock"]
+
+
+def test_read_only_view_answers_from_the_cache_and_never_builds(cache: ArtifactCache):
+    cache.get_or_build("demo", "have", ".txt", lambda tmp: tmp.write_text("here") and None)
+    view = cache.read_only()
+
+    def must_not_run(tmp: Path):
+        raise AssertionError("a read-only view built something")
+
+    found = view.get_or_build("demo", "have", ".txt", must_not_run)
+    assert found.path.read_text() == "here" and not found.built
+    with pytest.raises(ArtifactMissing) as missing:
+        view.get_or_build("demo", "absent", ".txt", must_not_run)
+    assert (missing.value.kind, missing.value.key) == ("demo", "absent")
+    assert not (cache.root / "demo" / "absent.txt.lock").exists()  # not even a lock file
 
 
 def test_failed_build_publishes_nothing_and_retries(cache: ArtifactCache):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import pytest
 
+from quantbench.cache import ArtifactCache
 from quantbench.cli import main
+from quantbench.sensitivity import AnalysisOptions
+from quantbench.variants import load_variants
 
 
 def test_eval_writes_the_result_record(tmp_path: Path, yolov5n_onnx: Path, val500: Path, capsys):
@@ -48,3 +52,111 @@ def test_user_errors_end_in_one_line_and_exit_code_2(argv, named, tmp_path: Path
     assert main([*argv, "--cache-dir", str(tmp_path / "cache")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("quantbench: error: ") and named in err and "\n" not in err
+
+
+# `sensitivity` and `search`: kept small as in test_sensitivity.py (max calibration on 2 images, a few
+# probe and proxy images, three layer groups). YOLO11n from its YAML has random weights: every mAP
+# is 0, which is fine for the plumbing; the unmet budget needs real weights (yolov5n-coco).
+Y11_GROUPS = ["/model.10/m/m.0/attn/MatMul", "/model.23/dfl/conv/Conv", "/model.0/conv/Conv"]
+
+
+def _small_analysis(model: Path, calib500: Path, cache: ArtifactCache, out: Path, *, imgsz: int) -> list[str]:
+    return ["--model", str(model), "--calib-data", str(calib500), "--calibration-method", "max",
+            "--calib-images", "2", "--imgsz", str(imgsz), "--proxy-images", "2", "--batch-size", "2",
+            "--cache-dir", str(cache.root), "--out-dir", str(out), "-q"]
+
+
+def test_analysis_option_defaults_are_the_library_defaults():
+    from quantbench.cli import _analysis_options, build_parser
+    from quantbench.search import SearchConfig
+
+    assert _analysis_options(build_parser().parse_args(["sensitivity"])) == AnalysisOptions()
+    args = build_parser().parse_args(["search"])
+    assert _analysis_options(args, variant_name=args.variant_name) == AnalysisOptions()
+    assert (args.strategy, args.max_steps) == (SearchConfig().strategy.value, SearchConfig().max_steps)
+
+
+def test_sensitivity_writes_the_ranked_report(yolo11n_onnx: Path, calib500: Path, session_cache: ArtifactCache,
+                                              tmp_path: Path, capsys):
+    out = tmp_path / "sensitivity"
+    argv = ["sensitivity", *_small_analysis(yolo11n_onnx, calib500, session_cache, out, imgsz=320),
+            "--probe-images", "3", "--top-k", "1", "--groups", *Y11_GROUPS]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("109 quantized layer groups of yolo11n, most sensitive first:")
+    with open(out / "sensitivity.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["group"] for r in rows) == sorted(Y11_GROUPS)
+    assert [r["probe_score"] != "" for r in rows] == [True, False, False]  # --top-k 1
+    assert "Proxies on 2 calibration images" in (out / "sensitivity.md").read_text()
+    assert (out / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+    assert all(name in printed for name in Y11_GROUPS) and str(out / "sensitivity.csv") in printed
+
+
+def test_search_takes_its_budget_from_thresholds_and_verifies(yolo11n_onnx: Path, calib500: Path,
+                                                              session_cache: ArtifactCache, tmp_path: Path, capsys):
+    thresholds = tmp_path / "thresholds.toml"
+    thresholds.write_text("max_abs_drop = 0.02\n[model.yolo11n]\nmax_abs_drop = 0.004\n")
+    out = tmp_path / "search"
+    argv = ["search", *_small_analysis(yolo11n_onnx, calib500, session_cache, out, imgsz=320),
+            "--probe-images", "3", "--top-k", "1", "--groups", *Y11_GROUPS, "--thresholds", str(thresholds),
+            "--strategy", "greedy", "--max-steps", "5", "--variant-name", "int8-cli"]
+    assert main(argv) == 0  # random weights: every split scores 0 mAP, no drop
+    printed = capsys.readouterr().out
+    assert printed.startswith("int8-cli: 0 layer groups kept out of INT8") and "within the budget" in printed
+    assert {p.name for p in out.iterdir()} == {"sensitivity.md", "sensitivity.csv", "sensitivity.png", "search.md",
+                                               "search_curve.png", "int8-cli.toml", "search_state.json"}
+    state = json.loads((out / "search_state.json").read_text())
+    assert state["header"]["budget"] == 0.004 and state["header"]["verify"]
+    assert (state["header"]["config"]["strategy"], state["header"]["config"]["max_steps"]) == ("greedy", 5)
+    assert [s["action"] for s in state["steps"]] == ["start", "verify"]
+    (variant,) = load_variants(out / "int8-cli.toml")
+    assert variant.name == "int8-cli" and variant.high_precision_dtype == "fp16" and variant.calib_images == 2
+
+
+def test_search_exits_1_when_the_budget_is_not_met(yolov5n_onnx: Path, calib500: Path, session_cache: ArtifactCache,
+                                                  tmp_path: Path, capsys):
+    """yolov5n-coco, INT8 from 2 calibration images, no group allowed out of INT8 (the floor is 100 %).
+
+    Measured: the probe (16 images) scores 0.3227 in FP32 and 0.3157 in INT8, a drop of 0.0070.
+    """
+    out = tmp_path / "search"
+    argv = ["search", *_small_analysis(yolov5n_onnx, calib500, session_cache, out, imgsz=640),
+            "--probe-images", "16", "--top-k", "0", "--groups", "/model.0/conv/Conv", "/model.24/m.0/Conv",
+            "--budget", "0", "--min-int8-flop-share", "1", "--no-verify"]
+    assert main(argv) == 1
+    printed = capsys.readouterr().out
+    assert "NOT within the budget" in printed
+    state = json.loads((out / "search_state.json").read_text())
+    assert not state["header"]["verify"] and [s["action"] for s in state["steps"]] == ["start"]
+    assert state["steps"][0]["drop"] > 0
+    assert "budget NOT met" in (out / "search.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["sensitivity", "--calib-data", "/nonexistent/calib"], "/nonexistent/calib"),
+        (["search", "--budget", "0.01", "--imgsz", "100"], "imgsz=100"),
+        (["search", "--budget", "0.01", "--min-int8-flop-share", "85"], "min_int8_flop_share=85"),
+        (["search", "--budget", "-0.5"], "search budget -0.5"),
+        (["search", "--thresholds", "/nonexistent/thresholds.toml"], "/nonexistent/thresholds.toml"),
+    ],
+    ids=["missing-calib-folder", "imgsz", "flop-share-as-percent", "negative-budget", "missing-thresholds"],
+)
+def test_analysis_user_errors_end_in_one_line_and_exit_code_2(argv, named, yolo11n_onnx: Path, tmp_path: Path,
+                                                              capsys):
+    out = tmp_path / "out"
+    argv = [*argv, "--model", str(yolo11n_onnx), "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("quantbench: error: ") and named in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_bad_counts_are_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sensitivity", "--proxy-images", "0"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "quantbench sensitivity: error: argument --proxy-images: '0' must be at least 1")

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from quantbench.backends import BackendKind, BuildOptions, resolve_backend
+from quantbench.backends import BackendKind, BuildOptions, Engine, resolve_backend
 from quantbench.backends.ort import OrtBackend
 from quantbench.errors import BackendError, ConfigError
 
@@ -82,19 +82,60 @@ def _fp16_qdq_model(path: Path, scale: float) -> None:
     onnx.save(model, path)
 
 
+def _fp16_qdq_input_and_expected(scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """An input with many negative non-integer multiples of ``scale``, and its round-half-to-even Q/DQ."""
+    x = (np.random.default_rng(0).standard_normal((1, 4, 8, 8)) * 8).astype(np.float16)
+    s32 = np.float32(np.float16(scale))
+    return x, (np.clip(np.rint(x.astype(np.float32) / s32), -128, 127) * s32).astype(np.float16)
+
+
 def test_fp16_quantize_linear_rounds_half_to_even_like_tensorrt(tmp_path: Path, cache):
-    """Negative values must round to nearest (onnxruntime's fp16 CPU kernel truncates them)."""
+    """Values must round half to even (onnxruntime's fp16 CPU kernel truncates them toward zero)."""
     scale = 0.2
     _fp16_qdq_model(tmp_path / "qdq.onnx", scale)
-    x = (np.random.default_rng(0).standard_normal((1, 4, 8, 8)) * 8).astype(np.float16)
+    x, expected = _fp16_qdq_input_and_expected(scale)
     backend = OrtBackend(use_cuda=False)
     engine = backend.build(tmp_path / "qdq.onnx", BuildOptions(threads=1), cache)
     assert engine.meta["fp16_quantize_repaired"] == 1 and engine.path != tmp_path / "qdq.onnx"
     with backend.open(engine) as runner:
         y = runner.infer(x)
-    s32 = np.float32(np.float16(scale))
-    expected = (np.clip(np.rint(x.astype(np.float32) / s32), -128, 127) * s32).astype(np.float16)
     np.testing.assert_array_equal(y, expected)
     # The repaired copy is cached: a second build reuses it.
     again = backend.build(tmp_path / "qdq.onnx", BuildOptions(threads=1), cache)
     assert again.path == engine.path
+
+
+def test_open_onnx_repairs_fp16_quantize_linear_in_memory(tmp_path: Path, cache):
+    """The path for transient graphs: the same rounding as the cached copy, nothing written anywhere."""
+    scale = 0.2
+    source = tmp_path / "qdq.onnx"
+    _fp16_qdq_model(source, scale)
+    x, expected = _fp16_qdq_input_and_expected(scale)
+    backend = OrtBackend(use_cuda=False)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with backend.open_onnx(source, BuildOptions(threads=1)) as runner:
+        y = runner.infer(x)
+        assert runner.engine.meta == {"fp16_quantize_repaired": 1, "repaired_in_memory": True}
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    np.testing.assert_array_equal(y, expected)
+    with backend.open(backend.build(source, BuildOptions(threads=1), cache)) as runner:
+        np.testing.assert_array_equal(runner.infer(x), y)
+    # Opened as it is, onnxruntime's fp16 kernel truncates toward zero: the repair is what fixes it.
+    engine_as_is = Engine(BackendKind.ONNXRUNTIME, source, source, BuildOptions(threads=1))
+    with backend.open(engine_as_is) as runner:
+        unrepaired = runner.infer(x)
+    assert (unrepaired != expected).any(), "onnxruntime's fp16 QuantizeLinear rounds right now: drop the repair"
+
+
+def test_open_onnx_leaves_graphs_without_fp16_quantize_as_they_are(tmp_path: Path):
+    w = _tiny_conv_model(tmp_path / "tiny.onnx")
+    batch = np.random.default_rng(1).random((2, 3, 8, 8), dtype=np.float32)
+    with OrtBackend(use_cuda=False).open_onnx(tmp_path / "tiny.onnx", BuildOptions(threads=1)) as runner:
+        out = runner.infer(batch)
+        assert runner.engine.meta == {} and runner.engine.path == tmp_path / "tiny.onnx"
+    expected = np.einsum("oc,nchw->nohw", w[:, :, 0, 0], batch).reshape(2, 6, 64)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(BackendError, match="broken.onnx"):
+        OrtBackend(use_cuda=False).open_onnx(bad, BuildOptions())

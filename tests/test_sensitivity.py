@@ -11,28 +11,31 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
+from quantbench.backends import BuildOptions
+from quantbench.backends.ort import OrtBackend, fp16_quantize_nodes
 from quantbench.cache import ArtifactCache
 from quantbench.calibration import build_calibration
 from quantbench.errors import ConfigError, DataError, ModelError
 from quantbench.export import resolve_model
 from quantbench.qdq_graph import QdqModel
 from quantbench.quantize import quantize_variant
+from quantbench.search import excluded_patterns, run_search
 from quantbench.sensitivity import (
+    AnalysisOptions,
     GraphMeter,
     layer_sensitivity,
     output_agreement,
-    prepare_analysis,
     probe_split,
     run_batches,
     run_sensitivity,
 )
-from quantbench.search import excluded_patterns, run_search
 from quantbench.variants import Variant, VariantKind, load_variants
 
 SIZE = 320
@@ -202,9 +205,10 @@ def test_sensitivity_on_yolo11n_writes_ranked_report(y11: Y11, calib500: Path, y
                                                     tmp_path: Path) -> None:
     subset = [f"{ATTN}/MatMul", f"{ATTN}/MatMul_1", f"{ATTN}/Add", DFL_CONV, "/model.0/conv/Conv",
               "/model.23/cv3.0/cv3.0.2/Conv"]
-    report = run_sensitivity(yolo11n_onnx, calib500, calib500, tmp_path / "out", cache=y11.cache,
-                             calibration_method="max", calib_images=2, imgsz=SIZE, probe_images=3, proxy_images=2,
-                             top_k=2, groups=subset, batch_size=2, progress=False)
+    options = AnalysisOptions(calibration_method="max", calib_images=2, imgsz=SIZE, probe_images=3, proxy_images=2,
+                              top_k=2, groups=subset, batch_size=2)
+    report = run_sensitivity(yolo11n_onnx, calib500, calib500, tmp_path / "out", cache=y11.cache, options=options,
+                             progress=False)
     assert sorted(report.ranking) == sorted(subset) and [g.rank for g in report.groups] == list(range(1, 7))
     probed = [g for g in report.groups if g.probe_score is not None]
     assert len(probed) == 2 and report.groups[:2] == tuple(probed)  # probed groups rank first
@@ -226,10 +230,6 @@ def test_user_errors_name_the_problem(y11: Y11, calib500: Path, tmp_path: Path) 
         QdqModel.load(y11.model.path)
     with pytest.raises(ModelError, match="not a quantized layer"):
         y11.qdq.with_excluded(["/model.99/nope"])
-    with pytest.raises(ConfigError, match="calibration method 'minmax'"):
-        prepare_analysis(y11.model.path, calib500, None, y11.cache, calibration_method="minmax")
-    with pytest.raises(ConfigError, match="proxy_images=0"):
-        prepare_analysis(y11.model.path, calib500, None, y11.cache, proxy_images=0)
     # A probe folder holding only calibration images leaves nothing to probe.
     folder = tmp_path / "two"
     (folder / "images").mkdir(parents=True)
@@ -250,22 +250,52 @@ def test_user_errors_name_the_problem(y11: Y11, calib500: Path, tmp_path: Path) 
             meter.probe_score(y11.qdq.group_names)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("calibration_method", "minmax", "calibration_method='minmax' is not one of max, entropy"),
+        ("high_precision_dtype", "int4", "high_precision_dtype='int4'"),
+        ("proxy_images", 0, "proxy_images=0 is not a positive whole number"),
+        ("probe_images", 2.5, "probe_images=2.5"),
+        ("calib_images", True, "calib_images=True"),
+        ("top_k", -1, "top_k=-1 is not a non-negative whole number"),
+        ("imgsz", 100, "imgsz=100 is not a positive multiple of 32"),
+        ("variant_name", "int8 auto", "variant_name='int8 auto'"),
+        ("groups", "/model.0/conv/Conv", "is one string"),
+        ("groups", [], "names no layer group"),
+    ],
+)
+def test_analysis_options_refuse_bad_values(field: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        AnalysisOptions(**{field: value})
+    assert AnalysisOptions(groups=["a", "b"]).groups == ("a", "b")  # any sequence, kept as a tuple
+
+
 def test_run_search_end_to_end_on_yolo11n(y11: Y11, calib500: Path, yolo11n_onnx: Path, tmp_path: Path) -> None:
     """Plumbing only (random weights score ~0 mAP): analysis, search, a verifying ModelOpt build, files."""
     subset = [f"{ATTN}/MatMul", DFL_CONV, "/model.0/conv/Conv"]
     out = tmp_path / "search"
-    result = run_search(yolo11n_onnx, calib500, calib500, out, 0.0, cache=y11.cache, calibration_method="max",
-                        calib_images=2, imgsz=SIZE, probe_images=3, proxy_images=2, top_k=1, groups=subset,
-                        high_precision_dtype="fp16", batch_size=2, progress=False)
+    options = AnalysisOptions(calibration_method="max", calib_images=2, imgsz=SIZE, probe_images=3, proxy_images=2,
+                              top_k=1, groups=subset, high_precision_dtype="fp16", batch_size=2)
+    result = run_search(yolo11n_onnx, calib500, calib500, out, budget=0.0, cache=y11.cache, options=options,
+                        progress=False)
     o = result.outcome
     assert o.steps[0].action == "start" and o.steps[-1].action == "verify"
     assert o.verified_score == o.steps[-1].score and o.met_budget == o.steps[-1].within_budget
-    # The verifying build is the found split in FP32 outside INT8 (ONNX Runtime truncates FP16 Q inputs);
-    # the emitted variant keeps FP16 for deployment.
-    assert result.build.options["high_precision_dtype"] == "fp32"
+    # The verifying build is the emitted variant itself: the found split, FP16 outside INT8 as deployed.
+    assert result.build.options["high_precision_dtype"] == "fp16"
     assert set(result.build.excluded_nodes) == set(o.excluded)
     (variant,) = load_variants(Path(result.files["variant"]))
     assert variant.name == "int8-auto" and variant.high_precision_dtype == "fp16"
+    assert {k: v for k, v in result.build.options.items() if k != "calibration"} == variant.options()
+    # The probe scored that FP16 build with its float16 QuantizeLinears repaired in memory: the same
+    # outputs as the bench's cached repaired copy.
+    fp16_build = Path(result.build.onnx_path)
+    assert fp16_quantize_nodes(onnx.load(str(fp16_build)))
+    images = y11.calib.load()
+    backend = OrtBackend()
+    with backend.open(backend.build(fp16_build, BuildOptions(batch_sizes=(2,)), y11.cache)) as runner:
+        np.testing.assert_array_equal(run_batches(fp16_build, images, 2)[0], runner.infer(images))
     assert Path(result.files["markdown"]).read_text().count("| verify |") == 1
     assert Path(result.files["curve"]).read_bytes()[:4] == b"\x89PNG"
     assert {p.name for p in out.iterdir()} >= {"sensitivity.md", "sensitivity.csv", "sensitivity.png",

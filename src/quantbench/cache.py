@@ -89,6 +89,14 @@ def _temp_path_beside(target: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+class ArtifactMissing(Exception):
+    """Raised by a read-only cache view where building would have been needed (not a user error)."""
+
+    def __init__(self, kind: str, key: str):
+        super().__init__(f"{kind}/{key} is not in the cache")
+        self.kind, self.key = kind, key
+
+
 @dataclass(frozen=True)
 class CacheEntry:
     """One published artefact: its path, its build metadata, and whether this call built it."""
@@ -103,6 +111,14 @@ class ArtifactCache:
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root).expanduser()
+
+    def read_only(self) -> ArtifactCache:
+        """A view of the same cache that never builds: `get_or_build` raises `ArtifactMissing` instead.
+
+        Running a pipeline stage against it answers "is this already built?" with the stage's own
+        key computation, so nothing has to re-derive cache keys to plan work.
+        """
+        return _ReadOnlyArtifactCache(self.root)
 
     def path_for(self, kind: str, key: str, suffix: str) -> Path:
         return self.root / kind / f"{key}{suffix}"
@@ -144,3 +160,12 @@ class ArtifactCache:
             # The metadata is published last: an artefact without it is never considered built.
             atomic_write_json(path.with_name(path.name + ".json"), meta)
             return CacheEntry(path, meta, built=True)
+
+
+class _ReadOnlyArtifactCache(ArtifactCache):
+    def get_or_build(self, kind: str, key: str, suffix: str,
+                     build: Callable[[Path], dict[str, Any] | None]) -> CacheEntry:
+        found = self.lookup(kind, key, suffix)
+        if found is None:
+            raise ArtifactMissing(kind, key)
+        return found

@@ -8,8 +8,8 @@ group at a time (a full accuracy curve). A floor on the INT8 share of FLOPs can 
 INT8. Then it tries to give each excluded linear group back to INT8, the costliest first, keeping
 every return that stays within budget. Each trial is a graph derived from the one calibrated INT8
 ONNX (`qdq_graph`), so the search never re-calibrates; the result is confirmed on a real ModelOpt
-build with the found ``nodes_to_exclude`` (``verify``), and more groups are taken out if that
-build misses.
+build with the found ``nodes_to_exclude``, in the precision it is deployed in (``verify``), and
+more groups are taken out if that build misses.
 
 Cost of a split: the groups kept out of INT8, each weighted by its FLOPs (`FlopCost`). The cost
 model is a protocol so that measured TensorRT per-layer latency can replace FLOPs later.
@@ -35,7 +35,7 @@ from tqdm import tqdm
 from .cache import atomic_write_bytes, atomic_write_json, atomic_write_text, hash_key
 from .errors import ConfigError, QuantbenchError
 from .qdq_graph import LayerGroup, QdqModel
-from .sensitivity import GraphMeter, SensitivityReport, error_power
+from .sensitivity import AnalysisOptions, GraphMeter, SensitivityReport, error_power
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,17 @@ class Strategy(str, enum.Enum):
     GREEDY = "greedy"  # one more group at a time until within budget (a full accuracy curve)
 
 
+def check_budget(budget: float) -> float:
+    """``budget`` (the largest allowed drop of the probe score below the reference) if it is valid."""
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or not budget >= 0:  # NaN fails >=
+        raise ConfigError(f"search budget {budget!r} must be a non-negative score drop, e.g. 0.003.")
+    return float(budget)
+
+
 @dataclass(frozen=True)
 class SearchConfig:
-    budget: float  # largest allowed drop of the probe score below the reference score
+    """How the split is searched; the budget itself comes apart (a number, or thresholds.toml)."""
+
     strategy: Strategy = Strategy.BISECT
     min_int8_flop_share: float = 0.0  # never take out a group that would leave less INT8 than this
     max_steps: int = 40  # probe evaluations, all phases together (the start point included)
@@ -109,11 +117,9 @@ class SearchConfig:
     # Only groups worth a probe run are given back: each trial is one more draw of the probe's noise
     # (about +-0.3 mAP points on a few hundred COCO images), which a 0.6 % conv cannot repay.
     trim_min_flop_share: float = 0.02
-    max_verify: int = 3  # real builds tried; each miss takes one more group out of INT8
+    max_verify: int = 3  # real builds tried (0: no verification); each miss takes one more group out of INT8
 
     def __post_init__(self) -> None:
-        if not (self.budget >= 0):  # also refuses NaN
-            raise ConfigError(f"search budget {self.budget!r} must be a non-negative score drop, e.g. 0.003.")
         for name in ("min_int8_flop_share", "trim_min_flop_share"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -211,13 +217,14 @@ def search_split(
     order: Sequence[str],
     *,
     reference_score: float,
-    config: SearchConfig,
+    budget: float,
+    config: SearchConfig = SearchConfig(),
     cost: CostModel | None = None,
     verify: Callable[[tuple[str, ...]], float] | None = None,
     state_path: Path | None = None,
     progress: bool = True,
 ) -> SearchOutcome:
-    """Find the cheapest split within ``config.budget`` of ``reference_score``, taking groups in ``order``.
+    """Find the cheapest split within ``budget`` of ``reference_score``, taking groups in ``order``.
 
     Forward phase (``config.strategy``): the shortest prefix of ``order`` (less any group that
     would break ``config.min_int8_flop_share``) whose probe score is within budget. Trim phase:
@@ -226,13 +233,14 @@ def search_split(
     builds the split for real and returns its probe score; a miss takes the next group out and
     builds again. ``state_path`` makes the search resumable.
     """
+    budget = check_budget(budget)
     qdq = meter.qdq
     qdq.check_names(order)
     sequence = within_floor(qdq, list(dict.fromkeys(order)), config.min_int8_flop_share)
     cost = cost or FlopCost.for_model(qdq)
     all_groups = frozenset(qdq.group_names)
     header = {"qdq": meter.qdq_hash, "probe": meter.probe.fingerprint() if meter.probe else None,
-              "order": sequence, "reference": reference_score,
+              "order": sequence, "reference": reference_score, "budget": budget,
               "config": {**dataclasses.asdict(config), "strategy": config.strategy.value},
               "cost": cost.name, "verify": verify is not None}
     ledger = _Ledger(state_path, header)
@@ -242,7 +250,7 @@ def search_split(
         chosen = set(names)
         return tuple(n for n in qdq.group_names if n in chosen)
 
-    def budget_left() -> bool:
+    def steps_left() -> bool:
         return len(ledger.steps) < config.max_steps
 
     def run(action: str, group: str | None, excluded: Sequence[str], score_fn: Callable[[], float] | None = None
@@ -256,7 +264,7 @@ def search_split(
             drop = reference_score - score
             return SearchStep(step=index, action=action, group=group, excluded=excluded, score=score, drop=drop,
                               int8_flop_share=qdq.int8_flop_share(excluded), fp16_groups=len(excluded),
-                              within_budget=drop <= config.budget + 1e-12, accepted=False)
+                              within_budget=drop <= budget + 1e-12, accepted=False)
 
         step = ledger.trial(action, group, excluded, score_fn or simulated, make)
         bar.update()
@@ -270,17 +278,17 @@ def search_split(
         taken = 0  # length of the prefix of ``sequence`` now out of INT8
         if not current.within_budget and sequence:
             if config.strategy is Strategy.GREEDY:
-                while not current.within_budget and taken < len(sequence) and budget_left():
+                while not current.within_budget and taken < len(sequence) and steps_left():
                     taken += 1
                     current = run("add", sequence[taken - 1], sequence[:taken])
                     accepted.append(current)
-            elif budget_left():
+            elif steps_left():
                 # Bisection on the prefix length, assuming more groups out never scores worse.
                 failing, passing = 0, len(sequence)
                 top = run("prefix", sequence[-1], sequence)
                 if top.within_budget:
                     best = top
-                    while passing - failing > 1 and budget_left():
+                    while passing - failing > 1 and steps_left():
                         mid = (failing + passing) // 2
                         step = run("prefix", sequence[mid - 1], sequence[:mid])
                         if step.within_budget:
@@ -299,7 +307,7 @@ def search_split(
             worth = [n for n in excluded
                      if qdq.group(n).is_linear and qdq.group(n).flops / total >= config.trim_min_flop_share]
             for group in sorted(worth, key=lambda n: -cost.cost(qdq.group(n))):
-                if not budget_left():
+                if not steps_left():
                     break
                 trial = [n for n in excluded if n != group]
                 step = run("trim", group, trial)
@@ -314,7 +322,7 @@ def search_split(
                 frozen = graph_order(excluded)
                 check = run("verify", None, frozen, lambda: verify(frozen))
                 verified = check.score
-                if check.within_budget or not current.within_budget or not pending or not budget_left():
+                if check.within_budget or not current.within_budget or not pending or not steps_left():
                     break
                 group = pending.pop(0)  # the real build missed: one more group out, then build again
                 excluded.append(group)
@@ -327,8 +335,8 @@ def search_split(
     # The real build, where there is one, has the last word: the simulation only predicts it.
     final_score = verified if verified is not None else current.score
     return SearchOutcome(
-        reference_score=reference_score, budget=config.budget, excluded=final_excluded, score=current.score,
-        verified_score=verified, met_budget=reference_score - final_score <= config.budget + 1e-12,
+        reference_score=reference_score, budget=budget, excluded=final_excluded, score=current.score,
+        verified_score=verified, met_budget=reference_score - final_score <= budget + 1e-12,
         int8_flop_share=qdq.int8_flop_share(final_excluded), steps=steps,
     )
 
@@ -473,77 +481,52 @@ def trace_key(outcome: SearchOutcome) -> str:
 # Library entry point (what `quantbench search` calls)
 
 
-def budget_from_thresholds(path: Path, model: str) -> float:
-    """``max_abs_drop`` for ``model`` from a thresholds.toml (engineer E's `quantbench.thresholds`)."""
-    from .thresholds import Thresholds
-
-    return Thresholds.load(Path(path)).for_model(model).max_abs_drop
-
-
 def run_search(
     model: str | Path,
     calib_folder: Path,
     probe_folder: Path,
     out_dir: Path,
-    budget: float | None = None,
     *,
     cache: Any,
+    budget: float | None = None,
     thresholds: Path | None = None,
-    calibration_method: str = "entropy",
-    calib_images: int = 128,
-    seed: int = 0,
-    imgsz: int = 640,
-    probe_images: int = 200,
-    proxy_images: int = 16,
-    top_k: int = 12,
-    high_precision_dtype: str = "fp16",
-    variant_name: str = "int8-auto",
-    strategy: Strategy | str = Strategy.BISECT,
-    min_int8_flop_share: float = 0.0,
-    max_steps: int = 40,
-    trim: bool = True,
-    trim_min_flop_share: float = 0.02,
-    verify: bool = True,
-    verify_high_precision_dtype: str | None = "fp32",
-    groups: Collection[str] | None = None,
-    batch_size: int = 8,
+    options: AnalysisOptions = AnalysisOptions(),
+    config: SearchConfig = SearchConfig(),
     progress: bool = True,
 ) -> SearchResult:
     """Find the cheapest FP16/INT8 split of ``model`` whose probe mAP50-95 drop vs FP32 is within ``budget``.
 
     ``budget`` (a fraction: 0.003 = 0.3 mAP points) defaults to ``max_abs_drop`` for the model in
-    ``thresholds``; ``min_int8_flop_share`` (e.g. 0.85) caps what may leave INT8; ``groups``
-    restricts the analysis and the search to those layer groups (node names). Runs (or reuses
-    from the cache) the sensitivity analysis, searches (``strategy``: bisect or greedy), builds the
-    found variant with ModelOpt and scores it on the probe, and writes into ``out_dir``:
+    ``thresholds`` (a thresholds.toml, read before any work). ``options`` says how the INT8 build
+    is analysed (``options.groups`` restricts the analysis and the search to those layer groups),
+    ``config`` how the split is searched (``strategy``, ``min_int8_flop_share``, ``max_steps``;
+    ``max_verify=0`` skips the real build).
+    Runs (or reuses from the cache) the sensitivity analysis, searches, builds the found variant
+    with ModelOpt and scores it on the probe, and writes into ``out_dir``:
     sensitivity.{md,csv,png}, search.md, search_curve.png, ``<variant_name>.toml`` and the
     resumable search_state.json.
 
-    The emitted variant keeps ``high_precision_dtype`` (FP16 is what TensorRT deploys); the build
-    that verifies the split uses ``verify_high_precision_dtype`` (FP32 by default) because ONNX
-    Runtime's CPU QuantizeLinear truncates float16 inputs instead of rounding them (measured on
-    onnxruntime 1.24: a mean error of minus half a quantization step), which would charge every
-    FP16 Q/DQ graph an error TensorRT does not make. ``None`` verifies the emitted dtype itself.
+    The trials are scored on graphs derived from the analysis graph (FP32 outside INT8, see
+    `sensitivity.prepare_analysis`); the verifying build is the emitted variant itself, with
+    ``options.high_precision_dtype`` outside INT8 (FP16 by default, what TensorRT deploys), so the
+    verdict is about the split as deployed. ONNX Runtime scores it with its float16
+    QuantizeLinear nodes computed in fp32, as TensorRT does (`OrtBackend.open_onnx`).
     """
     from .quantize import quantize_variant
     from .sensitivity import layer_sensitivity, open_meter, prepare_analysis, write_sensitivity
+    from .thresholds import Thresholds
 
-    if budget is None:
-        if thresholds is None:
-            raise ConfigError("no search budget given; pass budget= (e.g. 0.003) or a thresholds.toml.")
-    setup = prepare_analysis(model, calib_folder, probe_folder, cache, calibration_method=calibration_method,
-                             calib_images=calib_images, seed=seed, imgsz=imgsz, probe_images=probe_images,
-                             proxy_images=proxy_images, high_precision_dtype=high_precision_dtype,
-                             variant_name=variant_name)
-    if budget is None:
-        budget = budget_from_thresholds(thresholds, setup.model.name)  # type: ignore[arg-type]
-    config = SearchConfig(budget=budget, strategy=strategy,  # type: ignore[arg-type]  (a name is converted)
-                          min_int8_flop_share=min_int8_flop_share, max_steps=max_steps, trim=trim,
-                          trim_min_flop_share=trim_min_flop_share)
+    # Both sources of the budget are checked before any work.
+    if budget is None and thresholds is None:
+        raise ConfigError("no search budget given; pass budget= (e.g. 0.003) or a thresholds.toml.")
+    limits = Thresholds.load(Path(thresholds)) if budget is None else None
+    given = None if budget is None else check_budget(budget)
+    setup = prepare_analysis(model, calib_folder, probe_folder, cache, options)
+    budget = given if limits is None else limits.for_model(setup.model.name).max_abs_drop
     out_dir = Path(out_dir)
-    qdq, meter = open_meter(setup, cache, batch_size=batch_size)
+    qdq, meter = open_meter(setup, cache)
     with meter:
-        report = layer_sensitivity(meter, model=setup.model.name, top_k=top_k, groups=groups,
+        report = layer_sensitivity(meter, model=setup.model.name, top_k=options.top_k, groups=options.groups,
                                    fp32_onnx=Path(setup.model.path), progress=progress)
         write_sensitivity(report, out_dir)
         cost = FlopCost.for_model(qdq)
@@ -560,15 +543,13 @@ def run_search(
             )
 
         def build_and_score(excluded: tuple[str, ...]) -> float:
-            variant = variant_for(excluded)
-            if verify_high_precision_dtype is not None:
-                variant = dataclasses.replace(variant, high_precision_dtype=verify_high_precision_dtype)
-            build = quantize_variant(setup.model, variant, setup.calib, cache)
+            build = quantize_variant(setup.model, variant_for(excluded), setup.calib, cache)
             builds[excluded] = build
             return meter.probe_score_of_file(Path(build.onnx_path))
 
-        outcome = search_split(meter, search_order(report, qdq, cost), reference_score=reference, config=config,
-                               cost=cost, verify=build_and_score if verify else None,
+        verify = config.max_verify > 0
+        outcome = search_split(meter, search_order(report, qdq, cost), reference_score=reference, budget=budget,
+                               config=config, cost=cost, verify=build_and_score if verify else None,
                                state_path=out_dir / STATE_FILE, progress=progress)
         variant = variant_for(outcome.excluded)
         build = builds.get(outcome.excluded)
@@ -576,8 +557,9 @@ def run_search(
             build_and_score(outcome.excluded)  # a resumed search: build and score come from the cache
             build = builds[outcome.excluded]
         result = SearchResult(
-            model=setup.model.name, variant_name=variant_name, outcome=outcome, variant_toml=variant_toml(variant),
-            probe=meter.probe.description if meter.probe else "", cost_model=f"{cost.name} (FP16 layers weighted "
-            "by FLOPs: 1 + FLOPs / mean linear-layer FLOPs)", build=build,
+            model=setup.model.name, variant_name=options.variant_name, outcome=outcome,
+            variant_toml=variant_toml(variant), probe=meter.probe.description if meter.probe else "",
+            cost_model=f"{cost.name} (FP16 layers weighted by FLOPs: 1 + FLOPs / mean linear-layer FLOPs)",
+            build=build,
         )
         return write_search(result, qdq, out_dir)

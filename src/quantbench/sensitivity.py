@@ -36,13 +36,15 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from .backends.base import BuildOptions, Engine, Runner
+from .backends.base import BuildOptions
 from .backends.ort import OrtBackend
 from .cache import ArtifactCache, atomic_write_bytes, atomic_write_text, hash_key, sha256_file
 from .dataset import CocoDataset
 from .detections import NmsConfig
 from .errors import ConfigError, DataError
 from .qdq_graph import QdqModel
+from .variants import VARIANT_NAME_RE  # an emitted variant must load back from variants.toml
+from .variants import CALIBRATION_METHODS, HIGH_PRECISION_DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +139,7 @@ class CocoProbe:
     def score(self, onnx_path: Path) -> float:
         from .evaluate import evaluate
 
-        with _open_ort(onnx_path, self.options) as runner:
+        with OrtBackend().open_onnx(onnx_path, self.options) as runner:
             result = evaluate(runner, self.dataset, model=onnx_path.stem, variant="probe",
                               batch_size=self.batch_size, nms=self.nms, progress=False, imgsz=self.imgsz)
         return result.metrics.map50_95
@@ -168,15 +170,13 @@ class OutputErrorProbe:
 
 
 def run_batches(onnx_path: Path, images: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Raw outputs of ``onnx_path`` (ONNX Runtime) on ``images``, one array per batch."""
-    with _open_ort(onnx_path, BuildOptions(batch_sizes=(batch_size,))) as runner:
+    """Raw outputs of ``onnx_path`` (ONNX Runtime) on ``images``, one array per batch.
+
+    Derived graphs are opened once each, so float16 QuantizeLinear nodes are repaired in memory
+    (`OrtBackend.open_onnx`) rather than through `OrtBackend.build`'s cached copy: same numerics.
+    """
+    with OrtBackend().open_onnx(onnx_path, BuildOptions(batch_sizes=(batch_size,))) as runner:
         return [np.array(runner.infer(images[i:i + batch_size]), copy=True) for i in range(0, len(images), batch_size)]
-
-
-def _open_ort(onnx_path: Path, options: BuildOptions) -> Runner:
-    # ONNX Runtime's "engine" is the ONNX itself: no build step, nothing to cache.
-    backend = OrtBackend()
-    return backend.open(Engine(backend.kind, Path(onnx_path), Path(onnx_path), options))
 
 
 def _array_hash(array: np.ndarray) -> str:
@@ -521,15 +521,68 @@ def write_sensitivity(report: SensitivityReport, out_dir: Path) -> SensitivityRe
     return dataclasses.replace(report, files={k: str(v) for k, v in files.items()})
 
 
-
 # ---------------------------------------------------------------------------------------------
-# Library entry points (what `quantbench sensitivity` calls)
+# Library entry points (what `quantbench sensitivity` and `quantbench search` call)
+
+
+def _count_problem(value: Any, least: int) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int) or value < least
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """How a model's INT8 build is analysed: shared by `prepare_analysis`, `run_sensitivity` and
+    `search.run_search` (the search's own knobs are `search.SearchConfig`).
+
+    Checked on construction: a bad value raises `ConfigError` naming the field and the fix.
+    """
+
+    calibration_method: str = "entropy"  # ModelOpt's INT8 calibrator: entropy or max
+    calib_images: int = 128  # calibration images, a seeded choice from the calibration folder
+    seed: int = 0  # which calibration images
+    imgsz: int = 640  # the model's square input side
+    probe_images: int = 200  # probe split: images of the probe folder that are not calibration images
+    proxy_images: int = 16  # calibration images the output proxies (SQNR, cosine vs FP32) run on
+    top_k: int = 12  # best-ranked groups that also get a probe score (0: proxies only)
+    groups: tuple[str, ...] | None = None  # analyse only these layer groups (node names); None: all
+    # Outside INT8 the *emitted* variant keeps this; the analysis graph always uses FP32 (see
+    # `prepare_analysis`).
+    high_precision_dtype: str = "fp16"
+    variant_name: str = "int8-auto"  # name of the variant a search emits
+    batch_size: int = 8  # ONNX Runtime batch for proxies and probes
+
+    def __post_init__(self) -> None:
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise ConfigError(f"calibration_method={self.calibration_method!r} is not one of "
+                              f"{', '.join(CALIBRATION_METHODS)}; use entropy or max.")
+        if self.high_precision_dtype not in HIGH_PRECISION_DTYPES:
+            raise ConfigError(f"high_precision_dtype={self.high_precision_dtype!r} is not one of "
+                              f"{', '.join(HIGH_PRECISION_DTYPES)}; use fp16 (what TensorRT deploys).")
+        for name, least, example in (("calib_images", 1, 128), ("probe_images", 1, 200), ("proxy_images", 1, 16),
+                                     ("batch_size", 1, 8), ("top_k", 0, 12), ("seed", 0, 0)):
+            value = getattr(self, name)
+            if _count_problem(value, least):
+                kind = "a positive" if least else "a non-negative"
+                raise ConfigError(f"{name}={value!r} is not {kind} whole number; pass e.g. {example}.")
+        if _count_problem(self.imgsz, 32) or self.imgsz % 32:
+            raise ConfigError(f"imgsz={self.imgsz!r} is not a positive multiple of 32; pass e.g. 640.")
+        if not isinstance(self.variant_name, str) or not VARIANT_NAME_RE.match(self.variant_name):
+            raise ConfigError(f"variant_name={self.variant_name!r} is not a valid variant name; use letters, "
+                              "digits, '.', '_' and '-', e.g. int8-auto.")
+        if self.groups is not None:
+            if isinstance(self.groups, str):
+                raise ConfigError(f"groups={self.groups!r} is one string; pass a list of layer group names.")
+            groups = tuple(self.groups)
+            if not groups or not all(isinstance(g, str) for g in groups):
+                raise ConfigError(f"groups={groups!r} names no layer group; pass node names, or None for all groups.")
+            object.__setattr__(self, "groups", groups)
 
 
 @dataclass(frozen=True)
 class AnalysisSetup:
     """Everything a sensitivity analysis or a split search works on, built (or found) in the cache."""
 
+    options: AnalysisOptions
     model: Any  # export.ModelInfo: the FP32 model, also the proxies' reference
     template: Any  # variants.Variant: the INT8 variant analysed (calibration method, images, dtype)
     calib: Any  # calibration.CalibrationSet
@@ -559,54 +612,40 @@ def prepare_analysis(
     calib_folder: Path,
     probe_folder: Path | None,
     cache: ArtifactCache,
-    *,
-    calibration_method: str = "entropy",
-    calib_images: int = 128,
-    seed: int = 0,
-    imgsz: int = 640,
-    probe_images: int = 200,
-    proxy_images: int = 16,
-    high_precision_dtype: str = "fp16",
-    variant_name: str = "int8-auto",
+    options: AnalysisOptions = AnalysisOptions(),
 ) -> AnalysisSetup:
     """Resolve the model, calibrate, build the INT8 analysis graph, pick the probe and proxy images.
 
-    The analysis graph is the template variant with FP32 (not ``high_precision_dtype``) outside
-    INT8: ONNX Runtime runs it faster on the CPU, and with every group bypassed it is exactly the
-    FP32 model, so the proxies measure INT8 error alone. The final variant keeps the dtype asked for.
+    The analysis graph is the template variant with FP32 (not ``options.high_precision_dtype``)
+    outside INT8: ONNX Runtime runs it faster on the CPU, and with every group bypassed it is
+    exactly the FP32 model, so the proxies measure INT8 error alone. The emitted variant keeps the
+    dtype asked for, and a search verifies its split in that dtype.
     """
     from .calibration import build_calibration, calibration_images
     from .export import resolve_model
     from .quantize import quantize_variant
-    from .variants import CALIBRATION_METHODS, Variant, VariantKind
+    from .variants import Variant, VariantKind
 
-    if calibration_method not in CALIBRATION_METHODS:
-        raise ConfigError(
-            f"calibration method {calibration_method!r} is not one of {', '.join(CALIBRATION_METHODS)}; "
-            "use entropy or max."
-        )
-    for label, value, least in (("proxy_images", proxy_images, 1), ("probe_images", probe_images, 1),
-                                ("calib_images", calib_images, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ConfigError(f"{label}={value!r} is not a positive whole number; pass e.g. 16.")
-    info = resolve_model(model, cache, imgsz=imgsz)
-    calib = build_calibration(Path(calib_folder), calib_images, cache=cache, seed=seed, size=info.input_size)
-    template = Variant(name=variant_name, kind=VariantKind.INT8, calibration_method=calibration_method,
-                       calib_images=calib_images, high_precision_dtype=high_precision_dtype)
-    analysis = dataclasses.replace(template, name=f"{variant_name}-analysis", high_precision_dtype="fp32")
+    o = options
+    info = resolve_model(model, cache, imgsz=o.imgsz)
+    calib = build_calibration(Path(calib_folder), o.calib_images, cache=cache, seed=o.seed, size=info.input_size)
+    template = Variant(name=o.variant_name, kind=VariantKind.INT8, calibration_method=o.calibration_method,
+                       calib_images=o.calib_images, high_precision_dtype=o.high_precision_dtype)
+    analysis = dataclasses.replace(template, name=f"{o.variant_name}-analysis", high_precision_dtype="fp32")
     int8 = quantize_variant(info, analysis, calib, cache)
     probe_dataset = None
     if probe_folder is not None:
         images_dir, _ = calibration_images(Path(calib_folder))
-        probe_dataset = probe_split(Path(probe_folder), calib, images_dir, probe_images)
+        probe_dataset = probe_split(Path(probe_folder), calib, images_dir, o.probe_images)
     stored = np.load(calib.path, mmap_mode="r")  # the whole tensor is ~600 MB for 128 images
-    proxies = np.array(stored[: min(proxy_images, len(stored))], dtype=np.float32)
-    return AnalysisSetup(info, template, calib, int8, probe_dataset, proxies)
+    proxies = np.array(stored[: min(o.proxy_images, len(stored))], dtype=np.float32)
+    return AnalysisSetup(o, info, template, calib, int8, probe_dataset, proxies)
 
 
-def open_meter(setup: AnalysisSetup, cache: ArtifactCache, *, batch_size: int = 8) -> tuple[QdqModel, GraphMeter]:
+def open_meter(setup: AnalysisSetup, cache: ArtifactCache) -> tuple[QdqModel, GraphMeter]:
     """The analysis graph parsed, and a meter with the setup's proxies and COCO probe."""
     qdq = QdqModel.load(Path(setup.int8.onnx_path), input_size=setup.model.input_size)
+    batch_size = setup.options.batch_size
     probe = None
     if setup.probe_dataset is not None:
         probe = CocoProbe(setup.probe_dataset, imgsz=setup.model.input_size, batch_size=batch_size)
@@ -622,29 +661,19 @@ def run_sensitivity(
     out_dir: Path,
     *,
     cache: ArtifactCache,
-    calibration_method: str = "entropy",
-    calib_images: int = 128,
-    seed: int = 0,
-    imgsz: int = 640,
-    probe_images: int = 200,
-    proxy_images: int = 16,
-    top_k: int = 8,
-    groups: Collection[str] | None = None,
-    batch_size: int = 8,
+    options: AnalysisOptions = AnalysisOptions(),
     progress: bool = True,
 ) -> SensitivityReport:
-    """Sensitivity of ``model``'s INT8 build (ModelOpt, ``calibration_method`` on ``calib_folder``).
+    """Sensitivity of ``model``'s INT8 build (ModelOpt, ``options.calibration_method`` on ``calib_folder``).
 
     Writes sensitivity.md, sensitivity.csv and sensitivity.png into ``out_dir``. ``probe_folder``
     (a COCO folder: images/ + instances.json) must not overlap the data the model is finally
     evaluated on; calibration images in it are left out of the probe. Without it only the
     proxies are measured.
     """
-    setup = prepare_analysis(model, calib_folder, probe_folder, cache, calibration_method=calibration_method,
-                             calib_images=calib_images, seed=seed, imgsz=imgsz, probe_images=probe_images,
-                             proxy_images=proxy_images)
-    qdq, meter = open_meter(setup, cache, batch_size=batch_size)
+    setup = prepare_analysis(model, calib_folder, probe_folder, cache, options)
+    qdq, meter = open_meter(setup, cache)
     with meter:
-        report = layer_sensitivity(meter, model=setup.model.name, top_k=top_k if probe_folder else 0,
-                                   groups=groups, fp32_onnx=Path(setup.model.path), progress=progress)
+        report = layer_sensitivity(meter, model=setup.model.name, top_k=options.top_k if probe_folder else 0,
+                                   groups=options.groups, fp32_onnx=Path(setup.model.path), progress=progress)
     return write_sensitivity(report, Path(out_dir))

@@ -42,7 +42,7 @@ DEFAULT_VARIANTS = Path("bench/variants.toml")
 CALIBRATION_METHODS = ("max", "entropy")  # ModelOpt's INT8 calibrators (ORT MinMax / Entropy)
 HIGH_PRECISION_DTYPES = ("fp32", "fp16", "bf16")
 MODELOPT_PASSES = ("concat_elimination",)
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+VARIANT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class VariantKind(str, Enum):
@@ -189,7 +189,7 @@ class _TableReader:
             if required not in self.table:
                 raise self.fail(required, "missing; every [[variant]] needs a name and a kind.")
         name = self.string("name")
-        if not _NAME_RE.match(name):
+        if not VARIANT_NAME_RE.match(name):
             raise self.fail("name", f"{name!r} may only hold letters, digits, '.', '_' and '-' (it is a test id); rename it.")
         kind = VariantKind(self.string("kind", tuple(k.value for k in VariantKind)))
         allowed = _COMMON_KEYS + _KIND_OPTIONS[kind]

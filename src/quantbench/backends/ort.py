@@ -4,13 +4,15 @@ CPU execution provider everywhere; the CUDA provider where onnxruntime-gpu finds
 latency says nothing about TensorRT INT8 speed (Q/DQ graphs run slower than FP32 on ORT's CPU
 EP) and is reported as what it is.
 
-One numerics repair: onnxruntime's CPU `QuantizeLinear` for float16 inputs rounds negative values
-toward zero (measured with onnxruntime-gpu 1.24.4: round(-6.6) gives -6, not -7), which biases
-every quantized weight and activation of a ModelOpt graph whose rest is fp16
+One numerics repair: onnxruntime's CPU `QuantizeLinear` for float16 inputs truncates toward zero
+instead of rounding (measured with onnxruntime-gpu 1.24.4: x / scale = -50.6 gives -50, 25.6 gives 25),
+which damages every quantized weight and activation of a ModelOpt graph whose rest is fp16
 (`high_precision_dtype="fp16"`, the default) and collapses yolov5n's mAP50-95 from 0.29 to 0.04.
-TensorRT computes the quantization in fp32, so `build` gives ONNX Runtime a cached copy in which
-each float16 `QuantizeLinear` reads its input and scale cast to float32: the same Q/DQ graph, with
-round-half-to-even as the ONNX specification and TensorRT define it.
+TensorRT computes the quantization in fp32, so ONNX Runtime gets a copy in which each float16
+`QuantizeLinear` reads its input and scale cast to float32: the same Q/DQ graph, with
+round-half-to-even as the ONNX specification and TensorRT define it. `build` writes that copy into
+the cache (the bench opens the same variant in every session); `open_onnx` repairs in memory, for
+transient graphs (the sensitivity analysis and split search derive hundreds) that are opened once.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..cache import ArtifactCache, hash_key, sha256_file
 from ..errors import BackendError
 from .base import Backend, BackendKind, BuildOptions, Engine, Runner, TimingSamples
+
+if TYPE_CHECKING:
+    import onnx
 
 
 def _ort():
@@ -58,16 +63,14 @@ def fp16_quantize_nodes(model) -> list:
     return [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[1] in fp16_inits]
 
 
-def quantize_in_fp32(src: Path, dst: Path) -> int:
-    """Write ``src`` to ``dst`` with every float16 QuantizeLinear computing in float32.
+def repair_fp16_quantize(model: onnx.ModelProto) -> int:
+    """Make every float16 QuantizeLinear of ``model`` (a ModelProto, changed in place) compute in float32.
 
     Returns how many nodes were rewritten. Zero points, axes and the DequantizeLinear side are
     unchanged, so the integer values and the fp16 dequantized outputs are what TensorRT computes.
     """
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    model = onnx.load(str(src))
     nodes = fp16_quantize_nodes(model)
     inits = {i.name: i for i in model.graph.initializer}
     added_scales: dict[str, str] = {}
@@ -92,19 +95,42 @@ def quantize_in_fp32(src: Path, dst: Path) -> int:
         ordered.append(node)
     del model.graph.node[:]
     model.graph.node.extend(ordered)
-    onnx.save(model, str(dst))
     return len(nodes)
 
 
+def quantize_in_fp32(src: Path, dst: Path) -> int:
+    """Write ``src`` to ``dst`` with the `repair_fp16_quantize` rewrite; how many nodes it rewrote."""
+    import onnx
+
+    model = onnx.load(str(src))
+    rewritten = repair_fp16_quantize(model)
+    onnx.save(model, str(dst))
+    return rewritten
+
+
+def _model_needing_repair(onnx_path: Path) -> onnx.ModelProto | None:
+    """``onnx_path``'s ModelProto (external weights not loaded) if it has float16 QuantizeLinear nodes, else None."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except (DecodeError, OSError):  # not loadable as ONNX: the session reports it, naming the file
+        return None
+    return model if fp16_quantize_nodes(model) else None
+
+
 class OrtRunner(Runner):
-    def __init__(self, engine: Engine, providers: list[Any]):
+    def __init__(self, engine: Engine, providers: list[Any], *, model_bytes: bytes | None = None):
+        """Open ``engine.path``, or ``model_bytes`` (a serialized ModelProto made from it) when given."""
         ort = _ort()
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if engine.options.threads:
             so.intra_op_num_threads = engine.options.threads
         try:
-            self.session = ort.InferenceSession(str(engine.path), sess_options=so, providers=providers)
+            source = str(engine.path) if model_bytes is None else model_bytes
+            self.session = ort.InferenceSession(source, sess_options=so, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types with long texts
             raise BackendError(
                 f"ONNX Runtime could not load {engine.path}: {str(exc).splitlines()[0]}; "
@@ -166,20 +192,15 @@ class OrtBackend(Backend):
         # ONNX Runtime compiles at session creation: the ONNX itself is the engine, unless it has
         # float16 QuantizeLinear nodes, which get the fp32 repair described in the module docstring.
         onnx_path = Path(onnx_path)
-        try:
-            import onnx
-
-            needs_repair = bool(fp16_quantize_nodes(onnx.load(str(onnx_path), load_external_data=False)))
-        except Exception:  # not loadable as ONNX: let the session report it, naming the file
-            needs_repair = False
-        if not needs_repair:
+        if _model_needing_repair(onnx_path) is None:
             return Engine(self.kind, onnx_path, onnx_path, options)
         key = hash_key(sha256_file(onnx_path), "quantize-in-fp32", _QUANTIZE_REPAIR_VERSION)
         entry = cache.get_or_build(
             "ort-qdq-fp32", key, ".onnx",
             lambda tmp: {"source": str(onnx_path), "rewritten_nodes": quantize_in_fp32(onnx_path, tmp)},
         )
-        return Engine(self.kind, entry.path, onnx_path, options, meta={"fp16_quantize_repaired": entry.meta["rewritten_nodes"]})
+        return Engine(self.kind, entry.path, onnx_path, options,
+                      meta={"fp16_quantize_repaired": entry.meta["rewritten_nodes"]})
 
     def providers(self, device_id: int) -> list[Any]:
         if self.use_cuda:
@@ -188,6 +209,24 @@ class OrtBackend(Backend):
 
     def open(self, engine: Engine) -> OrtRunner:
         return OrtRunner(engine, self.providers(engine.options.device_id))
+
+    def open_onnx(self, onnx_path: Path, options: BuildOptions) -> OrtRunner:
+        """Open any ONNX for inference, repairing float16 QuantizeLinear nodes in memory (nothing cached).
+
+        For graphs opened once (derived Q/DQ graphs, a build scored once); what is opened again and
+        again goes through `build`, whose repaired copy is cached.
+        """
+        onnx_path = Path(onnx_path)
+        model = _model_needing_repair(onnx_path)
+        if model is None:
+            return self.open(Engine(self.kind, onnx_path, onnx_path, options))
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(model, str(onnx_path.parent))  # no-op for single-file models
+        rewritten = repair_fp16_quantize(model)
+        engine = Engine(self.kind, onnx_path, onnx_path, options,
+                        meta={"fp16_quantize_repaired": rewritten, "repaired_in_memory": True})
+        return OrtRunner(engine, self.providers(options.device_id), model_bytes=model.SerializeToString())
 
     def device_description(self) -> str:
         return _device_name(["CUDAExecutionProvider"] if self.use_cuda else ["CPUExecutionProvider"])
