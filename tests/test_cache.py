@@ -63,6 +63,27 @@ def test_read_only_view_answers_from_the_cache_and_never_builds(cache: ArtifactC
     assert not (cache.root / "demo" / "absent.txt.lock").exists()  # not even a lock file
 
 
+def test_file_digests_are_remembered_until_a_file_changes(cache: ArtifactCache, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    files = [tmp_path / f"img{i}.jpg" for i in range(3)]
+    for i, f in enumerate(files):
+        f.write_bytes(bytes([i]) * 1000)
+    expected = [sha256_file(f) for f in files]
+    assert cache.file_digests(files) == expected
+    # Remembered: a second call reads no file (a hasher that refuses proves it) ...
+    def refuse(path):
+        raise AssertionError(f"re-read {path}")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("quantbench.cache.sha256_file", refuse)
+        assert cache.file_digests(files) == expected
+    # ... until one changes: new size and mtime, new digest.
+    files[1].write_bytes(b"changed")
+    os.utime(files[1], ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert cache.file_digests(files) == [expected[0], sha256_file(files[1]), expected[2]]
+    assert cache.file_digests(files)[1] != expected[1]
+
+
 def test_failed_build_publishes_nothing_and_retries(cache: ArtifactCache):
     def broken(tmp: Path):
         tmp.write_text("half")

@@ -139,3 +139,22 @@ def test_open_onnx_leaves_graphs_without_fp16_quantize_as_they_are(tmp_path: Pat
     bad.write_bytes(b"not a model")
     with pytest.raises(BackendError, match="broken.onnx"):
         OrtBackend(use_cuda=False).open_onnx(bad, BuildOptions())
+
+
+@pytest.mark.parametrize("model", ["yolov5n_onnx", "yolo11n_onnx"])
+def test_cpu_engines_are_optimized_once_per_machine_and_compute_the_same(request, model: str, cache, tmp_path: Path):
+    """ORT's offline mode: the optimized graph is cached, loaded without re-optimizing, and bit-identical."""
+    source = request.getfixturevalue(model)
+    backend = OrtBackend(use_cuda=False)
+    options = BuildOptions(threads=1)
+    engine = backend.build(source, options, cache)
+    assert engine.meta["optimized_offline"] is True and engine.source_onnx == source
+    assert engine.path.parent == cache.root / "ort-optimized"
+    assert backend.build(source, options, cache).path == engine.path  # cached: optimized once
+    batch = np.random.default_rng(2).random((1, 3, 640, 640), dtype=np.float32)
+    with backend.open(engine) as runner:
+        offline = runner.infer(batch)
+    as_given = Engine(BackendKind.ONNXRUNTIME, source, source, options)  # optimized by the session itself
+    with backend.open(as_given) as runner:
+        online = runner.infer(batch)
+    np.testing.assert_array_equal(offline, online)

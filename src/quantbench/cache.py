@@ -28,6 +28,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
 _file_hash_memo: dict[tuple[str, int, int], str] = {}
+_DIGESTS_KIND, _DIGESTS_VERSION = "digests", 1
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -119,6 +120,25 @@ class ArtifactCache:
         key computation, so nothing has to re-derive cache keys to plan work.
         """
         return _ReadOnlyArtifactCache(self.root)
+
+    def file_digests(self, paths: list[Path]) -> list[str]:
+        """sha256 of each file, remembered on disk by (path, size, mtime, inode) like git's index.
+
+        Content keys over many inputs (500 calibration images) would otherwise re-read every byte
+        in every session just to find out that nothing changed: stat-ing them is enough.
+        """
+        stats = []
+        for p in paths:
+            st = os.stat(p)
+            stats.append((str(Path(p).resolve()), st.st_size, st.st_mtime_ns, st.st_ino))
+        memo = self.root / _DIGESTS_KIND / f"{hash_key(_DIGESTS_VERSION, stats)}.json"
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError, KeyError):
+            digests = json.loads(memo.read_text())["sha256"]
+            if len(digests) == len(paths):
+                return digests
+        digests = [sha256_file(p) for p in paths]
+        atomic_write_json(memo, {"files": [s[0] for s in stats], "sha256": digests})
+        return digests
 
     def path_for(self, kind: str, key: str, suffix: str) -> Path:
         return self.root / kind / f"{key}{suffix}"

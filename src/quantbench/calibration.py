@@ -99,7 +99,7 @@ def build_calibration(
     images_dir, files = calibration_images(folder)
     chosen = choose_images(files, num_images, seed, images_dir)
     names = tuple(p.relative_to(images_dir).as_posix() for p in chosen)
-    key = hash_key(CACHE_KIND, _FORMAT_VERSION, [sha256_file(p) for p in chosen], seed, size, num_images)
+    key = hash_key(CACHE_KIND, _FORMAT_VERSION, cache.file_digests(chosen), seed, size, num_images)
 
     def build(tmp: Path) -> dict:
         log.info("preprocessing %d calibration images from %s", num_images, images_dir)
