@@ -81,6 +81,31 @@ def test_yolov5n_on_cpu_with_measured_numbers(tmp_path: Path):
     assert s.criteria["baseline"] == "fp32" and s.criteria["max_abs_drop"] == 0.010
 
 
+def test_a_runner_up_within_measurement_noise_is_named_beside_the_winner(tmp_path: Path):
+    from quantbench.report import winner_line
+    from quantbench.selection import median_standard_error
+
+    # Medians, standard deviations and rounds of one `pytest bench` run on this 2-core CPU (this
+    # session): fp32 and fp16 are the same speed on ONNX Runtime's CPU provider, a coin toss.
+    def measured(variant: str, median: float, stddev: float) -> LatencyResult:
+        return LatencyResult(model="yolov5n-coco", variant=variant, backend="onnxruntime", device="CPU", batch_size=1,
+                             host=LatencyStats(median, median, median * 0.9, median * 1.3, stddev, 50),
+                             images_per_s=1000.0 / median)
+
+    evals = [_eval("yolov5n-coco", v, m) for v, m in (("fp32", 0.2438), ("fp16", 0.2436), ("int8", 0.2436))]
+    lats = [measured("fp32", 39.13, 2.55), measured("fp16", 39.74, 2.51), measured("int8", 56.82, 4.14)]
+    (s,) = select(evals, lats, _thresholds(tmp_path, 'baseline = "fp16"'))
+    assert s.winner == "fp32" and s.within_noise == ("fp16",)  # 0.61 ms apart, 2 x 0.63 ms allowed
+    assert s.winning_outcome.latency_noise_ms == pytest.approx(median_standard_error(2.55, 50)) == pytest.approx(0.452, abs=1e-3)
+    line = winner_line(s)
+    assert line.endswith("within measurement noise of it: fp16 39.74 ms (+-0.45 ms standard error), "
+                         "a re-run may rank them first"), line
+    # Clearly apart (or noise-free samples): no note.
+    lats = [measured("fp32", 30.0, 2.55), measured("fp16", 39.74, 2.51), measured("int8", 56.82, 4.14)]
+    (s,) = select(evals, lats, _thresholds(tmp_path, 'baseline = "fp16"'))
+    assert s.winner == "fp32" and s.within_noise == () and "noise" not in winner_line(s)
+
+
 def test_tensorrt_latency_joined_with_onnxruntime_accuracy_and_per_model_speedups():
     t = Thresholds.load(REPO_THRESHOLDS)  # yolo11n needs 1.33x, yolo11s 1.25x on tensorrt
     evals = [_eval(m, v, a) for m in ("yolo11n", "yolo11s")

@@ -31,9 +31,14 @@ def winner_line(selection: Selection) -> str:
         return f"no variant passes for {s.model} on {s.backend} at batch {s.reference_batch}: see the reasons above"
     note = " (the baseline: no faster variant passes)" if won.variant == s.baseline else ""
     untrained = " [untrained model: mAP means nothing]" if won.untrained else ""
+    tied = ""
+    if s.within_noise:
+        others = ", ".join(f"{o.variant} {o.latency_ms:.2f}" for o in map(s.outcome, s.within_noise))
+        tied = (f"; within measurement noise of it: {others} ms (+-{won.latency_noise_ms:.2f} ms standard error), "
+                "a re-run may rank them first")
     return (
         f"fastest passing: {s.model} {won.variant} on {s.backend} "
-        f"({won.latency_ms:.2f} ms, mAP {won.map50_95:.4f}){note}{untrained}"
+        f"({won.latency_ms:.2f} ms, mAP {won.map50_95:.4f}){note}{untrained}{tied}"
     )
 
 

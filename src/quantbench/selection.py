@@ -19,7 +19,10 @@ Rules (the report and the CLI repeat them to the user):
   baseline's are failures, each with its reason.
 - The baseline is gated only by the `min_map` floor; its speed-up is 1 by definition.
 - Ranking: passing variants by latency, then failing ones by latency (unmeasured last).
-- Winner: the fastest variant that passes AND is gated. Non-gated (exploratory) variants, from
+- Winner: the fastest variant that passes AND is gated. Passing gated variants whose median is
+  within measurement noise of the winner's (the difference under twice the combined standard
+  error of the two medians, `median_standard_error`) are named in `Selection.within_noise`:
+  the winner stands, and the report says which others a re-run could rank first. Non-gated (exploratory) variants, from
   `thresholds.not_gated` or ``gated = false`` in the variants table, are listed and checked but
   never win, and their failures are never red.
 - Duplicate records (same model, variant, backend[, batch]): the last one given wins.
@@ -28,6 +31,7 @@ Rules (the report and the CLI repeat them to the user):
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +67,7 @@ class VariantOutcome:
     untrained: bool = False  # random weights: the mAP means nothing
     peak_memory_bytes: int | None = None
     memory_increase: float | None = None  # vs the baseline, as a fraction
+    latency_noise_ms: float | None = None  # standard error of the latency median (`median_standard_error`)
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class Selection:
     outcomes: tuple[VariantOutcome, ...]  # passing by latency first, then failing
     winner: str | None
     criteria: dict[str, Any] = field(default_factory=dict)  # the ModelThresholds applied, as a dict
+    within_noise: tuple[str, ...] = ()  # passing gated variants statistically as fast as the winner
 
     def outcome(self, variant: str) -> VariantOutcome:
         for o in self.outcomes:
@@ -130,6 +136,7 @@ def select(
                 for v in variants
             ]
             ranked = tuple(sorted(outcomes, key=_rank_key))
+            winner = next((o for o in ranked if o.passed and o.gated), None)
             selections.append(
                 Selection(
                     model=model,
@@ -137,11 +144,33 @@ def select(
                     baseline=t.baseline,
                     reference_batch=reference_batch,
                     outcomes=ranked,
-                    winner=next((o.variant for o in ranked if o.passed and o.gated), None),
+                    winner=winner.variant if winner else None,
                     criteria=_criteria(t),
+                    within_noise=_within_noise(winner, ranked),
                 )
             )
     return selections
+
+
+def median_standard_error(stddev_ms: float, rounds: int) -> float:
+    """Standard error of a sample median: sqrt(pi/2) * sigma / sqrt(n) (large-sample, near-normal).
+
+    Latency samples have a long right tail, so this is a yardstick for "could a re-run swap these
+    two?", not a confidence interval to quote.
+    """
+    return math.sqrt(math.pi / 2) * stddev_ms / math.sqrt(rounds) if rounds > 0 else math.inf
+
+
+def _within_noise(winner: VariantOutcome | None, ranked: Sequence[VariantOutcome]) -> tuple[str, ...]:
+    if winner is None or winner.latency_noise_ms is None:
+        return ()
+    tied = []
+    for o in ranked:
+        if o is winner or not (o.passed and o.gated) or o.latency_ms is None or o.latency_noise_ms is None:
+            continue
+        if o.latency_ms - winner.latency_ms <= 2 * math.hypot(o.latency_noise_ms, winner.latency_noise_ms):
+            tied.append(o.variant)
+    return tuple(tied)
 
 
 def _accuracy_source(backend: str, eval_backends: list[str], acc: Mapping, model: str, baseline: str) -> str | None:
@@ -188,6 +217,7 @@ class _Group:
             drop_abs=drop_abs,
             drop_rel=drop_rel,
             latency_ms=lr.host.median_ms if lr else None,
+            latency_noise_ms=median_standard_error(lr.host.stddev_ms, lr.host.rounds) if lr else None,
             images_per_s=lr.images_per_s if lr else None,
             speedup=speedup,
             passed=not reasons,
