@@ -12,6 +12,8 @@ variant that misses its backend's minimum speed-up fails.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from quantbench.backends import BackendKind
@@ -25,6 +27,7 @@ def test_latency(benchmark, qb, qb_model, qb_variant, qb_batch_size, qb_engine, 
     if not qb.device.times_latency:
         pytest.skip(f"timed in the serial phase ({qb.device.reason})")
     # Warm-up outside pytest-benchmark: its duration sets how many rounds meet --qb-min-time.
+    started = time.perf_counter()
     rounds = warm_up(lambda: qb_runner.infer(qb_batch), qb.options.timing)
     device = None
     if benchmark.enabled:
@@ -38,6 +41,7 @@ def test_latency(benchmark, qb, qb_model, qb_variant, qb_batch_size, qb_engine, 
         # the backend's own timer does the timed rounds.
         device = benchmark.pedantic(qb_runner.time, args=(qb_batch,), kwargs={"warmup": 0, "iterations": rounds})
         host_ms = device.host_ms
+    qb.note_timing(time.perf_counter() - started, host_ms)
     latency = qb.record_latency(qb_model, qb_variant.name, qb_batch_size, host_ms, device, qb_runner, qb_engine)
     benchmark.extra_info["quantbench"] = qb.benchmark_info(qb_model, qb_variant.name, latency)
 

@@ -273,6 +273,13 @@ def test_a_rerun_with_nothing_changed_starts_no_build_phase_and_only_times(paral
     assert again.line("variants built").startswith("quantbench: variants built by ModelOpt: 0 (none)")
     assert again.line("evaluations run").startswith("quantbench: evaluations run: 0 (none)")
     assert again.line("latency results").startswith("quantbench: latency results: 3; wrote ")
+    # The session says how much of it went into measuring (3 rounds here: a small share, by design).
+    share = re.fullmatch(r"quantbench: measurement: ([\d.]+) s of this session's ([\d.]+) s in timing loops "
+                         r"\(([\d.]+) %\), ([\d.]+) s in timed rounds \(([\d.]+) %\)", again.line("measurement"))
+    assert share, again.line("measurement")
+    loops, elapsed, loops_pct, rounds, rounds_pct = map(float, share.groups())
+    # The seconds are printed to 0.1 s: the share computed back from them agrees up to that rounding.
+    assert 0 < rounds <= loops < elapsed and loops_pct == pytest.approx(100 * loops / elapsed, abs=10 / elapsed + 0.1)
 
 
 def test_the_parallel_flow_selects_as_the_serial_run_does(parallel_runs, serial_runs):
