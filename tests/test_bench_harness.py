@@ -237,6 +237,31 @@ def test_second_run_builds_nothing_evaluates_nothing_and_compares(serial_runs):
         k: v for k, v in first.selection().items() if k in same}
 
 
+@pytest.mark.parametrize(("saved_median_s", "regressed"), [(1e-9, True), (1e3, False)],
+                         ids=["saved-run-far-faster", "saved-run-far-slower"])
+def test_compare_fail_gates_on_the_median_of_a_saved_run(serial_runs, assets_dir: Path, saved_median_s: float,
+                                                         regressed: bool):
+    """`--benchmark-compare --benchmark-compare-fail=median:10%` against the first run's autosaved file,
+    its medians set out of reach on either side, so the verdict does not depend on this machine's load."""
+    first, _ = serial_runs
+    (saved,) = (first.workdir.parent / "storage").glob("*/0001_*.json")
+    storage = first.workdir.parent / f"storage-{saved_median_s:g}"
+    data = json.loads(saved.read_text())
+    for bench in data["benchmarks"]:
+        bench["stats"]["median"] = saved_median_s
+    (storage / saved.parent.name).mkdir(parents=True)
+    (storage / saved.parent.name / saved.name).write_text(json.dumps(data))
+    run = run_suite(first.workdir.parent / f"compare-{saved_median_s:g}", first.workdir.parent / "cache", assets_dir,
+                    "--qb-variants", "fp32", "-m", "latency", "--benchmark-storage", str(storage),
+                    "--benchmark-compare=0001", "--benchmark-compare-fail=median:10%")
+    assert "Comparing against benchmarks from" in run.output, run.output
+    if regressed:
+        assert run.returncode != 0 and "Performance has regressed" in run.output, run.output
+        assert "test_latency[yolov5n-coco-fp32-b1] (0001_" in run.output
+    else:
+        assert run.returncode == 0 and "Performance has regressed" not in run.output, run.output
+
+
 def test_parallel_phase_builds_and_evaluates_each_artefact_once(parallel_runs):
     first, _ = parallel_runs
     assert first.line("4 variants to build or evaluate") == (
