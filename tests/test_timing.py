@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from quantbench.errors import ConfigError
-from quantbench.timing import MAX_ROUNDS, TimingPlan, warm_up
+from quantbench.timing import MAX_ROUNDS, TimingPlan, rounds_for_loop, warm_up
 
 
 class SteppingClock:
@@ -61,3 +61,17 @@ def test_a_time_target_needs_one_round_even_without_warm_up():
 def test_impossible_plans_are_refused_with_the_field_named(field: str, value):
     with pytest.raises(ConfigError, match=f"timing {field}="):
         TimingPlan(**{field: value})
+
+
+def test_a_runners_own_loop_is_estimated_on_itself():
+    clock = SteppingClock([0.5])  # one call of 20 rounds lasting 0.5 s: 25 ms a round
+    calls = []
+
+    def run_rounds(n: int) -> None:
+        calls.append(n)
+        clock.infer()
+
+    assert rounds_for_loop(run_rounds, TimingPlan(min_rounds=20, min_time_s=2.0), clock=clock) == 80
+    assert calls == [20]
+    assert rounds_for_loop(run_rounds, TimingPlan(min_rounds=7, min_time_s=0), clock=clock) == 7
+    assert calls == [20]  # rounds only: no probe

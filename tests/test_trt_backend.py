@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -447,6 +448,33 @@ def test_runner_plumbing_on_a_gpu_with_a_tensorrt_stand_in(tmp_path, cuda_graph)
               f"h2d {np.median(timing.h2d_ms):.3f} ms, compute {np.median(timing.device_ms):.3f} ms, "
               f"d2h {np.median(timing.d2h_ms):.3f} ms, host {np.median(timing.host_ms):.3f} ms")
     assert abs(free_before - cuda.memory_info().free_bytes) <= 8 << 20  # close() gave the memory back
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_time_target_on_a_gpu_runner_with_a_tensorrt_stand_in(tmp_path):
+    """The bench's latency loop on a millisecond-scale GPU runner: rounds follow the time target, not a count."""
+    from quantbench.backends.trt import TensorRTRunner
+    from quantbench.timing import TimingPlan, rounds_for_loop, warm_up
+
+    trt = fake_tensorrt_runtime_module(FakeTrtEngine())
+    plan_file = tmp_path / "fake.engine"
+    plan_file.write_bytes(b"plan")
+    record = Engine(BackendKind.TENSORRT, plan_file, tmp_path / "fake.onnx", BuildOptions(batch_sizes=(1,)))
+    batch = np.random.default_rng(0).random((1, 3, 640, 640), dtype=np.float32)
+    plan = TimingPlan(warmup=10, min_rounds=20, min_time_s=1.0, warmup_s=0.2)
+    with TensorRTRunner(trt, TrtApi.of(trt), record, cuda_graph=True) as runner:
+        infer_rounds = warm_up(lambda: runner.infer(batch), plan)  # for pytest-benchmark's loop of infer()
+        rounds = rounds_for_loop(lambda n: runner.time(batch, warmup=0, iterations=n), plan)
+        started = time.perf_counter()
+        timing = runner.time(batch, warmup=0, iterations=rounds)
+        loop_s = time.perf_counter() - started
+    print(f"\nstand-in engine, batch 1, 1 s target: {infer_rounds} rounds of infer(), {rounds} rounds of time() "
+          f"lasting {loop_s:.2f} s (median host {np.median(timing.host_ms):.3f} ms for the replay, "
+          f"h2d {np.median(timing.h2d_ms):.3f} ms, d2h {np.median(timing.d2h_ms):.3f} ms)")
+    assert rounds > 20 and len(timing.device_ms) == rounds  # 20 rounds would have been a few ms of timing
+    # The runner's loop (pinned copies, graph replay) is estimated on itself: it lasts about the target.
+    assert 0.5 <= loop_s <= 2.0
 
 
 # --- real TensorRT (skipped where it is not installed) -------------------------------------------------
