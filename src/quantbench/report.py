@@ -42,6 +42,17 @@ def winner_line(selection: Selection) -> str:
     )
 
 
+def disturbed_lines(selection: Selection) -> list[str]:
+    """A warning when some timings show interference from other load on the machine, else nothing."""
+    if not selection.disturbed:
+        return []
+    worst = ", ".join(f"{o.variant} median {o.latency_ms:.2f} ms vs min {o.latency_min_ms:.2f} ms "
+                      f"(+{100 * (o.latency_ms / o.latency_min_ms - 1):.0f} %)"
+                      for o in map(selection.outcome, selection.disturbed))
+    return [f"timing disturbed: {worst}: other load on the machine? The ranking may not repeat; "
+            "re-run on an idle machine."]
+
+
 def format_selection_table(selection: Selection) -> str:
     """Plain-text table of one selection, ranked as selected, ending with the winner line."""
     rows = [_COLUMNS, *(_row(selection, o) for o in selection.outcomes)]
@@ -54,7 +65,7 @@ def format_selection_table(selection: Selection) -> str:
     head = f"{selection.model} on {selection.backend} (batch {selection.reference_batch}, {_criteria_text(selection)})"
     body = [line(rows[0]), line(["-" * w for w in widths] + ["-" * len(_COLUMNS[-1])])]
     body += [line(r).rstrip() for r in rows[1:]]
-    return "\n".join([head, *body, winner_line(selection)])
+    return "\n".join([head, *body, winner_line(selection), *disturbed_lines(selection)])
 
 
 def _row(selection: Selection, o: VariantOutcome) -> tuple[str, ...]:
@@ -183,7 +194,7 @@ def _selection_markdown(s: Selection) -> list[str]:
     for o in s.outcomes:
         cells = [c.replace("|", "\\|") or " " for c in _row(s, o)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"**{winner_line(s)}**", ""]
+    lines += ["", f"**{winner_line(s)}**", "", *(f"{line}\n" for line in disturbed_lines(s))]
     won = s.winning_outcome
     if won is not None:
         lines += [

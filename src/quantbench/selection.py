@@ -22,7 +22,11 @@ Rules (the report and the CLI repeat them to the user):
 - Winner: the fastest variant that passes AND is gated. Passing gated variants whose median is
   within measurement noise of the winner's (the difference under twice the combined standard
   error of the two medians, `median_standard_error`) are named in `Selection.within_noise`:
-  the winner stands, and the report says which others a re-run could rank first. Non-gated (exploratory) variants, from
+  the winner stands, and the report says which others a re-run could rank first.
+- Disturbed timing: a variant whose median is more than `DISTURBED_SPREAD` above its own minimum
+  was timed while something else loaded the machine (measured here: a shared 2-core VM that
+  switched between 37 ms and 63 ms per yolov5n inference for minutes); `Selection.disturbed`
+  names them so the report can say the ranking may not repeat. Non-gated (exploratory) variants, from
   `thresholds.not_gated` or ``gated = false`` in the variants table, are listed and checked but
   never win, and their failures are never red.
 - Duplicate records (same model, variant, backend[, batch]): the last one given wins.
@@ -68,6 +72,7 @@ class VariantOutcome:
     peak_memory_bytes: int | None = None
     memory_increase: float | None = None  # vs the baseline, as a fraction
     latency_noise_ms: float | None = None  # standard error of the latency median (`median_standard_error`)
+    latency_min_ms: float | None = None  # fastest timed round at the reference batch size
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ class Selection:
     winner: str | None
     criteria: dict[str, Any] = field(default_factory=dict)  # the ModelThresholds applied, as a dict
     within_noise: tuple[str, ...] = ()  # passing gated variants statistically as fast as the winner
+    disturbed: tuple[str, ...] = ()  # variants whose timing shows outside interference (see module docstring)
 
     def outcome(self, variant: str) -> VariantOutcome:
         for o in self.outcomes:
@@ -147,6 +153,7 @@ def select(
                     winner=winner.variant if winner else None,
                     criteria=_criteria(t),
                     within_noise=_within_noise(winner, ranked),
+                    disturbed=tuple(o.variant for o in ranked if _disturbed(o)),
                 )
             )
     return selections
@@ -159,6 +166,15 @@ def median_standard_error(stddev_ms: float, rounds: int) -> float:
     two?", not a confidence interval to quote.
     """
     return math.sqrt(math.pi / 2) * stddev_ms / math.sqrt(rounds) if rounds > 0 else math.inf
+
+
+# Median above minimum by more than this: ONNX Runtime's CPU provider on an idle machine and
+# TensorRT engines stay well within it (yolov5n here: +7 %); interference from other processes does not.
+DISTURBED_SPREAD = 0.25
+
+
+def _disturbed(o: VariantOutcome) -> bool:
+    return bool(o.latency_ms and o.latency_min_ms) and o.latency_ms > (1 + DISTURBED_SPREAD) * o.latency_min_ms
 
 
 def _within_noise(winner: VariantOutcome | None, ranked: Sequence[VariantOutcome]) -> tuple[str, ...]:
@@ -218,6 +234,7 @@ class _Group:
             drop_rel=drop_rel,
             latency_ms=lr.host.median_ms if lr else None,
             latency_noise_ms=median_standard_error(lr.host.stddev_ms, lr.host.rounds) if lr else None,
+            latency_min_ms=lr.host.min_ms if lr else None,
             images_per_s=lr.images_per_s if lr else None,
             speedup=speedup,
             passed=not reasons,
