@@ -81,7 +81,7 @@ def rounds_for_loop(run_rounds: Callable[[int], object], plan: TimingPlan, *,
     """Rounds that meet the plan for a loop that runs ``n`` rounds per call (`Runner.time`).
 
     A runner's own timing loop may cost a round differently from a plain inference (pinned
-    buffers, a replayed CUDA graph: measured 0.26 ms against 1.25 ms for the same 1-image batch
+    buffers, a replayed CUDA graph: measured 0.25 ms against 1.2 ms for the same 1-image batch
     on an H100), so its rounds are estimated on itself: one call of ``min_rounds`` rounds.
     """
     if plan.min_time_s == 0:

@@ -18,6 +18,7 @@ transient graphs (the sensitivity analysis and split search derive hundreds) tha
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 import time
@@ -135,6 +136,7 @@ def _session(source: str | bytes, so: Any, providers: list[Any], path: Path) -> 
 _OPTIMIZED_VERSION = 1
 
 
+@functools.cache  # fixed for the process; read once, not at every build
 def cpu_identity() -> str:
     """What ONNX Runtime's CPU graph rewrites depend on: architecture, CPU model and ISA flags.
 
