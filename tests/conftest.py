@@ -11,21 +11,29 @@ from pathlib import Path
 
 import pytest
 
+from quantbench.assets import assets_root
 from quantbench.cache import ArtifactCache
+from quantbench.errors import DataError
 
 
-def _assets() -> Path | None:
-    root = os.environ.get("QUANTBENCH_ASSETS")
-    return Path(root) if root else None
+def pytest_configure(config: pytest.Config) -> None:
+    # Tests run pytest and other tools in their own folders, which inherit the environment: a
+    # relative QUANTBENCH_ASSETS / QUANTBENCH_CACHE (`export QUANTBENCH_ASSETS=../shared/assets`)
+    # is made absolute once, here, as .ci/run does.
+    for name in ("QUANTBENCH_ASSETS", "QUANTBENCH_CACHE"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            os.environ[name] = str(Path(value).expanduser().resolve())
 
 
 @pytest.fixture(scope="session")
 def assets_dir() -> Path:
-    root = _assets()
+    try:
+        root = assets_root()  # absolute: the harness tests run pytest in other folders
+    except DataError as exc:
+        pytest.fail(str(exc))
     if root is None:
         pytest.skip("QUANTBENCH_ASSETS is not set (point it at the offline COCO assets folder)")
-    if not root.is_dir():
-        pytest.fail(f"QUANTBENCH_ASSETS={root} is not a folder")
     return root
 
 

@@ -58,6 +58,18 @@ def test_cache_root_precedence(clean_env: pytest.MonkeyPatch, tmp_path: Path):
     assert assets.cache_root() == tmp_path / "home" / "qb"
 
 
+def test_relative_folders_are_made_absolute(clean_env: pytest.MonkeyPatch, tmp_path: Path):
+    # `export QUANTBENCH_ASSETS=../shared/assets` must still point there after a chdir (ModelOpt's
+    # scratch folder, the bench's build phase).
+    (tmp_path / "work").mkdir()
+    (tmp_path / "shared" / "assets").mkdir(parents=True)
+    clean_env.chdir(tmp_path / "work")
+    clean_env.setenv(assets.ASSETS_ENV, "../shared/assets")
+    clean_env.setenv(assets.CACHE_ENV, "qb-cache")
+    assert assets.assets_root() == (tmp_path / "shared" / "assets").resolve()
+    assert assets.cache_root() == (tmp_path / "work" / "qb-cache").resolve()
+
+
 def test_assets_variable_pointing_nowhere_is_a_data_error(clean_env: pytest.MonkeyPatch, tmp_path: Path):
     clean_env.setenv(assets.ASSETS_ENV, str(tmp_path / "missing"))
     with pytest.raises(DataError, match=r"QUANTBENCH_ASSETS=.*missing is not a folder; .*or unset it"):

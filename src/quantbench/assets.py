@@ -26,7 +26,11 @@ SUBSET_IMAGES = 500  # images per downloaded subset (evaluation and calibration 
 
 
 def assets_root() -> Path | None:
-    """The offline assets folder named by ``$QUANTBENCH_ASSETS``, or None when it is unset or empty."""
+    """The offline assets folder named by ``$QUANTBENCH_ASSETS`` (made absolute), or None when unset or empty.
+
+    Absolute because the value is read once and used from other working directories: ModelOpt
+    runs in a scratch folder, the bench's build phase and the harness tests in their own.
+    """
     value = os.environ.get(ASSETS_ENV, "").strip()
     if not value:
         return None
@@ -36,14 +40,14 @@ def assets_root() -> Path | None:
             f"{ASSETS_ENV}={value} is not a folder; point it at the offline assets folder (with models/ and coco/) "
             "or unset it to download COCO instead."
         )
-    return root
+    return root.resolve()
 
 
 def cache_root() -> Path:
     """``$QUANTBENCH_CACHE``, else ``$XDG_CACHE_HOME/quantbench``, else ``~/.cache/quantbench``."""
     explicit = os.environ.get(CACHE_ENV, "").strip()
     if explicit:
-        return Path(explicit).expanduser()
+        return Path(explicit).expanduser().resolve()  # absolute, for the same reason as assets_root
     xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
     if xdg and Path(xdg).is_absolute():  # the XDG spec says relative values are to be ignored
         return Path(xdg) / "quantbench"
