@@ -32,8 +32,9 @@ def test_with_assets_every_default_is_offline_and_nothing_is_downloaded(
     clean_env.setenv(assets.CACHE_ENV, str(tmp_path / "user-cache"))
     assert assets.assets_root() == assets_dir
     model = assets.default_model()
-    assert model == str(assets_dir / "models" / "yolov5n-coco.onnx")
-    assert validate_onnx(Path(model)).num_classes == 80
+    assert model == str(assets_dir / "models" / "yolo11n-coco.onnx")  # the COCO-trained YOLO11n
+    info = validate_onnx(Path(model))
+    assert info.num_classes == 80 and info.num_anchors == 8400 and info.name == "yolo11n-coco"
     assert assets.default_eval_data() == assets_dir / "coco" / "val500"
     assert assets.default_calib_data() == assets_dir / "coco" / "calib500"
     for folder in (assets.default_eval_data(), assets.default_calib_data()):
@@ -83,7 +84,7 @@ def test_incomplete_assets_folder_names_what_is_missing(
     (partial / "coco" / "calib500").mkdir(parents=True)
     shutil.copy2(assets_dir / "coco" / "calib500" / "instances.json", partial / "coco" / "calib500")
     clean_env.setenv(assets.ASSETS_ENV, str(partial))
-    with pytest.raises(ModelError, match=r"models/yolov5n-coco\.onnx does not exist; .*--model"):
+    with pytest.raises(ModelError, match=r"models/yolo11n-coco\.onnx does not exist; .*--model"):
         assets.default_model()
     with pytest.raises(DataError, match=r"coco/val500 is not a COCO folder"):
         assets.default_eval_data()

@@ -115,10 +115,10 @@ class SuiteRun:
             "winner": selection["winner"]}
 
 
-def run_suite(workdir: Path, cache: Path, assets: Path, *args: str) -> SuiteRun:
+def run_suite(workdir: Path, cache: Path, assets: Path, *args: str, table: str = VARIANTS) -> SuiteRun:
     workdir.mkdir(parents=True, exist_ok=True)
     variants = workdir / "variants.toml"
-    variants.write_text(VARIANTS)
+    variants.write_text(table)
     cmd = [
         sys.executable, "-m", "pytest", str(BENCH), "-p", "no:cacheprovider", f"--junitxml={workdir / 'junit.xml'}",
         "--qb-model", str(assets / "models" / "yolov5n-coco.onnx"), "--qb-variants-file", str(variants),
@@ -350,6 +350,50 @@ def test_yolo11_yaml_models_record_accuracy_but_skip_the_gate(tmp_path: Path, as
         assert "random weights" in run.message(f"test_accuracy[{model}-fp32]")
         assert outcomes[f"test_latency[{model}-fp32-b1]"] == "passed"
     assert "untrained model (random weights)" in run.output  # the selection says why nothing wins
+
+
+MODEL_SPECIFIC_TABLE = """
+[[variant]]
+name = "fp32"
+kind = "fp32"
+
+[[variant]]
+name = "int8-conv-yolo11n"
+kind = "int8"
+calib_images = 8
+op_types_to_quantize = ["Conv"]
+models = ["yolo11n-coco"]
+"""
+
+
+def test_two_models_in_one_run_and_a_variant_meant_for_one_of_them(tmp_path: Path, assets_dir: Path):
+    """yolo11n-coco (the default model) and yolov5n-coco in one parallel run; the INT8 variant that names
+    yolo11n-coco is built, evaluated and timed for it, and skipped with the reason for yolov5n-coco."""
+    thresholds = tmp_path / "thresholds.toml"
+    # fp32 baseline (no AutoCast build) and a wide budget: 8 calibration images are for plumbing, not mAP.
+    thresholds.write_text('baseline = "fp32"\nmax_abs_drop = 0.5\nmax_rel_drop = 0.9\n')
+    run = run_suite(tmp_path, tmp_path / "cache", assets_dir, "--qb-model",
+                    str(assets_dir / "models" / "yolo11n-coco.onnx"), "--qb-thresholds", str(thresholds),
+                    "--qb-build-workers", "2", table=MODEL_SPECIFIC_TABLE)
+    outcomes = run.outcomes()
+    for model in ("yolov5n-coco", "yolo11n-coco"):
+        assert outcomes[f"test_accuracy[{model}-fp32]"] == "passed", run.output
+        assert outcomes[f"test_latency[{model}-fp32-b1]"] == "passed", run.output
+    assert outcomes["test_accuracy[yolo11n-coco-int8-conv-yolo11n]"] == "passed", run.output
+    assert outcomes["test_latency[yolo11n-coco-int8-conv-yolo11n-b1]"] == "passed", run.output
+    for test_id in ("test_accuracy[yolov5n-coco-int8-conv-yolo11n]", "test_latency[yolov5n-coco-int8-conv-yolo11n-b1]"):
+        assert outcomes[test_id] == "skipped"
+        assert ("variant 'int8-conv-yolo11n' is meant for model yolo11n-coco only (its 'models' key in the variant "
+                "table); yolov5n-coco skips it") in run.message(test_id)
+    # The parallel build phase was asked for exactly the pairs that apply.
+    assert run.line("3 variants to build or evaluate").startswith(
+        "quantbench: 3 variants to build or evaluate (yolov5n-coco/fp32, yolo11n-coco/fp32, yolo11n-coco/int8-conv-yolo11n)")
+    assert run.line("variants built by ModelOpt").startswith(
+        "quantbench: variants built by ModelOpt: 1 (yolo11n-coco/int8-conv-yolo11n)")
+    selections = json.loads((run.reports / "selection.json").read_text())["selections"]
+    by_model = {sel["model"]: {o["variant"] for o in sel["outcomes"]} for sel in selections}
+    assert by_model == {"yolov5n-coco": {"fp32"}, "yolo11n-coco": {"fp32", "int8-conv-yolo11n"}}
+    assert run.returncode == 0, run.output
 
 
 def test_collection_names_tests_by_model_variant_and_batch_and_says_why_not_tensorrt(pytester: pytest.Pytester,

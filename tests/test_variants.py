@@ -74,6 +74,40 @@ description = "everything set"
     )
 
 
+def test_a_variant_names_the_models_it_is_meant_for(tmp_path: Path):
+    path = _table(tmp_path, '''
+[[variant]]
+name = "int8-searched"
+kind = "int8"
+nodes_to_exclude = ["/model\\\\.23/.*"]
+models = ["yolo11n-coco", "yolo11s*"]
+
+[[variant]]
+name = "int8-any"
+kind = "int8"
+''')
+    searched, anywhere = load_variants(path)
+    assert searched.models == ("yolo11n-coco", "yolo11s*") and anywhere.models == ()
+    assert searched.applies_to("yolo11n-coco") and searched.applies_to("yolo11s-coco")  # names and globs
+    assert not searched.applies_to("yolov5n-coco") and not searched.applies_to("yolo11n")
+    assert searched.skip_reason("yolo11n-coco") is None and anywhere.skip_reason("yolov5n-coco") is None
+    assert searched.skip_reason("yolov5n-coco") == (
+        "variant 'int8-searched' is meant for models yolo11n-coco, yolo11s* only (its 'models' key in the "
+        "variant table); yolov5n-coco skips it")
+    # Which models a variant is for does not change what it builds: the cached build is shared.
+    assert searched.options() == Variant(name="x", kind=VariantKind.INT8, nodes_to_exclude=searched.nodes_to_exclude).options()
+
+
+def test_default_table_has_yolo11_specific_variants_that_skip_yolov5n():
+    by_name = {v.name: v for v in load_variants(REPO / DEFAULT_VARIANTS)}
+    specific = [v for v in by_name.values() if v.models]
+    assert specific, "the default table keeps YOLO11-specific variants (attention, the searched split)"
+    for variant in specific:
+        assert variant.applies_to("yolo11n-coco") and not variant.applies_to("yolov5n-coco")
+    for name in ("fp32", "fp16", "int8-max", "int8-entropy", "int8-head-fp16"):
+        assert by_name[name].models == ()  # the references run for every model
+
+
 BAD_TABLES = {
     "unknown key": (
         '[[variant]]\nname = "v"\nkind = "int8"\ncalibration_metod = "max"\n',
@@ -152,6 +186,18 @@ BAD_TABLES = {
         r"is not valid TOML \(.*line 2",
     ),
     "empty": ("# nothing here\n", "defines no variants"),
+    "models not a list": (
+        '[[variant]]\nname = "v"\nkind = "int8"\nmodels = "yolo11n-coco"\n',
+        r"variant 'v', key 'models': 'yolo11n-coco' is not a list of strings",
+    ),
+    "models empty": (
+        '[[variant]]\nname = "v"\nkind = "int8"\nmodels = []\n',
+        r"variant 'v', key 'models': is empty; list the models it is for",
+    ),
+    "model name with a path": (
+        '[[variant]]\nname = "v"\nkind = "int8"\nmodels = ["models/yolo11n-coco.onnx"]\n',
+        r"variant 'v', key 'models': 'models/yolo11n-coco.onnx' is not a model name or glob",
+    ),
 }
 
 

@@ -1,7 +1,8 @@
 """Where defaults come from: an offline assets folder, or downloads into the user's cache.
 
 With ``QUANTBENCH_ASSETS`` set (CI, offline machines) nothing is downloaded: the default model is
-``<assets>/models/yolov5n-coco.onnx`` and the data are ``<assets>/coco/val500`` (evaluation) and
+``<assets>/models/yolo11n-coco.onnx`` (the COCO-trained YOLO11n; ``yolov5n-coco.onnx`` beside it is
+a second real model, ``--model``/``--qb-model`` picks it) and the data are ``<assets>/coco/val500`` (evaluation) and
 ``<assets>/coco/calib500`` (calibration). Without it the default model is ``yolo11n.pt``, which
 Ultralytics downloads itself when it exports, and the data are disjoint seeded subsets of COCO
 val2017 fetched from the official archives into the cache (see `quantbench.download`).
@@ -19,7 +20,7 @@ ASSETS_ENV = "QUANTBENCH_ASSETS"
 CACHE_ENV = "QUANTBENCH_CACHE"
 
 PRETRAINED_MODEL = "yolo11n.pt"
-ASSETS_MODEL = Path("models/yolov5n-coco.onnx")
+ASSETS_MODEL = Path("models/yolo11n-coco.onnx")
 ASSETS_EVAL_DATA = Path("coco/val500")
 ASSETS_CALIB_DATA = Path("coco/calib500")
 SUBSET_IMAGES = 500  # images per downloaded subset (evaluation and calibration each)
@@ -55,13 +56,13 @@ def cache_root() -> Path:
 
 
 def default_model() -> str:
-    """The offline yolov5n-coco.onnx when assets are configured, else ``yolo11n.pt``."""
+    """The offline yolo11n-coco.onnx when assets are configured, else ``yolo11n.pt``."""
     root = assets_root()
     if root is None:
         return PRETRAINED_MODEL
     path = root / ASSETS_MODEL
     if not path.is_file():
-        raise ModelError(f"{path} does not exist; put yolov5n-coco.onnx there or pass --model explicitly.")
+        raise ModelError(f"{path} does not exist; restore {ASSETS_MODEL.name} in the assets folder or pass the model explicitly (--model / --qb-model).")
     return str(path)
 
 

@@ -89,6 +89,8 @@ def _variant_onnx(args: argparse.Namespace):
     if not args.variant:
         return model, None
     variant = _variant(args)
+    if not variant.applies_to(model.name):
+        raise ConfigError(f"{variant.skip_reason(model.name)}; choose a variant meant for {model.name}.")
     calib = None
     if variant.needs_calibration:
         calib = _calibration(args, args.calib_images or variant.calib_images, model.input_size)
@@ -245,7 +247,7 @@ def _analysis_opts(p: argparse.ArgumentParser, out_dir: str) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model source: .onnx, .pt or .yaml (default: yolo11n.pt, or the "
-                   "offline yolov5n-coco.onnx when QUANTBENCH_ASSETS is set)")
+                   "offline yolo11n-coco.onnx when QUANTBENCH_ASSETS is set)")
     p.add_argument("--cache-dir", type=Path, help="artefact cache (default: ~/.cache/quantbench)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 

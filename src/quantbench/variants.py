@@ -22,12 +22,15 @@ File layout: one ``[[variant]]`` table per variant, in the order they are report
     calibrate_per_node = false       # int8: calibrate node by node (less memory, slower)
     passes = ["concat_elimination"]  # int8: ModelOpt passes; omit for ModelOpt's default
     gated = true                     # false: exploratory, reported but never the winner
+    models = ["yolo11*"]             # only for these models: names or shell-style globs (node names are
+                                     # model-specific); default: every model
     description = "..."              # free text for the report
 """
 
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import re
 import tomllib
 from dataclasses import dataclass, fields
@@ -43,6 +46,8 @@ CALIBRATION_METHODS = ("max", "entropy")  # ModelOpt's INT8 calibrators (ORT Min
 HIGH_PRECISION_DTYPES = ("fp32", "fp16", "bf16")
 MODELOPT_PASSES = ("concat_elimination",)
 VARIANT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Model names are file stems used in test ids, like variant names; `models` also takes shell-style globs.
+MODEL_PATTERN_RE = re.compile(r"^[A-Za-z0-9*?\[][A-Za-z0-9._*?\[\]-]*$")
 
 
 class VariantKind(str, Enum):
@@ -67,6 +72,7 @@ class Variant:
     calibrate_per_node: bool = False
     passes: tuple[str, ...] | None = None  # None: ModelOpt's default passes
     gated: bool = True
+    models: tuple[str, ...] = ()  # model names or globs it is meant for (empty: every model)
     description: str = ""
 
     @property
@@ -78,6 +84,17 @@ class Variant:
     def needs_calibration(self) -> bool:
         """INT8 needs calibration ranges; FP16 needs real images for AutoCast's overflow check."""
         return self.kind is not VariantKind.FP32
+
+    def applies_to(self, model: str) -> bool:
+        """Whether the variant is meant for ``model`` (a model name such as ``yolo11n-coco``)."""
+        return not self.models or any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+    def skip_reason(self, model: str) -> str | None:
+        """Why ``model`` skips this variant (one sentence), or None when the variant applies to it."""
+        if self.applies_to(model):
+            return None
+        return (f"variant {self.name!r} is meant for model{'s' if len(self.models) > 1 else ''} "
+                f"{', '.join(self.models)} only (its 'models' key in the variant table); {model} skips it")
 
     def options(self) -> dict[str, Any]:
         """The options that determine the built ONNX (JSON-able): part of cache keys and reports.
@@ -107,7 +124,7 @@ _KIND_OPTIONS: dict[VariantKind, tuple[str, ...]] = {
 # Options added after the first release: left out of options() while unset, so that adding
 # them kept every earlier cache key (and its ModelOpt build) valid.
 _OMIT_WHEN_EMPTY = ("op_types_to_quantize",)
-_COMMON_KEYS = ("name", "kind", "gated", "description")
+_COMMON_KEYS = ("name", "kind", "gated", "models", "description")
 _ALL_KEYS = tuple(f.name for f in fields(Variant))
 
 
@@ -152,6 +169,16 @@ class _TableReader:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self.fail(key, f"{value!r} is not a list of strings; write e.g. [\"Concat\"].")
         return tuple(value)
+
+    def model_names(self, key: str) -> tuple[str, ...]:
+        names = self.strings(key)
+        if not names:
+            raise self.fail(key, "is empty; list the models it is for, e.g. [\"yolo11n-coco\"], or remove the key.")
+        for name in names:
+            if not MODEL_PATTERN_RE.match(name):
+                raise self.fail(key, f"{name!r} is not a model name or glob (a model file's stem, e.g. yolo11n-coco, "
+                                     "or yolo11*); fix it.")
+        return names
 
     def op_types(self, key: str) -> tuple[str, ...]:
         import onnx.defs
@@ -199,6 +226,7 @@ class _TableReader:
 
         readers = {
             "gated": self.boolean,
+            "models": self.model_names,
             "description": self.string,
             "calibration_method": lambda k: self.string(k, CALIBRATION_METHODS),
             "calib_images": self.positive_int,
