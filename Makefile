@@ -28,8 +28,9 @@ CI_BENCH_ARGS = --qb-backend onnxruntime --qb-eval-images 100 --qb-calib-images 
 bench: $(VENV)/.installed
 	$(PYTEST) bench --qb-build-workers $(BENCH_WORKERS) --benchmark-json=reports/benchmark.json $(BENCH_ARGS)
 
-# CI: the same on the CPU with the offline assets (yolov5n-coco, 100 eval / 64 calibration images,
-# three variants besides the fp16 baseline; int8-max is not gated), 10 timed rounds per variant.
+# CI: the same on the CPU with the offline assets (the default model, the COCO-trained yolo11n-coco;
+# 100 eval / 64 calibration images, three variants besides the fp16 baseline; int8-max is not gated),
+# 10 timed rounds per variant.
 ci-bench: BENCH_ARGS = $(CI_BENCH_ARGS)
 ci-bench: bench
 
