@@ -79,9 +79,22 @@ def imported_c_symbols(library: Path) -> list[str]:
     return sorted(symbols)
 
 
-def needed_trt_libraries(library: Path) -> list[str]:
+def needed_libraries(library: Path) -> list[str]:
     out = subprocess.run(["readelf", "-d", str(library)], check=True, capture_output=True, text=True).stdout
-    return [lib for lib in re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", out) if TRT_LIBRARY.match(lib)]
+    return re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", out)
+
+
+def system_symbols(sonames: list[str]) -> set[str]:
+    """Symbols the system libraries among ``sonames`` define (libc's dlopen, ...): those are not stubbed."""
+    cache = subprocess.run(["ldconfig", "-p"], check=True, capture_output=True, text=True).stdout
+    paths = dict(re.findall(r"^\s*(\S+) \(.*x86-64.*\) => (\S+)$", cache, re.MULTILINE))
+    defined: set[str] = set()
+    for soname in sonames:
+        if soname in paths:
+            out = subprocess.run(["nm", "-D", "--defined-only", paths[soname]], check=True, capture_output=True,
+                                 text=True).stdout
+            defined |= {line.split()[-1].split("@")[0] for line in out.splitlines() if line.strip()}
+    return defined
 
 
 def build_stubs(symbols: list[str], libraries: list[str], folder: Path) -> None:
@@ -110,7 +123,10 @@ def surface_of(version: str, wheel: Path, out: Path, *, full: bool = False) -> d
         library = next((root / "site" / "tensorrt_bindings").glob("tensorrt*.so"))
         stubs = root / "stubs"
         stubs.mkdir()
-        symbols, libraries = imported_c_symbols(library), needed_trt_libraries(library)
+        needed = needed_libraries(library)
+        libraries = [lib for lib in needed if TRT_LIBRARY.match(lib)]
+        system = system_symbols([lib for lib in needed if lib not in libraries])
+        symbols = [symbol for symbol in imported_c_symbols(library) if symbol not in system]
         build_stubs(symbols, libraries, stubs)
         env = {**os.environ, "PYTHONPATH": str(root / "site"), "LD_LIBRARY_PATH": str(stubs)}
         dumped = root / "surface.json"
@@ -161,6 +177,13 @@ def _enum(cls: type) -> dict:
     }
 
 
+def _defines_constructor(cls: type) -> bool:
+    """pybind11 classes without ``py::init`` only have the slot wrapper that raises "No constructor defined!"."""
+    slot_wrapper = type(object.__init__)
+    return any(not isinstance(vars(k).get("__init__", object.__init__), slot_wrapper)
+               for k in cls.__mro__ if k is not object)
+
+
 def _members(cls: type) -> dict:
     members = {}
     for name in dir(cls):
@@ -169,6 +192,8 @@ def _members(cls: type) -> dict:
         if name.startswith("_") and not name.startswith("__"):
             continue
         raw = inspect.getattr_static(cls, name)
+        if name == "__init__" and not _defines_constructor(cls):
+            continue  # pybind11's base __init__ raises "No constructor defined!"
         if isinstance(raw, property):
             members[name] = {"kind": "property", "readonly": raw.fset is None,
                              "type": (_signatures(raw.fget) or ["?"])[0].split(" -> ")[-1] if raw.fget else "?"}
