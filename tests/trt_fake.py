@@ -410,7 +410,11 @@ def fake_tensorrt(version: str, *, simulated: str | None = None) -> types.Module
         "through ONNX Runtime on the CPU)")
     state = FakeState(surface["version"], set())
     module._qb_state = state
-    enums = {name: _make_enum(name, spec) for name, spec in surface["enums"].items()}
+    enums: dict[str, type] = {}
+    by_content: dict[str, type] = {}  # Logger.Severity is ILogger.Severity: one enum under two names
+    for name, spec in sorted(surface["enums"].items(), key=lambda item: item[0].count(".")):
+        key = json.dumps([name.split(".")[-1], spec["members"]], sort_keys=True)
+        enums[name] = by_content.setdefault(key, _make_enum(name, spec))
     for name, enum in enums.items():
         if "." not in name:
             setattr(module, name, enum)
