@@ -422,6 +422,7 @@ class IExecutionContext:
         (inp,), (out,) = plan["inputs"], plan["outputs"]
         in_shape, out_shape = self._shapes[inp[0]], self._output_shape(out[0])
         staging_in, staging_out = self._staging_for(inp, out)
+        engine._session()  # opened here, not in the host function: that runs on a CUDA driver thread
         in_bytes = int(np.prod(in_shape)) * np.dtype(TRT_TO_NUMPY[inp[2]]).itemsize
         out_bytes = int(np.prod(out_shape)) * np.dtype(TRT_TO_NUMPY[out[2]]).itemsize
         rt = cuda.cudart()
