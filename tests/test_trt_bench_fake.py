@@ -22,6 +22,7 @@ import pytest
 import trt_fake
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # about a minute on two CPU cores
 
 
 def _thresholds_for_the_asset(tmp_path: Path) -> tuple[Path, float]:
