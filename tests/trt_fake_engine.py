@@ -20,6 +20,7 @@ from a surface, so a method only exists where the real version has it. What is s
 from __future__ import annotations
 
 import json
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -446,6 +447,7 @@ class IExecutionContext:
             out_high = self._output_shape(out[0])
             self._shapes = saved
             self._staging = (cuda.PinnedBuffer(high, TRT_TO_NUMPY[inp[2]]), cuda.PinnedBuffer(out_high, TRT_TO_NUMPY[out[2]]))
+            weakref.finalize(self, _free, self._staging)  # pinned memory goes back with the context
         return self._staging
 
     def _host_function(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
@@ -466,11 +468,14 @@ class IExecutionContext:
             self._host_functions[in_shape] = host_function(run)
         return self._host_functions[in_shape][1]
 
-    def _close(self) -> None:
-        if self._staging is not None:
-            for buffer in self._staging:
-                buffer.close()
-            self._staging = None
+
+
+def _free(buffers: tuple) -> None:
+    for buffer in buffers:
+        try:
+            buffer.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit the CUDA runtime may be gone already
+            pass
 
 
 class EngineInspector:
