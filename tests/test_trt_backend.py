@@ -1,8 +1,10 @@
 """The TensorRT backend: cache keys, profiles, version branching and errors on the CPU; the runner's
 CUDA plumbing on a GPU behind a TensorRT stand-in; real TensorRT builds where ``tensorrt`` is installed.
 
-Mocks exist only at the TensorRT boundary and are named so (``fake_tensorrt_*``, ``FakeParserError``,
-``FakeTrtEngine``): TensorRT cannot be installed in the workplace these tests were written in.
+Mocks exist only at the TensorRT boundary and are named so (``fake_tensorrt_*``, ``FakeTrtEngine``):
+TensorRT cannot be installed in the workplace these tests were written in. The fake generated from
+the real bindings' API surfaces, and the backend's whole flow on it, are in ``test_trt_surface.py``
+and ``test_trt_fake_flow.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from quantbench.backends.trt import (
     TensorRTBackend,
     engine_cache_key,
     onnx_imgsz,
-    parser_error_message,
     profile_shapes,
     timing_cache_path,
 )
@@ -109,6 +110,31 @@ def test_without_tensorrt_the_reason_says_how_to_install_it_and_auto_uses_onnxru
     assert cls.kind is BackendKind.ONNXRUNTIME and fallback == reason
     with pytest.raises(BackendUnavailable, match="tensorrt is not installed"):
         resolve_backend("tensorrt")
+
+
+def test_defect4_a_tensorrt_whose_libraries_do_not_load_is_not_called_missing(tmp_path, monkeypatch):
+    """The bindings' tensorrt.so NEEDs libnvinfer.so.N; when it is absent Python raises ImportError, not OSError."""
+    package = tmp_path / "tensorrt"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        'raise ImportError("libnvinfer.so.10: cannot open shared object file: No such file or directory")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    reason = TensorRTBackend.unavailable_reason()
+    assert reason.startswith("tensorrt is installed but does not load (libnvinfer.so.10: cannot open shared object file")
+    assert "install TensorRT's libraries" in reason
+
+
+def test_defect7_the_trt_extras_match_a_cuda_major_each():
+    """`tensorrt` 11.x pulls the CUDA 13 build only and an unpinned cuda-python resolves to 13.x."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert set(extras["trt-cu12"]) == {"tensorrt-cu12>=10.0", "cuda-python>=12.3,<13"}
+    assert set(extras["trt-cu13"]) == set(extras["trt"]) == {"tensorrt-cu13>=10.0", "cuda-python>=13,<14"}
+    docs = (root / "docs" / "tensorrt.md").read_text()
+    assert ".[test,trt-cu12]" in docs and ".[test,trt]" in docs and "CUDA 12" in docs
 
 
 def fake_tensorrt_module(version: str) -> types.ModuleType:
@@ -265,45 +291,6 @@ def test_profile_from_the_yolov5n_asset(yolov5n_onnx):
 
 
 # --- errors -------------------------------------------------------------------------------------------
-
-
-class FakeParserError:
-    """Mock at the TensorRT boundary: the interface of tensorrt.IParserError (TensorRT 10+)."""
-
-    def __init__(self, code: str, node: int, name: str, op: str, desc: str):
-        self._code, self._node, self._name, self._op, self._desc = types.SimpleNamespace(name=code), node, name, op, desc
-
-    def code(self):
-        return self._code
-
-    def node(self):
-        return self._node
-
-    def node_name(self):
-        return self._name
-
-    def node_operator(self):
-        return self._op
-
-    def desc(self):
-        return self._desc
-
-
-def test_parser_errors_become_one_sentence_with_nodes_and_hints():
-    errors = [
-        FakeParserError("UNSUPPORTED_NODE", 12, "/model.23/dfl/GridSample", "GridSample", "No importer registered for op: GridSample."),
-        FakeParserError("INVALID_NODE", 40, "", "Conv", "kernel weights has count 10 but 27 was expected"),
-    ]
-    message = parser_error_message(Path("/cache/variants/int8.onnx"), errors)
-    assert message.startswith("TensorRT could not parse /cache/variants/int8.onnx: ")
-    assert "node '/model.23/dfl/GridSample' (GridSample): No importer registered for op: GridSample [UNSUPPORTED_NODE]" in message
-    assert "node '#40' (Conv): kernel weights has count 10 but 27 was expected [INVALID_NODE]" in message
-    assert "upgrade TensorRT" in message and "onnx.checker.check_model" in message
-    assert message.endswith(".") and message.count(". ") == 0  # one sentence
-
-    many = [FakeParserError("UNSUPPORTED_NODE", i, f"n{i}", "Foo", "no importer") for i in range(11)]
-    assert "and 3 more" in parser_error_message("m.onnx", many)
-    assert "gave no error detail" in parser_error_message("m.onnx", [])
 
 
 def test_build_refuses_bad_inputs_before_touching_tensorrt(tmp_path, cache):

@@ -1,5 +1,10 @@
 """Per-layer precision report from IEngineInspector JSON (pure Python, no TensorRT needed).
 
+``tests/data/trex/*.json`` are REAL engine-inspector JSON files from NVIDIA's trt-engine-explorer
+(NVIDIA/TensorRT, Apache-2.0; see ``tests/data/trex/README.md``): ResNet FP32/FP16/QAT-INT8 engines
+built on an A100 and an RTX 3090, MobileNet QAT engines. The report's verdicts on them are checked
+against what the JSON itself says (the convolutions' weight types).
+
 ``tests/data/trt10_engine_information_sample.json`` and ``trt11_engine_information_sample.json`` are
 HAND-WRITTEN samples of the documented ``get_engine_information(LayerInformationFormat.JSON)``
 schema (TensorRT 10: ``Bindings`` and ``Format/Datatype`` strings, shaped after the engine JSON in
@@ -220,3 +225,78 @@ def test_qdq_layers_skips_the_quantizers_themselves():
         [numpy_helper.from_array(np.array(1.0, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")],
     )
     assert qdq_layers(helper.make_model(graph)) == ("relu",)
+
+
+# --- real engines: NVIDIA's trt-engine-explorer examples ------------------------------------------------
+
+TREX = sorted((DATA / "trex").glob("*.json"))
+
+
+def _trex(name_part: str) -> dict:
+    (path,) = [p for p in TREX if name_part in p.name]
+    return json.loads(path.read_text())
+
+
+def _conv_weight_types(info: dict) -> list[str]:
+    """The weight type TensorRT wrote for each convolution layer (read straight from the JSON)."""
+    return [(layer.get("Weights") or layer["ConvWeights"])["Type"] for layer in info["Layers"]
+            if "Convolution" in layer["LayerType"] or layer["LayerType"] == "ConvActPool"]
+
+
+def test_the_real_inspector_files_are_the_attributed_trex_copies():
+    assert len(TREX) == 10
+    assert "Apache-2.0" in (DATA / "trex" / "README.md").read_text()
+    assert all("Layers" in json.loads(p.read_text()) and "Bindings" in json.loads(p.read_text()) for p in TREX)
+
+
+@pytest.mark.parametrize("path", TREX, ids=lambda p: p.name.split(".onnx")[0])
+def test_report_verdicts_on_real_engines(path):
+    info = json.loads(path.read_text())
+    weights = _conv_weight_types(info)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no intended INT8 nodes given: never a NoInt8Warning
+        report = precision_report(info, (), engine=path.name)
+    layers = parse_engine_information(info)
+    compute = [layer for layer in layers if layer.role is LayerRole.COMPUTE]
+    convs = [layer for layer in compute if "Convolution" in layer.layer_type or layer.layer_type == "ConvActPool"]
+    assert len(convs) == len(weights) > 15
+    # every convolution is counted in the precision of its weights, as TensorRT wrote it
+    assert [layer.precision for layer in convs] == [dtype_of(w) for w in weights]
+    assert report.int8_layers + report.fp16_layers + report.fp32_layers + report.other_layers == len(compute)
+    if "qat" in path.name:
+        assert report.runs_int8 and report.int8_layers >= len(convs)
+    elif "fp16" in path.name:
+        assert report.int8_layers == 0 and report.fp16_layers >= len(convs)
+    else:
+        assert report.int8_layers == report.fp16_layers == 0 and report.fp32_layers >= len(convs)
+    assert report.other_layers == 0  # every compute layer's data type was read
+
+
+def test_missed_int8_on_a_real_qat_engine():
+    """The QAT ResNet (A100): the Q/DQ-fed nodes TensorRT kept out of INT8 are named with their layer and precision.
+
+    In the JSON: Conv_9 and the FC (Gemm_257) are fused into INT8-weight convolutions, MaxPool_12 is a
+    TiledPooling layer on "Row major linear FP32" tensors, GlobalAveragePool_246 one on FP16 tensors.
+    """
+    info = _trex("A100__qat__resnet-qat")
+    report = precision_report(info, ("Conv_9", "MaxPool_12", "GlobalAveragePool_246", "Gemm_257", "Gemm_311"),
+                              engine="resnet-qat")
+    assert (report.int8_layers, report.fp16_layers, report.fp32_layers) == (21, 1, 1)
+    assert report.missed_int8 == (MissedInt8("MaxPool_12", "MaxPool_12", "fp32"),
+                                  MissedInt8("GlobalAveragePool_246", "GlobalAveragePool_246", "fp16"))
+    assert report.unplaced_int8_nodes == ("Gemm_311",)  # no such node in this engine
+
+
+def test_defect3_constant_and_shape_layers_do_not_make_an_engine_int8():
+    """A real FP16 engine plus one INT8 Constant layer (real engines hold them): still no INT8 compute."""
+    info = copy.deepcopy(_trex("A100__fp16__resnet"))
+    info["Layers"].append({"Name": "fc.weight_quantized", "LayerType": "Constant",
+                           "Inputs": [], "Outputs": [{"Name": "w_q", "Format/Datatype": "Row major Int8 format"}]})
+    info["Layers"].append({"Name": "shape_of_input", "LayerType": "Shape", "ParameterType": "Shape",
+                           "Inputs": [{"Name": "x", "Format/Datatype": "Row major linear FP16 format"}],
+                           "Outputs": [{"Name": "s", "Format/Datatype": "Row major linear Int64"}]})
+    intended = [n for layer in parse_engine_information(info) if layer.role is LayerRole.COMPUTE for n in layer.onnx_nodes][:3]
+    with pytest.warns(NoInt8Warning, match="runs no layer in INT8"):
+        report = precision_report(info, intended, engine="resnet-fp16")
+    assert not report.runs_int8 and report.int8_missing and report.int8_layers == 0
+    assert report.constant_layers == 2 and report.other_layers == 0

@@ -107,6 +107,7 @@ def evaluate(
         untrained=untrained,
         metrics=metrics,
         timing=EvalTiming(inference_s=inference_s, total_s=total_s, images_per_s=num_images / total_s),
+        simulated=facts.get("simulated"),
     )
 
 

@@ -118,6 +118,7 @@ class EvalResult:
     metrics: CocoMetrics
     timing: EvalTiming
     schema: int = SCHEMA_VERSION
+    simulated: str | None = None  # why this is no measurement on the named backend (a test fake), else None
 
 
 @dataclass(frozen=True)
@@ -183,3 +184,4 @@ class LatencyResult:
     peak_memory_bytes: int | None = None
     precision: dict[str, Any] | None = None  # TensorRT per-layer precision summary
     schema: int = SCHEMA_VERSION
+    simulated: str | None = None  # why these figures are no measurement on the named backend (a test fake), else None

@@ -23,12 +23,18 @@ SELECTION_KIND = "quantbench.selection"
 _COLUMNS = ("variant", "mAP50-95", "drop", "latency ms", "img/s", "speed-up", "result", "reason")
 
 
+def simulated_prefix(selection: Selection) -> str:
+    """"SIMULATED (why): " for a selection built on simulated records (a test fake), else nothing."""
+    return f"SIMULATED ({selection.simulated}), not a measurement: " if selection.simulated else ""
+
+
 def winner_line(selection: Selection) -> str:
     """One line naming the fastest passing variant, or saying that none passes."""
     s = selection
     won = s.winning_outcome
     if won is None:
-        return f"no variant passes for {s.model} on {s.backend} at batch {s.reference_batch}: see the reasons above"
+        return (f"{simulated_prefix(s)}no variant passes for {s.model} on {s.backend} at batch {s.reference_batch}: "
+                "see the reasons above")
     note = " (the baseline: no faster variant passes)" if won.variant == s.baseline else ""
     untrained = " [untrained model: mAP means nothing]" if won.untrained else ""
     tied = ""
@@ -37,7 +43,7 @@ def winner_line(selection: Selection) -> str:
         tied = (f"; within measurement noise of it: {others} ms (+-{won.latency_noise_ms:.2f} ms standard error), "
                 "a re-run may rank them first")
     return (
-        f"fastest passing: {s.model} {won.variant} on {s.backend} "
+        f"{simulated_prefix(s)}fastest passing: {s.model} {won.variant} on {s.backend} "
         f"({won.latency_ms:.2f} ms, mAP {won.map50_95:.4f}){note}{untrained}{tied}"
     )
 
@@ -62,7 +68,8 @@ def format_selection_table(selection: Selection) -> str:
     def line(cells: Sequence[str]) -> str:
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths)) + "  " + cells[-1]
 
-    head = f"{selection.model} on {selection.backend} (batch {selection.reference_batch}, {_criteria_text(selection)})"
+    head = (f"{simulated_prefix(selection)}{selection.model} on {selection.backend} "
+            f"(batch {selection.reference_batch}, {_criteria_text(selection)})")
     body = [line(rows[0]), line(["-" * w for w in widths] + ["-" * len(_COLUMNS[-1])])]
     body += [line(r).rstrip() for r in rows[1:]]
     return "\n".join([head, *body, winner_line(selection), *disturbed_lines(selection)])
@@ -185,6 +192,8 @@ def report_markdown(selections: Sequence[Selection], *, rebuild_command: str, pa
 
 def _selection_markdown(s: Selection) -> list[str]:
     lines = [f"## {s.model} on {s.backend}", "", f"Batch {s.reference_batch}; {_criteria_text(s)}.", ""]
+    if s.simulated:
+        lines += [f"**SIMULATED: {s.simulated}. No figure in this section is a {s.backend} measurement.**", ""]
     borrowed = sorted({o.accuracy_backend for o in s.outcomes if o.accuracy_backend and o.accuracy_backend != s.backend})
     if borrowed:
         lines += [f"Accuracy measured on {', '.join(borrowed)} (no {s.backend} accuracy results).", ""]
@@ -255,7 +264,7 @@ def _pareto_panel(ax, s: Selection) -> None:
         floor = max(base.map50_95 - s.criteria["max_abs_drop"], base.map50_95 * (1 - s.criteria["max_rel_drop"]))
         ax.axhline(floor, color="tab:orange", lw=1, ls=":", label=f"lowest passing mAP {floor:.4f}")
     missing = len(s.outcomes) - len(plotted)
-    title = f"{s.model} on {s.backend}, batch {s.reference_batch}"
+    title = f"{s.model} on {s.backend}, batch {s.reference_batch}" + (" (SIMULATED)" if s.simulated else "")
     if missing:
         title += f"\n({missing} variant{'s' if missing > 1 else ''} without latency or mAP not shown)"
     ax.set_title(title, fontsize=10)

@@ -88,6 +88,7 @@ class Selection:
     criteria: dict[str, Any] = field(default_factory=dict)  # the ModelThresholds applied, as a dict
     within_noise: tuple[str, ...] = ()  # passing gated variants statistically as fast as the winner
     disturbed: tuple[str, ...] = ()  # variants whose timing shows outside interference (see module docstring)
+    simulated: str | None = None  # set when a record of the group is simulated (a test fake): no real measurement
 
     def outcome(self, variant: str) -> VariantOutcome:
         for o in self.outcomes:
@@ -154,6 +155,8 @@ def select(
                     criteria=_criteria(t),
                     within_noise=_within_noise(winner, ranked),
                     disturbed=tuple(o.variant for o in ranked if _disturbed(o)),
+                    simulated=next((r.simulated for r in (*group.latency.values(), *group.accuracy.values())
+                                    if r.simulated), None),
                 )
             )
     return selections

@@ -85,6 +85,14 @@ def device_unavailable_reason(device_id: int = 0) -> str | None:
     return None
 
 
+def simulated_reason() -> str | None:
+    """The reason a CUDA runtime stand-in gives (``SIMULATED``, the tests' CPU stand-in), else None."""
+    try:
+        return getattr(cudart(), "SIMULATED", None)
+    except BackendUnavailable:
+        return None
+
+
 @dataclass(frozen=True)
 class GpuInfo:
     """What identifies a GPU for engine and timing caches: its name and compute capability."""

@@ -42,7 +42,9 @@ from .trt_version import TrtApi
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install tensorrt cuda-python"
+# `pip install tensorrt` alone gets the CUDA 13 build; CUDA 12 drivers need the -cu12 wheels (pyproject extras).
+INSTALL_HINT = ("pip install tensorrt-cu13 'cuda-python>=13,<14' for a CUDA 13 driver, "
+                "or tensorrt-cu12 'cuda-python>=12.3,<13' for CUDA 12")
 ENGINE_KIND = "trt-engine"
 TIMING_CACHE_KIND = "trt-timing-cache"
 ENGINE_KEY_SCHEMA = 1  # bump when the build recipe changes in a way the key does not see
@@ -168,14 +170,23 @@ _DEFAULT_PARSER_HINT = "inspect it with `polygraphy inspect model` and re-export
 MAX_REPORTED_PARSER_ERRORS = 8
 
 
+def error_code_name(code: Any) -> str:
+    """``UNSUPPORTED_NODE`` from a ``tensorrt.ErrorCode``.
+
+    ``str(code)`` is ``"ErrorCode.UNSUPPORTED_NODE"`` in every version; ``code.name`` is not usable
+    across versions: a method before TensorRT 10.16, a str from 10.16 (seen in the real bindings).
+    """
+    return str(code).rsplit(".", 1)[-1]
+
+
 def parser_error_message(onnx_path: Path | str, errors: Sequence[Any]) -> str:
     """One sentence naming the ONNX file, each failing node (name, operator, TensorRT's text) and a fix.
 
-    ``errors`` are ``tensorrt.OnnxParser.get_error(i)`` objects (``IParserError``, TensorRT 10+).
+    ``errors`` are ``tensorrt.OnnxParser.get_error(i)`` objects (``ParserError``, TensorRT 10+).
     """
     parts, hints = [], []
     for error in errors[:MAX_REPORTED_PARSER_ERRORS]:
-        code = getattr(error.code(), "name", str(error.code()))
+        code = error_code_name(error.code())
         node = error.node_name() or (f"#{error.node()}" if error.node() >= 0 else "(graph)")
         operator = error.node_operator() or "?"
         parts.append(f"node {node!r} ({operator}): {error.desc().strip().rstrip('.')} [{code}]")
@@ -230,12 +241,20 @@ def _save_timing_cache(config: Any, path: Path) -> None:
         timing_cache = config.get_timing_cache()
         if path.exists():
             on_disk = config.create_timing_cache(path.read_bytes())
-            if on_disk is not None:
-                timing_cache.combine(on_disk, ignore_mismatch=False)
+            # combine() refuses a cache from another TensorRT build or GPU: this build's timings replace it.
+            if on_disk is None or not timing_cache.combine(on_disk, ignore_mismatch=False):
+                log.warning("TensorRT could not merge the timing cache %s (another TensorRT build or GPU?); "
+                            "replacing it with this build's timings", path)
         atomic_write_bytes(path, bytes(timing_cache.serialize()))
 
 
 # --- backend -------------------------------------------------------------------------------------
+
+
+def simulated_reason(api: TrtApi) -> str | None:
+    """Why figures from this backend are no TensorRT measurement (a fake ``tensorrt``, a CUDA stand-in), else None."""
+    parts = [part for part in (api.simulated, cuda.simulated_reason()) if part]
+    return "; ".join(parts) or None
 
 
 class TensorRTBackend(Backend):
@@ -248,9 +267,14 @@ class TensorRTBackend(Backend):
     def unavailable_reason(cls) -> str | None:
         try:
             trt = _tensorrt()
-        except ImportError:
-            return f"tensorrt is not installed ({INSTALL_HINT}, on a machine with an NVIDIA GPU)"
-        except OSError as exc:  # the wheel is there but libnvinfer does not load
+        except ImportError as exc:
+            if isinstance(exc, ModuleNotFoundError) and exc.name == "tensorrt":
+                return f"tensorrt is not installed ({INSTALL_HINT}, on a machine with an NVIDIA GPU)"
+            # The package is there, but its native libraries (libnvinfer.so.N, ...) or its bindings
+            # do not load: Python reports a missing shared library as ImportError, not OSError.
+            return (f"tensorrt is installed but does not load ({exc}); install TensorRT's libraries for this "
+                    f"CUDA version or reinstall it ({INSTALL_HINT})")
+        except OSError as exc:  # ctypes loading of the libraries by the tensorrt package itself
             return f"tensorrt is installed but its libraries do not load ({exc}); reinstall it ({INSTALL_HINT})"
         try:
             TrtApi.of(trt)
@@ -299,22 +323,24 @@ class TensorRTBackend(Backend):
         return TensorRTRunner(trt, api, engine, cuda_graph=self.cuda_graph)
 
 
-def _build_engine(
-    trt: Any, api: TrtApi, onnx_path: Path, options: BuildOptions, gpu: cuda.GpuInfo,
-    timing_cache_file: Path, out: Path, layers_path: Path,
-) -> dict[str, Any]:
-    """Parse, configure, build and inspect one engine; write the plan to ``out``; return its metadata."""
-    started = time.perf_counter()
-    logger = _capturing_logger(trt)
+def _parse(trt: Any, api: TrtApi, onnx_path: Path, logger: Any) -> tuple[Any, Any, Any]:
+    """Builder, strongly typed network and parser (kept alive together) of a parsed ONNX file."""
     builder = trt.Builder(logger)
     network = builder.create_network(api.network_flags(trt))
+    if network is None:
+        raise BackendError(f"TensorRT could not create a network for {onnx_path}: "
+                           f"{'; '.join(logger.errors[-3:]) or 'no error was logged'}; check the TensorRT installation.")
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         raise BackendError(parser_error_message(onnx_path, [parser.get_error(i) for i in range(parser.num_errors)]))
     if network.num_inputs != 1 or network.num_outputs != 1:
         raise ModelError(f"{onnx_path} has {network.num_inputs} inputs and {network.num_outputs} outputs; "
                          "quantbench needs a detector with one image input and one output.")
+    return builder, network, parser
 
+
+def _configure(trt: Any, builder: Any, network: Any, options: BuildOptions, onnx_path: Path) -> tuple[Any, ProfileShapes | None]:
+    """The builder config: workspace, optimisation level, detailed profiling, one optimization profile."""
     config = builder.create_builder_config()
     if options.workspace_mib is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
@@ -325,9 +351,42 @@ def _build_engine(
                             imgsz=onnx_imgsz(onnx_path) or DEFAULT_IMGSZ, where=str(onnx_path))
     if shapes is not None:
         profile = builder.create_optimization_profile()
-        profile.set_shape(network_input.name, shapes.min, shapes.opt, shapes.max)
-        config.add_optimization_profile(profile)
+        try:
+            profile.set_shape(network_input.name, shapes.min, shapes.opt, shapes.max)
+        except ValueError as exc:  # TensorRT checks min <= opt <= max and the network's fixed axes
+            raise BackendError(f"TensorRT refused the optimization profile {shapes.to_dict()} for input "
+                               f"{network_input.name!r} of {onnx_path} ({exc}); pass batch sizes that fit the model.") from None
+        if config.add_optimization_profile(profile) < 0:
+            raise BackendError(f"TensorRT refused the optimization profile {shapes.to_dict()} for input "
+                               f"{network_input.name!r} of {onnx_path}; pass batch sizes that fit the model.")
+    return config, shapes
 
+
+def _inspect(trt: Any, engine: Any, input_name: str, shapes: ProfileShapes | None, onnx_path: Path) -> str:
+    """The engine's per-layer JSON, from a context whose input shape is set.
+
+    NVIDIA's IEngineInspector header: without the shapes of a dynamic engine, shape-dependent values
+    are -1 and format information (the activations' data types) is not shown. The profile's opt
+    shape is the one TensorRT tuned for.
+    """
+    context = engine.create_execution_context()
+    if shapes is not None and not context.set_input_shape(input_name, shapes.opt):
+        raise BackendError(f"TensorRT refused input shape {shapes.opt} for the engine it just built from {onnx_path}; "
+                           "rebuild with a clean cache.")
+    inspector = engine.create_engine_inspector()
+    inspector.execution_context = context  # full format strings, as they run
+    return inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+
+
+def _build_engine(
+    trt: Any, api: TrtApi, onnx_path: Path, options: BuildOptions, gpu: cuda.GpuInfo,
+    timing_cache_file: Path, out: Path, layers_path: Path,
+) -> dict[str, Any]:
+    """Parse, configure, build and inspect one engine; write the plan to ``out``; return its metadata."""
+    started = time.perf_counter()
+    logger = _capturing_logger(trt)
+    builder, network, _parser = _parse(trt, api, onnx_path, logger)
+    config, shapes = _configure(trt, builder, network, options, onnx_path)
     _load_timing_cache(config, timing_cache_file)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -342,10 +401,7 @@ def _build_engine(
     engine = trt.Runtime(logger).deserialize_cuda_engine(plan_bytes)
     if engine is None:
         raise BackendError(f"TensorRT could not load the engine it just built from {onnx_path}; rebuild with a clean cache.")
-    context = engine.create_execution_context()
-    inspector = engine.create_engine_inspector()
-    inspector.execution_context = context  # full format strings, as they run
-    layer_json = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+    layer_json = _inspect(trt, engine, network.get_input(0).name, shapes, onnx_path)
     atomic_write_text(layers_path, layer_json)
     report = precision_report(layer_json, qdq_layers(onnx_path), engine=onnx_path.name)
     return {
@@ -360,6 +416,7 @@ def _build_engine(
         "engine_bytes": len(plan_bytes),
         "layers_json": layers_path.name,
         "precision": to_dict(report),
+        "simulated": simulated_reason(api),
     }
 
 
@@ -397,8 +454,8 @@ class TensorRTRunner(Runner):
             raise ModelError(f"{engine.source_onnx} gives an engine with inputs {inputs} and outputs {outputs}; "
                              "quantbench needs one image input and one output.")
         self.input_name, self.output_name = inputs[0], outputs[0]
-        self._input_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(self.input_name)))
-        self._output_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(self.output_name)))
+        self._input_dtype = self._numpy_dtype(self.input_name, "input")
+        self._output_dtype = self._numpy_dtype(self.output_name, "output")
         static = tuple(self._engine.get_tensor_shape(self.input_name))
         if any(d < 0 for d in static):
             low, _, high = (tuple(s) for s in self._engine.get_tensor_profile_shape(self.input_name, 0))
@@ -414,10 +471,25 @@ class TensorRTRunner(Runner):
         self._host_out = push(cuda.PinnedBuffer(max_output, self._output_dtype))
         self._dev_in = push(cuda.DeviceBuffer(self._host_in.nbytes))
         self._dev_out = push(cuda.DeviceBuffer(self._host_out.nbytes))
-        self._context.set_tensor_address(self.input_name, self._dev_in.ptr)
-        self._context.set_tensor_address(self.output_name, self._dev_out.ptr)
+        for name, buffer in ((self.input_name, self._dev_in), (self.output_name, self._dev_out)):
+            if not self._context.set_tensor_address(name, buffer.ptr):
+                errors = "; ".join(self._logger.errors[-3:]) or "no error was logged"
+                raise BackendError(f"TensorRT refused the device buffer of tensor {name!r} of {engine.path} ({errors}); "
+                                   "delete the engine from the cache to rebuild it.")
         self.engine_memory_bytes = self._api.engine_device_memory_bytes(self._engine)
         self.precision: dict[str, Any] | None = engine.meta.get("precision")
+        self.simulated = simulated_reason(self._api)
+
+    def _numpy_dtype(self, name: str, role: str) -> np.dtype:
+        """numpy type of an I/O tensor; ``tensorrt.nptype`` knows no BF16, FP8, INT4 or FP4 (TypeError)."""
+        trt_type = self._engine.get_tensor_dtype(name)
+        try:
+            return np.dtype(self._trt.nptype(trt_type))
+        except TypeError:
+            raise BackendError(
+                f"the {role} tensor {name!r} of {self.engine_record.source_onnx} is {trt_type}, which has no numpy type; "
+                "export the model with float32 or float16 inputs and outputs (BF16/FP8/INT4/FP4 may stay inside the graph)."
+            ) from None
 
     # -- one inference, in parts -----------------------------------------------------------------
 
@@ -528,6 +600,7 @@ class TensorRTRunner(Runner):
             "input_dtype": str(getattr(self, "_input_dtype", "")),
             "profile": {"min": list(getattr(self, "_min_shape", ())), "max": list(getattr(self, "_max_shape", ()))},
             "precision": getattr(self, "precision", None),
+            "simulated": getattr(self, "simulated", None),
         }
 
     def close(self) -> None:

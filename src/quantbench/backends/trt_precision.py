@@ -5,8 +5,9 @@ that layer in INT8 when it has an INT8 kernel for it, else in a higher precision
 the engine information that ``IEngineInspector.get_engine_information(LayerInformationFormat.JSON)``
 returns for an engine built with ``ProfilingVerbosity.DETAILED`` and reports:
 
-- how many layers compute in INT8 / FP16 / FP32 (others: BF16, INT32 shape maths...), and how many
-  are reformats (layout copies) or casts (data-type conversions, standalone Q/DQ scales included);
+- how many layers compute in INT8 / FP16 / FP32 (others: BF16, INT32 maths...), and how many are
+  reformats (layout copies), casts (data-type conversions, standalone Q/DQ scales included) or
+  constants and shape layers (which compute no activation and never count as INT8 or FP16);
 - the ONNX nodes the Q/DQ graph meant to be INT8 (nodes fed by a DequantizeLinear) that TensorRT ran
   in a higher precision, and those it cannot place (fused into an opaque region or eliminated).
 
@@ -32,6 +33,10 @@ from ..errors import BackendError
 
 Q_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 _CAST_KINDS = frozenset({"Cast", "Quantize", "Dequantize"})  # standalone type conversions
+# Layers that hold or compute no activations: weights/constants and shape arithmetic. NVIDIA's
+# trt-engine-explorer leaves them out of its precision views too; counted as compute, one INT8
+# Constant would make an FP16 engine "run INT8".
+_CONSTANT_KINDS = frozenset({"Constant", "Shape", "ShapeHostToDevice", "Assertion"})
 
 # Data-type words found in inspector strings ("Row major linear FP32", "Half", "Int8", ...) -> canonical.
 _DTYPE_WORDS = {
@@ -52,6 +57,7 @@ class LayerRole(str, enum.Enum):
     REFORMAT = "reformat"  # layout copy, same data type
     CAST = "cast"  # data-type conversion: Cast layers, standalone Quantize/Dequantize reformats
     NOOP = "noop"
+    CONSTANT = "constant"  # constants and shape layers: no activation is computed
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,7 @@ class PrecisionReport:
     unplaced_int8_nodes: tuple[str, ...]  # ... of those, in no compute layer (opaque fusion, eliminated)
     runs_int8: bool
     int8_missing: bool  # the graph asks for INT8 and the engine runs none: the variant is not INT8 at all
+    constant_layers: int = 0  # constants and shape layers (not compute, not counted in the precisions)
 
 
 def dtype_of(description: str | None) -> str:
@@ -126,6 +133,8 @@ def _role(layer: Mapping[str, Any], inputs: tuple[str, ...], outputs: tuple[str,
     kinds = {str(layer.get("LayerType", "")), str(layer.get("ParameterType", ""))}
     if "NoOp" in kinds:
         return LayerRole.NOOP
+    if kinds & _CONSTANT_KINDS:
+        return LayerRole.CONSTANT
     if kinds & _CAST_KINDS:
         return LayerRole.CAST
     if "Reformat" in kinds:
@@ -242,6 +251,7 @@ def precision_report(
         other_layers=len(compute) - sum(counts.values()),
         reformat_layers=sum(1 for layer in layers if layer.role is LayerRole.REFORMAT),
         cast_layers=sum(1 for layer in layers if layer.role is LayerRole.CAST),
+        constant_layers=sum(1 for layer in layers if layer.role is LayerRole.CONSTANT),
         intended_int8_nodes=len(intended),
         missed_int8=tuple(missed),
         unplaced_int8_nodes=tuple(unplaced),

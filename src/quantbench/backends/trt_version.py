@@ -27,7 +27,7 @@ from typing import Any
 from ..errors import BackendUnavailable
 
 SUPPORTED_MAJORS = (10, 11)
-INSTALL_HINT = "pip install -U tensorrt"
+INSTALL_HINT = "pip install -U tensorrt-cu13 for a CUDA 13 driver, or tensorrt-cu12 for CUDA 12"
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,9 @@ class TrtApi:
     version: str
     major: int
     minor: int
+    # Set when ``tensorrt`` is a stand-in that says so (``__quantbench_simulated__``, the tests' fake):
+    # every figure built on it is then marked simulated, never passed off as a TensorRT measurement.
+    simulated: str | None = None
 
     @classmethod
     def from_version(cls, version: str) -> TrtApi:
@@ -53,7 +56,9 @@ class TrtApi:
     @classmethod
     def of(cls, trt: Any) -> TrtApi:
         """The API of an imported ``tensorrt`` module (or a stand-in carrying ``__version__``)."""
-        return cls.from_version(getattr(trt, "__version__", ""))
+        api = cls.from_version(getattr(trt, "__version__", ""))
+        simulated = getattr(trt, "__quantbench_simulated__", None)
+        return cls(api.version, api.major, api.minor, str(simulated)) if simulated else api
 
     @property
     def always_strongly_typed(self) -> bool:
