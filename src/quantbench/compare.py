@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .history import SavedRun, build_history, what_changed
+from .history import HistoryError, SavedRun, build_history, mixed_lanes, what_changed
 from .records import EvalResult, LatencyResult
 from .thresholds import ModelThresholds, Thresholds
 
@@ -91,7 +91,11 @@ def compare_runs(base: SavedRun, new: SavedRun, thresholds: Thresholds,
                  latency_checks: Sequence[Any] = ()) -> Comparison:
     """Gate ``new`` against ``base`` (module docstring); HistoryError when a model's device differs."""
     checks = tuple(latency_checks) or (parse_latency_check(DEFAULT_LATENCY_CHECK),)
-    build_history([base, new], thresholds)  # refuses one model on two devices or backends, in one sentence
+    for h in build_history([base, new], thresholds, mix=True):
+        where = mixed_lanes(h)
+        if where is not None:
+            raise HistoryError(f"{h.model}: the two runs were measured on different backends or devices ({where}); "
+                               "their latencies say nothing about the change: compare runs made on one device.")
     lines = [*_latency_lines(base, new, checks), *_accuracy_lines(base, new, thresholds), *_notes(base, new, thresholds)]
     return Comparison(str(base.path), str(new.path), tuple(lines))
 

@@ -199,17 +199,23 @@ def _variant_table_change(before: Mapping[str, dict], after: Mapping[str, dict])
     return " ".join([*added, *removed, *rebuilt])
 
 
-def _refuse_mixed_lanes(h: ModelHistory) -> None:
+def mixed_lanes(h: ModelHistory) -> str | None:
+    """Which backends and devices a model's rows span, when more than one, else None."""
     lanes = h.lanes
     if len(lanes) < 2:
-        return
+        return None
     first = {lane: next(r for r in h.rows if r.lane == lane) for lane in lanes}
-    where = "; ".join(f"{b} on {d} (run {first[(b, d)].run}, {Path(first[(b, d)].source).name})" for b, d in lanes)
-    raise HistoryError(
-        f"{h.model}: the runs were measured on different backends or devices ({where}); latency on different "
-        "hardware is not one series, so no line is drawn across them: pass the runs of one device, or --mix "
-        "to draw them as one line with the change marked."
-    )
+    return "; ".join(f"{b} on {d} (run {first[(b, d)].run}, {Path(first[(b, d)].source).name})" for b, d in lanes)
+
+
+def _refuse_mixed_lanes(h: ModelHistory) -> None:
+    where = mixed_lanes(h)
+    if where is not None:
+        raise HistoryError(
+            f"{h.model}: the runs were measured on different backends or devices ({where}); latency on different "
+            "hardware is not one series, so no line is drawn across them: pass the runs of one device, or --mix "
+            "to draw them as one line with the change marked."
+        )
 
 
 # --- the table --------------------------------------------------------------------------------
