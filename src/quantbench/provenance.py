@@ -125,7 +125,8 @@ def nvidia_driver_from_proc(path: Path = Path("/proc/driver/nvidia/version")) ->
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
-    match = re.search(r"Kernel Module(?: for [^\d]+)?\s+(\d+(?:\.\d+)+)", text)
+    # "... Kernel Module  535.183.01  ..." or "... Open Kernel Module for x86_64  580.65.06  ..."
+    match = re.search(r"Kernel Module.*?\s(\d+\.\d+(?:\.\d+)*)\s", text)
     return match.group(1) if match else None
 
 

@@ -173,10 +173,16 @@ def gate_verdict(selections: Sequence[Selection]) -> str:
         return f"**PASS**: every gated variant is within its budget ({len(selections)} model/backend pair(s))."
     parts = []
     if nobody:
-        parts.append(f"no passing variant for {', '.join(nobody)}")
+        parts.append(f"no passing variant for {_first_few(nobody)}")
     if missed:
-        parts.append(f"{len(missed)} gated variant(s) miss their budget: {', '.join(missed)}")
+        parts.append(f"{len(missed)} gated variant(s) miss their budget: {_first_few(missed)}")
     return f"**FAIL**: {'; '.join(parts)}."
+
+
+def _first_few(names: Sequence[str], shown: int = 10) -> str:
+    """The first names and how many more: the verdict line stays short however large the run."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 # GitHub shows at most 65 535 characters of a job summary's Markdown: report.md stays under this.
