@@ -257,3 +257,14 @@ def test_accuracy_on_other_data_and_another_device_are_not_compared(runs: SavedR
     h200 = _on_another_device(runs.first, tmp_path / "h200.json")
     assert main(["compare", str(runs.first), str(h200), "--thresholds", str(runs.thresholds)]) == 2
     assert "compare runs made on one device" in capsys.readouterr().err
+
+
+def test_two_runs_with_nothing_in_common_are_refused(runs: SavedRuns, tmp_path: Path, capsys):
+    data = json.loads(runs.first.read_text())
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]["quantbench"]
+        for record in (info["latency"], info["eval"]):
+            record["model"] = "yolo11n-coco"  # derived: as if another model had been benchmarked
+    (tmp_path / "other-model.json").write_text(json.dumps(data))
+    assert main(["compare", str(runs.first), str(tmp_path / "other-model.json"), "--thresholds", str(runs.thresholds)]) == 2
+    assert "share no (model, variant, backend): nothing to compare" in capsys.readouterr().err

@@ -15,7 +15,7 @@ exits 1 when, for any (model, variant, backend, batch size) timed in both runs,
   stands for it. Accuracy measured on other data (dataset or image count) is not comparable: a failure.
 
 Runs of one model on different devices of one backend are refused (HistoryError, exit 2): a
-latency change there says nothing about the code. Variants present in only one run, changed
+latency change there says nothing about the code; so are two runs with nothing in common. Variants present in only one run, changed
 build options and changed versions (TensorRT, driver, ONNX Runtime, ModelOpt) are listed as notes.
 """
 
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .history import HistoryError, SavedRun, build_history, mixed_lanes, what_changed
+from .history import HistoryError, HistoryRow, SavedRun, build_history, what_changed
 from .records import EvalResult, LatencyResult
 from .thresholds import ModelThresholds, Thresholds
 
@@ -89,15 +89,27 @@ class Comparison:
 
 def compare_runs(base: SavedRun, new: SavedRun, thresholds: Thresholds,
                  latency_checks: Sequence[Any] = ()) -> Comparison:
-    """Gate ``new`` against ``base`` (module docstring); HistoryError when a model's device differs."""
+    """Gate ``new`` against ``base`` (module docstring); HistoryError when a model's device differs
+    between them or when they have nothing in common to compare."""
     checks = tuple(latency_checks) or (parse_latency_check(DEFAULT_LATENCY_CHECK),)
-    for h in build_history([base, new], thresholds, mix=True):
-        where = mixed_lanes(h)
-        if where is not None:
-            raise HistoryError(f"{h.model}: the two runs were measured on different backends or devices ({where}); "
-                               "their latencies say nothing about the change: compare runs made on one device.")
-    lines = [*_latency_lines(base, new, checks), *_accuracy_lines(base, new, thresholds), *_notes(base, new, thresholds)]
-    return Comparison(str(base.path), str(new.path), tuple(lines))
+    before = _rows(base, thresholds)
+    after = _rows(new, thresholds)
+    for (model, backend), row in after.items():
+        old = before.get((model, backend))
+        if old is not None and old.device != row.device:
+            raise HistoryError(
+                f"{model} on {backend} was measured on {old.device} in {base.path} but on {row.device} in "
+                f"{new.path}; their latencies say nothing about the change: compare runs made on one device.")
+    measured = [*_latency_lines(base, new, checks), *_accuracy_lines(base, new, thresholds)]
+    if not measured:
+        raise HistoryError(f"{base.path} and {new.path} share no (model, variant, backend): nothing to compare; "
+                           "pass two runs of the same bench configuration.")
+    return Comparison(str(base.path), str(new.path), tuple([*measured, *_notes(before, after)]))
+
+
+def _rows(run: SavedRun, thresholds: Thresholds) -> dict[tuple[str, str], HistoryRow]:
+    """The run's one history row per (model, backend)."""
+    return {(h.model, r.backend): r for h in build_history([run], thresholds, mix=True) for r in h.rows}
 
 
 def _latency_lines(base: SavedRun, new: SavedRun, checks: Sequence[Any]) -> list[CompareLine]:
@@ -167,19 +179,16 @@ def _failed(line: CompareLine, reason: str) -> CompareLine:
                        failed=True, reason=reason)
 
 
-def _notes(base: SavedRun, new: SavedRun, thresholds: Thresholds) -> list[CompareLine]:
-    """Variants in one run only, and what changed in the environment or the variant table (never failing)."""
-    old = {(h.model, r.backend): r for h in build_history([base], thresholds) for r in h.rows}
+def _notes(before: dict[tuple[str, str], HistoryRow], after: dict[tuple[str, str], HistoryRow]) -> list[CompareLine]:
+    """(model, backend)s in the new run only, and what changed in the environment or the variant table."""
     lines = []
-    for h in build_history([new], thresholds):
-        for row in h.rows:
-            before = old.get((h.model, row.backend))
-            if before is None:
-                lines.append(CompareLine(h.model, "-", row.backend, "note", "-", "-", "-", False,
-                                         "not in the base run: nothing to compare"))
-                continue
-            for change in what_changed(before, row):
-                lines.append(CompareLine(h.model, "-", row.backend, "note", "", "", "", False, change))
+    for (model, backend), row in after.items():
+        old = before.get((model, backend))
+        if old is None:
+            lines.append(CompareLine(model, "-", backend, "note", "-", "-", "-", False,
+                                     "not in the base run: nothing to compare"))
+            continue
+        lines += [CompareLine(model, "-", backend, "note", "", "", "", False, change) for change in what_changed(old, row)]
     return lines
 
 
