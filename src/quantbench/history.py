@@ -278,20 +278,7 @@ def history_png(h: ModelHistory) -> bytes:
     FigureCanvasAgg(fig)
     acc_ax, lat_ax, note_ax = fig.subplots(3, 1, height_ratios=[3, 3, 0.15 + 0.12 * len(notes)])
     xs = list(range(len(h.rows)))
-    failures_labelled = False
-    for n, variant in enumerate(h.variants):
-        pts = [next((p for p in r.points if p.variant == variant), None) for r in h.rows]
-        lat = [_value(p, "latency_ms") for p in pts]
-        # Hollow markers that change and shrink per variant: equal values (fp32 and fp16 mAP) stay visible.
-        style = {"marker": _MARKERS[n % len(_MARKERS)], "markersize": max(4, 10 - n), "markerfacecolor": "none",
-                 "markeredgewidth": 1.5, "label": variant}
-        (line,) = acc_ax.plot(xs, [_value(p, "map50_95") for p in pts], **style)
-        lat_ax.plot(xs, lat, color=line.get_color(), **style)
-        failed = [i for i, p in enumerate(pts) if p is not None and not p.passed and p.latency_ms is not None]
-        if failed:
-            lat_ax.scatter(failed, [lat[i] for i in failed], marker="x", s=70, color="tab:red", zorder=4,
-                           label=None if failures_labelled else "missed its budget")
-            failures_labelled = True
+    _plot_variants(acc_ax, lat_ax, h)
     winners = [(i, next(p for p in r.points if p.variant == r.winner)) for i, r in enumerate(h.rows) if r.winner]
     winners = [(i, p) for i, p in winners if p.latency_ms is not None]
     if winners:
@@ -320,6 +307,25 @@ def history_png(h: ModelHistory) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()
+
+
+def _plot_variants(acc_ax: Any, lat_ax: Any, h: ModelHistory) -> None:
+    """One line per variant on both panels, a red cross where it missed its budget in that run."""
+    xs = list(range(len(h.rows)))
+    failures_labelled = False
+    for n, variant in enumerate(h.variants):
+        pts = [next((p for p in r.points if p.variant == variant), None) for r in h.rows]
+        lat = [_value(p, "latency_ms") for p in pts]
+        # Hollow markers that change and shrink per variant: equal values (fp32 and fp16 mAP) stay visible.
+        style = {"marker": _MARKERS[n % len(_MARKERS)], "markersize": max(4, 10 - n), "markerfacecolor": "none",
+                 "markeredgewidth": 1.5, "label": variant}
+        (line,) = acc_ax.plot(xs, [_value(p, "map50_95") for p in pts], **style)
+        lat_ax.plot(xs, lat, color=line.get_color(), **style)
+        failed = [i for i, p in enumerate(pts) if p is not None and not p.passed and p.latency_ms is not None]
+        if failed:
+            lat_ax.scatter(failed, [lat[i] for i in failed], marker="x", s=70, color="tab:red", zorder=4,
+                           label=None if failures_labelled else "missed its budget")
+            failures_labelled = True
 
 
 def _value(p: VariantPoint | None, name: str) -> float:
