@@ -268,3 +268,21 @@ def test_two_runs_with_nothing_in_common_are_refused(runs: SavedRuns, tmp_path: 
     (tmp_path / "other-model.json").write_text(json.dumps(data))
     assert main(["compare", str(runs.first), str(tmp_path / "other-model.json"), "--thresholds", str(runs.thresholds)]) == 2
     assert "share no (model, variant, backend): nothing to compare" in capsys.readouterr().err
+
+
+def test_a_tensorrt_upgrade_is_marked_in_the_history_and_the_comparison(runs: SavedRuns, tmp_path: Path):
+    def with_tensorrt(version: str, when: str) -> Path:  # derived: the facts a TensorRT runner would record
+        data = json.loads(runs.first.read_text())
+        for bench in data["benchmarks"]:
+            bench["extra_info"]["quantbench"]["latency"]["provenance"]["tensorrt"] = version
+        data["datetime"] = when
+        (tmp_path / f"trt{version}.json").write_text(json.dumps(data))
+        return tmp_path / f"trt{version}.json"
+
+    old = with_tensorrt("10.13.3.9", "2030-01-01T00:00:00+00:00")
+    new = with_tensorrt("11.2.0.1", "2030-01-02T00:00:00+00:00")
+    (h,) = build_history(load_runs([new, old]), _thresholds(runs))
+    assert [r.changes for r in h.rows] == [(), ("TensorRT: 10.13.3.9 -> 11.2.0.1",)]
+    assert "TensorRT 11.2.0.1" in history_markdown([h])
+    c = compare_runs(load_run(old), load_run(new), _thresholds(runs))
+    assert not c.failed and [x.reason for x in c.lines if x.what == "note"] == ["TensorRT: 10.13.3.9 -> 11.2.0.1"]

@@ -274,7 +274,7 @@ def history_png(h: ModelHistory) -> bytes:
 
     changes = [(i, r) for i, r in enumerate(h.rows) if r.changes]
     notes = [f"[{n}] before #{r.run}: {c}" for n, (_, r) in enumerate(changes, start=1) for c in r.changes]
-    fig = Figure(figsize=(max(7.0, 1.2 * len(h.rows) + 3), 7.0 + 0.14 * len(notes)), layout="constrained")
+    fig = Figure(figsize=(max(8.5, 1.2 * len(h.rows) + 4.5), 7.0 + 0.14 * len(notes)), layout="constrained")
     FigureCanvasAgg(fig)
     acc_ax, lat_ax, note_ax = fig.subplots(3, 1, height_ratios=[3, 3, 0.15 + 0.12 * len(notes)])
     xs = list(range(len(h.rows)))
@@ -300,7 +300,7 @@ def history_png(h: ModelHistory) -> bytes:
         ax.grid(True, alpha=0.3)
         ax.margins(x=0.08, y=0.12)
         ax.set_xlim(-0.5, len(xs) - 0.5)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the plot: it never hides a point
     note_ax.axis("off")
     note_ax.text(0, 1, "\n".join(notes) or "no change of device, versions or variant table between these runs",
                  va="top", ha="left", fontsize=7, transform=note_ax.transAxes)
