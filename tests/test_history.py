@@ -131,6 +131,8 @@ def test_saved_runs_carry_provenance(runs: SavedRuns):
     if head.returncode == 0:
         assert p.commit == head.stdout.strip()
     assert run.started and run.label.startswith(run.started[:10])
+    if p.commit:  # the checkout's commit, though pytest-benchmark ran outside it ("unversioned")
+        assert run.commit == p.commit and run.label.endswith(p.commit[:7])
 
 
 # --- history ----------------------------------------------------------------------------------
@@ -151,7 +153,7 @@ def test_history_table_and_png_over_real_runs(runs: SavedRuns, tmp_path: Path):
     paths = write_history([h], tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["history-yolov5n-coco.png", "history.md"]
     md = paths["history.md"].read_text()
-    assert "| run | when, commit | backend on device | versions | winner | fp32 | candidate | changed |" in md
+    assert "| run | when, commit | backend on device | versions | winner | candidate | fp32 | changed |" in md
     assert "variant table: ~candidate (options)" in md and " fail |" in md
     image = imread(paths["yolov5n-coco"])
     assert image.shape[0] > 500 and image.shape[1] > 600

@@ -72,7 +72,10 @@ def load_run(path: Path) -> SavedRun:
     evals, latencies, options = records_from_benchmark_json([path])  # validates, one sentence per problem
     data = json.loads(path.read_text(encoding="utf-8"))
     commit_info = data.get("commit_info") if isinstance(data.get("commit_info"), dict) else {}
-    commit = commit_info.get("id") or next((r.provenance.commit for r in latencies if r.provenance), None)
+    # The records' own commit (the quantbench checkout that ran) first: pytest-benchmark's is the git state of
+    # the working directory, "unversioned" outside a checkout.
+    recorded = next((r.provenance.commit for r in latencies if r.provenance and r.provenance.commit), None)
+    commit = recorded or (commit_info.get("id") if commit_info.get("id") != "unversioned" else None)
     started = data.get("datetime") if isinstance(data.get("datetime"), str) else None
     return SavedRun(path, started, commit if isinstance(commit, str) else None, tuple(evals), tuple(latencies), options)
 
@@ -139,7 +142,8 @@ class ModelHistory:
 
     @property
     def variants(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(p.variant for r in self.rows for p in r.points))
+        """Every variant of any row, by name (a run's outcomes are ranked by latency, which varies)."""
+        return tuple(sorted({p.variant for r in self.rows for p in r.points}))
 
 
 def build_history(runs: Sequence[SavedRun], thresholds: Thresholds, *, reference_batch: int = 1,
