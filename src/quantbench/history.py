@@ -46,7 +46,7 @@ class SavedRun:
 
     path: Path
     started: str | None  # pytest-benchmark's "datetime" (ISO 8601)
-    commit: str | None  # pytest-benchmark's commit_info id, else the records' provenance
+    commit: str | None  # the records' provenance commit, else pytest-benchmark's commit_info id
     evals: tuple[EvalResult, ...]
     latencies: tuple[LatencyResult, ...]
     variant_options: dict[str, dict]
@@ -82,7 +82,7 @@ def load_run(path: Path) -> SavedRun:
 
 def load_runs(sources: Sequence[Path]) -> list[SavedRun]:
     """The runs in ``sources`` (JSON files, or folders searched for ``*.json`` as pytest-benchmark's storage
-    holds them), oldest first; runs without a time keep the order given."""
+    holds them), oldest first (runs without a time first, in the order given); a file named twice is read once."""
     files: list[Path] = []
     for source in map(Path, sources):
         if source.is_dir():
@@ -93,8 +93,8 @@ def load_runs(sources: Sequence[Path]) -> list[SavedRun]:
             raise ConfigError(f"{source} does not exist; pass pytest-benchmark JSON files or a --benchmark-storage folder.")
     if not files:
         raise ConfigError(f"no saved runs in {', '.join(map(str, sources))}; pass --benchmark-json files of the bench suite.")
-    runs = [load_run(f) for f in files]
-    return sorted(runs, key=lambda r: r.started or "")  # stable: undated runs stay in the order given
+    unique = list(dict.fromkeys(f.resolve() for f in files))
+    return sorted((load_run(f) for f in unique), key=lambda r: r.started or "")  # a stable sort
 
 
 # --- the history ------------------------------------------------------------------------------
