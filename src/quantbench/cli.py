@@ -41,6 +41,13 @@ def non_negative_int(text: str) -> int:
     return _whole_number(text, 0, "0 or more")
 
 
+def latency_check(text: str):
+    """argparse ``type=`` for ``compare --fail-latency`` (`compare.parse_latency_check`, imported when used)."""
+    from .compare import parse_latency_check
+
+    return parse_latency_check(text)
+
+
 def _emit(args: argparse.Namespace, text: str) -> None:
     """A result line for the user (stdout), apart from the libraries' chatter (stderr)."""
     print(text, file=args.out, flush=True)
@@ -171,6 +178,45 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0 if all(s.winner for s in selections) else 1
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    from .history import build_history, history_markdown, load_runs, write_history
+    from .thresholds import Thresholds
+
+    thresholds = Thresholds.load(Path(args.thresholds))
+    runs = load_runs([Path(p) for p in args.runs])
+    histories = build_history(runs, thresholds, reference_batch=args.reference_batch, mix=args.mix)
+    _emit(args, history_markdown(histories))
+    paths = write_history(histories, Path(args.out_dir))
+    _emit(args, "wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .cache import atomic_write_text
+    from .compare import compare_runs, comparison_markdown
+    from .history import load_run
+    from .thresholds import Thresholds
+
+    thresholds = Thresholds.load(Path(args.thresholds))
+    comparison = compare_runs(load_run(Path(args.base)), load_run(Path(args.new)), thresholds, args.fail_latency or ())
+    markdown = comparison_markdown(comparison)
+    _emit(args, markdown)
+    if args.markdown:
+        _emit(args, f"wrote {atomic_write_text(args.markdown, markdown)}")
+    return 1 if comparison.failed else 0
+
+
+def cmd_provenance(args: argparse.Namespace) -> int:
+    from .provenance import cache_key, collect_provenance
+    from .records import to_dict
+
+    if args.cache_key or args.device_key:
+        _emit(args, cache_key(tensorrt=args.cache_key))
+    else:
+        _emit(args, json.dumps(to_dict(collect_provenance()), indent=2))
+    return 0
+
+
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     from .sensitivity import run_sensitivity
 
@@ -298,6 +344,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-batch", type=positive_int, default=1)
     p.add_argument("--report-dir", help="also write report.md, selection.json and pareto.png here")
     p.set_defaults(handler=cmd_select)
+
+    p = sub.add_parser("history", help="mAP and latency per variant over saved runs: a table and a PNG per model")
+    p.add_argument("runs", nargs="+", help="pytest-benchmark --benchmark-json files, or --benchmark-storage folders")
+    p.add_argument("--thresholds", default="thresholds.toml", help="criteria that name each run's winner")
+    p.add_argument("--reference-batch", type=positive_int, default=1)
+    p.add_argument("--out-dir", default="reports/history", help="where history.md and history-<model>.png go")
+    p.add_argument("--mix", action="store_true",
+                   help="draw runs on different devices or backends as one line (refused without it)")
+    p.set_defaults(handler=cmd_history)
+
+    p = sub.add_parser("compare", help="gate a run against a saved one: latency regressions and mAP changes; "
+                       "exit status 1 when one is beyond its limit")
+    p.add_argument("base", help="the saved run to compare against (pytest-benchmark JSON)")
+    p.add_argument("new", help="the run to gate (pytest-benchmark JSON)")
+    p.add_argument("--thresholds", default="thresholds.toml",
+                   help="mAP50-95 budget per model: a change beyond max_abs_drop or max_rel_drop fails")
+    p.add_argument("--fail-latency", action="append", type=latency_check, metavar="FIELD:LIMIT",
+                   help="pytest-benchmark's --benchmark-compare-fail syntax, e.g. median:10%% or mean:0.002 "
+                        "(seconds); repeatable (default: median:10%%)")
+    p.add_argument("--markdown", type=Path, help="also write the comparison as Markdown here (a CI step summary)")
+    p.set_defaults(handler=cmd_compare)
+
+    p = sub.add_parser("provenance", help="the versions, GPU, driver and commit that records of this machine carry")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--cache-key", action="store_true",
+                     help="print only a token naming the GPU and the installed TensorRT (engine cache key in CI)")
+    key.add_argument("--device-key", action="store_true",
+                     help="print only a token naming the GPU (history cache key in CI: it spans TensorRT upgrades)")
+    p.set_defaults(handler=cmd_provenance)
 
     p = sub.add_parser("sensitivity", help="per-layer INT8 sensitivity report (Markdown, CSV, PNG)")
     _common(p)

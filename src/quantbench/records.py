@@ -167,6 +167,27 @@ class LatencyStats:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """What a measurement ran on and with, gathered by `provenance.collect_provenance` (None: unknown).
+
+    Latency moves with these (INT8's speed-up over FP16 has been reported to change with the
+    TensorRT version on one GPU), so `quantbench history` marks where any of them changed.
+    """
+
+    quantbench: str | None = None
+    commit: str | None = None  # git HEAD of the checkout that ran the bench
+    commit_dirty: bool | None = None  # uncommitted changes in that checkout
+    python: str | None = None
+    onnxruntime: str | None = None
+    modelopt: str | None = None
+    tensorrt: str | None = None  # the TensorRT that built and ran the engines; None when another backend ran
+    gpu: str | None = None
+    compute_capability: str | None = None  # "9.0"
+    driver: str | None = None  # NVIDIA driver version ("580.65.06")
+    cpu: str | None = None
+
+
+@dataclass(frozen=True)
 class LatencyResult:
     """The speed of one (model, variant, backend, batch size)."""
 
@@ -183,5 +204,6 @@ class LatencyResult:
     engine_memory_bytes: int | None = None
     peak_memory_bytes: int | None = None
     precision: dict[str, Any] | None = None  # TensorRT per-layer precision summary
+    provenance: Provenance | None = None  # versions, GPU, driver, commit (None in records written before it existed)
     schema: int = SCHEMA_VERSION
     simulated: str | None = None  # why these figures are no measurement on the named backend (a test fake), else None

@@ -171,10 +171,41 @@ def read_selection_json(path: Path) -> list[Selection]:
     return [from_dict(Selection, s, where=f"{path}: selections[{i}]") for i, s in enumerate(selections)]
 
 
-def report_markdown(selections: Sequence[Selection], *, rebuild_command: str, pareto_name: str = "pareto.png") -> str:
-    lines = ["# quantbench selection", ""]
+def gate_verdict(selections: Sequence[Selection]) -> str:
+    """One line first in report.md: PASS when every (model, backend) has a winner and every gated variant
+    passes, else FAIL naming what missed (a CI summary shows this line before any table)."""
+    missed = [f"{o.model} {o.variant} on {o.backend}" for s in selections for o in s.outcomes if o.gated and not o.passed]
+    nobody = [f"{s.model} on {s.backend}" for s in selections if s.winner is None]
+    if not missed and not nobody:
+        return f"**PASS**: every gated variant is within its budget ({len(selections)} model/backend pair(s))."
+    parts = []
+    if nobody:
+        parts.append(f"no passing variant for {_first_few(nobody)}")
+    if missed:
+        parts.append(f"{len(missed)} gated variant(s) miss their budget: {_first_few(missed)}")
+    return f"**FAIL**: {'; '.join(parts)}."
+
+
+def _first_few(names: Sequence[str], shown: int = 10) -> str:
+    """The first names and how many more: the verdict line stays short however large the run."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+# GitHub shows at most 65 535 characters of a job summary's Markdown: report.md stays under this.
+SUMMARY_LIMIT = 65_000
+
+
+def report_markdown(selections: Sequence[Selection], *, rebuild_command: str, pareto_name: str = "pareto.png",
+                    limit: int = SUMMARY_LIMIT) -> str:
+    """report.md, fit to be a CI step summary: the verdict first, then the tables, then how to read them."""
+    lines = ["# quantbench selection", "", gate_verdict(selections), ""]
     lines += [f"- {winner_line(s)}" for s in selections]
+    lines.append("")
+    for s in selections:
+        lines += _selection_markdown(s)
     lines += [
+        "## How to read it",
         "",
         "A variant passes when its mAP50-95 drop versus the baseline is within BOTH the absolute and the "
         "relative limit, and its speed-up (and GPU memory, where measured) meets the backend's target "
@@ -183,11 +214,27 @@ def report_markdown(selections: Sequence[Selection], *, rebuild_command: str, pa
         "",
         f"![latency vs mAP50-95]({pareto_name})",
         "",
+        "## Rebuild this report", "", "```sh", rebuild_command, "```", "",
     ]
-    for s in selections:
-        lines += _selection_markdown(s)
-    lines += ["## Rebuild this report", "", "```sh", rebuild_command, "```", ""]
-    return "\n".join(lines)
+    return fit_markdown("\n".join(lines), limit)
+
+
+def fit_markdown(markdown: str, limit: int = SUMMARY_LIMIT) -> str:
+    """``markdown`` cut at a line boundary to at most ``limit`` characters, code fences closed, with a note
+    saying so; unchanged when it fits. Every figure stays in selection.json beside the report."""
+    if len(markdown) <= limit:
+        return markdown
+    note = (f"\n\n_Report truncated to fit a CI summary ({limit} characters; the whole report has {len(markdown)}): "
+            "every outcome is in selection.json beside this file._\n")
+    kept, size, fenced = [], 0, False
+    for line in markdown.split("\n"):
+        inside = fenced != line.startswith("```")  # in a code block once this line is kept
+        if size + len(line) + 1 + (4 if inside else 0) + len(note) > limit:  # 4: the closing "\n```"
+            break
+        kept.append(line)
+        size += len(line) + 1
+        fenced = inside
+    return "\n".join(kept) + ("\n```" if fenced else "") + note
 
 
 def _selection_markdown(s: Selection) -> list[str]:
