@@ -65,3 +65,14 @@ def test_fit_closes_a_cut_code_block_and_leaves_short_text_alone():
     body = cut.split("\n\n_Report truncated", 1)[0]
     assert body.endswith("\n```") and body.count("```") == 2
     assert fit_markdown("short", 2000) == "short"
+
+
+def test_the_verdict_of_a_simulated_run_says_so_first():
+    """A run on the TensorRT test fake must not open with a plain PASS on a CI page."""
+    import dataclasses
+
+    (real,) = select([_eval("fp16", 0.2427), _eval("int8", 0.2400)], [_lat("fp16", 40.0), _lat("int8", 30.0)], THRESHOLDS)
+    fake = dataclasses.replace(real, simulated="fake TensorRT 10.16.1.11")
+    verdict = report_markdown([fake], rebuild_command="make bench").splitlines()[2]
+    assert verdict.startswith("SIMULATED (fake TensorRT 10.16.1.11), not a measurement: **PASS**: every gated variant")
+    assert report_markdown([real], rebuild_command="make bench").splitlines()[2].startswith("**PASS**")

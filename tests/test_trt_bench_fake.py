@@ -105,6 +105,7 @@ def test_report_and_selection_say_simulated(bench_run):
     tmp, _, done = bench_run
     report = (tmp / "reports" / "report.md").read_text()
     assert report.count("SIMULATED") >= 3  # summary line, section banner, winner line
+    assert report.splitlines()[2].startswith("SIMULATED (fake TensorRT 10.16.1.11")  # the CI verdict line too
     assert "**SIMULATED: fake TensorRT 10.16.1.11" in report and "No figure in this section is a tensorrt measurement" in report
     (selection,) = json.loads((tmp / "reports" / "selection.json").read_text())["selections"]
     assert selection["backend"] == "tensorrt" and "fake TensorRT" in selection["simulated"]

@@ -176,14 +176,16 @@ def gate_verdict(selections: Sequence[Selection]) -> str:
     passes, else FAIL naming what missed (a CI summary shows this line before any table)."""
     missed = [f"{o.model} {o.variant} on {o.backend}" for s in selections for o in s.outcomes if o.gated and not o.passed]
     nobody = [f"{s.model} on {s.backend}" for s in selections if s.winner is None]
+    # A run on a test fake must not read as a measurement, not even in the one line a CI page shows.
+    simulated = next((f"SIMULATED ({s.simulated}), not a measurement: " for s in selections if s.simulated), "")
     if not missed and not nobody:
-        return f"**PASS**: every gated variant is within its budget ({len(selections)} model/backend pair(s))."
+        return f"{simulated}**PASS**: every gated variant is within its budget ({len(selections)} model/backend pair(s))."
     parts = []
     if nobody:
         parts.append(f"no passing variant for {_first_few(nobody)}")
     if missed:
         parts.append(f"{len(missed)} gated variant(s) miss their budget: {_first_few(missed)}")
-    return f"**FAIL**: {'; '.join(parts)}."
+    return f"{simulated}**FAIL**: {'; '.join(parts)}."
 
 
 def _first_few(names: Sequence[str], shown: int = 10) -> str:
