@@ -371,6 +371,7 @@ class FakeTrtContext:
 
     def set_tensor_address(self, name, ptr):
         self.addresses[name] = ptr
+        return True  # as the real binding does; the runner refuses a False (seen on the H200: None failed it)
 
     def execute_async_v3(self, stream_ptr):
         rt = cuda.cudart()

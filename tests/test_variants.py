@@ -22,14 +22,16 @@ def _table(tmp_path: Path, text: str) -> Path:
 def test_default_table_loads():
     variants = load_variants(REPO / DEFAULT_VARIANTS)
     by_name = {v.name: v for v in variants}
-    required = {"fp32", "fp16", "int8-max", "int8-entropy", "int8-head-fp16", "int8-entropy-calib500"}
+    required = {"fp32", "fp16", "int8-max", "int8-entropy", "int8-head-fp16", "int8-entropy-head-fp16", "int8-auto-yolo11n"}
     assert required <= set(by_name)
     assert by_name["fp32"].kind is VariantKind.FP32 and not by_name["fp32"].needs_calibration
     assert by_name["fp16"].kind is VariantKind.FP16 and by_name["fp16"].needs_calibration
     assert by_name["int8-max"].calibration_method == "max" and not by_name["int8-max"].exclude_head
     assert by_name["int8-entropy"].calibration_method == "entropy"
     assert by_name["int8-head-fp16"].exclude_head and by_name["int8-head-fp16"].high_precision_dtype == "fp16"
-    assert by_name["int8-entropy-calib500"].calib_images == 500
+    assert not by_name["int8-max"].gated and not by_name["int8-entropy"].gated  # ModelOpt's defaults: references
+    searched = by_name["int8-auto-yolo11n"]  # the split quantbench search found, for that model only
+    assert searched.models == ("yolo11n-coco",) and searched.nodes_to_exclude and searched.gated
     assert [v.id for v in variants] == [v.name for v in variants]
     for variant in variants:
         json.dumps(variant.options())  # part of cache keys: must be JSON-able
