@@ -13,12 +13,14 @@ Then BGR -> RGB, HWC -> CHW, ``/ 255`` in float32. Boxes go back to original pix
 validator does it (``ops.scale_boxes`` with the dataset's ``ratio_pad``: per-axis gains
 ``resized / original`` and integer left/top padding, then clipping to the image).
 
-Decoding uses OpenCV in a thread pool: ``cv2.imread``/``cv2.resize`` release the GIL, so decoding
-runs alongside inference; batches come out in input order.
+Decoding uses OpenCV in a thread pool, one thread per core: ``cv2.imread``/``cv2.resize`` and
+numpy's division release the GIL, so decoding runs alongside inference and scales with cores;
+batches come out in input order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -32,6 +34,7 @@ import cv2
 import numpy as np
 
 from .errors import DataError
+from .stage_clock import Stage, StageClock
 
 IMGSZ = 640
 PAD_VALUE = 114
@@ -94,9 +97,14 @@ def letterbox(img_bgr: np.ndarray, size: int = IMGSZ) -> tuple[np.ndarray, Lette
 
 def to_network_input(padded_bgr: np.ndarray) -> np.ndarray:
     """HWC uint8 BGR -> CHW float32 RGB in 0..1 (a contiguous array)."""
-    chw_rgb = padded_bgr.transpose(2, 0, 1)[::-1]
-    # float32 division, as Ultralytics' ``img.float() / 255``: bit-identical inputs.
-    return np.divide(chw_rgb, np.float32(255), dtype=np.float32)
+    height, width = padded_bgr.shape[:2]
+    chw_rgb = np.empty((3, height, width), dtype=np.float32)
+    # float32 division, as Ultralytics' ``img.float() / 255``: bit-identical inputs. Dividing
+    # OpenCV's contiguous planes is ~7x faster than dividing the strided HWC -> CHW view
+    # (1.1 vs 7.5 ms per 640 image here) and gives the same floats (tested).
+    for channel, plane in enumerate(reversed(cv2.split(padded_bgr))):
+        np.divide(plane, np.float32(255), out=chw_rgb[channel], dtype=np.float32)
+    return chw_rgb
 
 
 def load_image(path: Path, size: int = IMGSZ) -> tuple[np.ndarray, Letterbox]:
@@ -122,8 +130,9 @@ class Batch:
 
 
 def default_workers() -> int:
-    # Decoding one COCO image takes ~5 ms; a few threads keep ahead of any CPU inference.
-    return max(2, min(8, os.cpu_count() or 2))
+    # Decoding one COCO image costs ~4 ms of CPU: a GPU that infers thousands of images a second
+    # needs every core decoding (the threads wait in OpenCV and numpy, outside the GIL).
+    return max(2, os.cpu_count() or 2)
 
 
 def iter_batches(
@@ -132,13 +141,15 @@ def iter_batches(
     size: int = IMGSZ,
     workers: int | None = None,
     on_skip: SkipCallback | None = None,
+    clock: StageClock | None = None,
 ) -> Iterator[Batch]:
     """Decode ``paths`` in a thread pool and yield batches of ``batch_size`` in input order.
 
     Decoding runs at most a few batches ahead of the consumer (bounded memory). An image that is
     missing or cannot be decoded is skipped with a logged warning and reported through
     ``on_skip(path, reason)``; the batch it would have been in is filled from the following
-    images, so every batch but the last has ``batch_size`` images.
+    images, so every batch but the last has ``batch_size`` images. ``clock`` gets the decoding
+    threads' CPU time (``Stage.DECODE``).
     """
     if batch_size < 1:
         raise DataError(f"batch size {batch_size} is not a positive integer; pass 1 or more.")
@@ -147,10 +158,11 @@ def iter_batches(
     ahead = max(2 * workers, 2 * batch_size)  # decoded-but-unconsumed images kept in flight
 
     def decode(path: Path) -> tuple[np.ndarray, Letterbox] | str:
-        try:
-            return load_image(path, size)
-        except DataError as exc:
-            return str(exc)
+        with clock.measure(Stage.DECODE) if clock else contextlib.nullcontext():
+            try:
+                return load_image(path, size)
+            except DataError as exc:
+                return str(exc)
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qb-decode")
     try:
@@ -174,10 +186,15 @@ def iter_batches(
             boxes.append(result[1])
             done_paths.append(path)
             if len(images) == batch_size:
-                yield Batch(np.stack(images), tuple(done_paths), tuple(boxes))
+                yield Batch(_stack(images), tuple(done_paths), tuple(boxes))
                 images, done_paths, boxes = [], [], []
         if images:
-            yield Batch(np.stack(images), tuple(done_paths), tuple(boxes))
+            yield Batch(_stack(images), tuple(done_paths), tuple(boxes))
     finally:
         # A consumer that stops early (break, exception) must not wait for queued decodes.
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _stack(images: list[np.ndarray]) -> np.ndarray:
+    # A batch of one is a view of its image: no 4.9 MB copy on the inference thread.
+    return images[0][None] if len(images) == 1 else np.stack(images)
