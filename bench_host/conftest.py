@@ -21,7 +21,7 @@ from quantbench.dataset import CocoDataset
 from quantbench.errors import QuantbenchError
 from quantbench.stage_clock import Stage
 
-from .replay import ReplayRunner, input_fingerprints, record_outputs
+from quantbench.replay import ReplayRunner, input_fingerprints, record_outputs
 
 HOST_RESULTS = pytest.StashKey["list[HostRun]"]()
 

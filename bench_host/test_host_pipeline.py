@@ -15,7 +15,7 @@ from quantbench.records import EvalResult
 from quantbench.stage_clock import Stage, StageClock
 
 from .conftest import HostRun
-from .replay import ReplayRunner
+from quantbench.replay import ReplayRunner
 
 PIPELINES = {"reference": HostPipeline.reference(), "default": HostPipeline()}
 METRICS = ("map50_95", "map50", "map75", "map_small", "map_medium", "map_large", "ar100")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from quantbench.errors import DataError
-from quantbench.preprocess import IMGSZ, PAD_VALUE, Letterbox, iter_batches, letterbox, load_image
+from quantbench.preprocess import IMGSZ, PAD_VALUE, Letterbox, iter_batches, letterbox, load_image, to_network_input
 
 ultralytics = pytest.importorskip("ultralytics", reason="ultralytics is the reference for preprocessing")
 
@@ -141,3 +141,21 @@ def test_iter_batches_keeps_order_and_skips_bad_files(tmp_path: Path, batch_size
 def test_iter_batches_rejects_a_non_positive_batch_size(tmp_path: Path):
     with pytest.raises(DataError, match="batch size 0"):
         next(iter_batches([tmp_path / "a.jpg"], 0))
+
+
+def test_network_input_equals_the_strided_division_it_replaced(val500: Path, odd_shaped_images: list[Path]):
+    """Plane-by-plane division gives bit for bit the floats of dividing the transposed HWC view."""
+    for path in sorted((val500 / "images").glob("*.jpg"))[:5] + odd_shaped_images:
+        padded, _ = letterbox(cv2.imread(str(path), cv2.IMREAD_COLOR))
+        reference = np.divide(padded.transpose(2, 0, 1)[::-1], np.float32(255), dtype=np.float32)
+        converted = to_network_input(padded)
+        assert converted.dtype == np.float32 and converted.flags.c_contiguous
+        np.testing.assert_array_equal(converted, reference)
+
+
+def test_a_batch_of_one_is_a_view_of_its_image(tmp_path: Path):
+    path = tmp_path / "a.jpg"
+    cv2.imwrite(str(path), np.full((40, 60, 3), 200, np.uint8))
+    batch, = iter_batches([path], 1, size=64)
+    assert batch.images.shape == (1, 3, 64, 64) and batch.images.base is not None
+    np.testing.assert_array_equal(batch.images[0], load_image(path, 64)[0])
