@@ -159,3 +159,19 @@ def test_a_batch_of_one_is_a_view_of_its_image(tmp_path: Path):
     batch, = iter_batches([path], 1, size=64)
     assert batch.images.shape == (1, 3, 64, 64) and batch.images.base is not None
     np.testing.assert_array_equal(batch.images[0], load_image(path, 64)[0])
+
+
+def test_reused_batch_buffers_hold_each_batch_until_the_next_few(tmp_path: Path):
+    """reuse_buffers=True: the same pixels as fresh arrays, batch by batch (6 batches through a
+    ring of 4 arrays: the 5th and the short 6th reuse the 1st and 2nd arrays)."""
+    paths = []
+    for i in range(17):
+        paths.append(tmp_path / f"{i:02d}.jpg")
+        cv2.imwrite(str(paths[-1]), np.full((30 + i, 50, 3), 10 * i, np.uint8))
+    fresh = [b.images.copy() for b in iter_batches(paths, 3, size=64, workers=2)]
+    seen = []
+    for batch in iter_batches(paths, 3, size=64, workers=2, reuse_buffers=True):
+        seen.append(batch.images.copy())  # a consumer done with the batch before asking for the next
+    assert [len(b) for b in seen] == [3, 3, 3, 3, 3, 2]
+    for a, b in zip(fresh, seen):
+        np.testing.assert_array_equal(a, b)

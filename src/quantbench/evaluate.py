@@ -109,8 +109,10 @@ def evaluate(
 
     with bar:
         decode_workers, _ = pipeline.threads()
+        # Reused batch arrays: _infer_and_score is done with a batch (inferred, outputs copied)
+        # before it asks for the next one.
         batches = iter_batches(dataset.files, batch_size, size=imgsz, workers=decode_workers, on_skip=on_skip,
-                               clock=clock)
+                               clock=clock, reuse_buffers=True)
         inference_s = _infer_and_score(runner, batches, batch_size, dataset, scorer, bar)
     num_images = len(scorer.scorer)
     with clock.measure(Stage.SCORING, num_images, whole_process=True) if clock else contextlib.nullcontext():
@@ -161,6 +163,8 @@ def _infer_and_score(
 ) -> float:
     """Infer batch after batch on this thread while NMS threads score the previous ones; inference seconds."""
     inference_s = 0.0
+    # Two batches' outputs may wait, so that the next batch is inferred while this one is scored.
+    max_pending = max(_PENDING_PER_NMS_WORKER * score.workers, 2 * batch_size)
     with ThreadPoolExecutor(max_workers=score.workers, thread_name_prefix="qb-nms") as nms_pool:
         pending: deque[Future] = deque()
         for batch in batches:
@@ -176,7 +180,7 @@ def _infer_and_score(
                 # A copy: a runner may hand out the same host buffer on every call (TensorRT-style
                 # pinned outputs) and the NMS threads read it while the next batch runs.
                 pending.append(nms_pool.submit(score, np.array(output[i], copy=True), path, box))
-            while len(pending) > _PENDING_PER_NMS_WORKER * score.workers or (pending and pending[0].done()):
+            while len(pending) > max_pending or (pending and pending[0].done()):
                 pending.popleft().result()  # re-raises an NMS failure here, not at the end
             bar.update(len(batch))
         while pending:
