@@ -185,3 +185,13 @@ def test_annotations_without_area_use_the_box_area(val8: CocoDataset, tmp_path: 
     without = CocoDataset.load(None, images=val8.images_dir, annotations=tmp_path / "without_area.json", limit=8)
     assert coco_metrics(without, dets) == coco_metrics(with_area, dets)
     assert_equal_metrics(coco_metrics(without, dets, CocoEvaluator.HOTCOCO), coco_metrics(with_area, dets))
+
+
+def test_missing_hotcoco_is_one_sentence(val8: CocoDataset, monkeypatch):
+    import sys
+
+    from quantbench.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "hotcoco", None)  # makes `import hotcoco` raise ImportError
+    with pytest.raises(ConfigError, match=r"hotcoco package is not installed; pip install hotcoco"):
+        HotcocoScorer(val8)

@@ -40,7 +40,7 @@ import numpy as np
 
 from .dataset import CocoDataset, read_instances
 from .detections import Detections
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .records import CocoMetrics
 
 # COCOeval.stats positions (see COCOeval.summarize)
@@ -198,8 +198,7 @@ class HotcocoScorer:
     """
 
     def __init__(self, dataset: CocoDataset):
-        import hotcoco
-
+        hotcoco = _hotcoco()
         self.dataset = dataset
         self._category_ids = np.asarray(dataset.category_ids, dtype=np.float64)
         self._known_ids = set(dataset.image_ids)
@@ -226,8 +225,7 @@ class HotcocoScorer:
 
     def result(self) -> CocoMetrics:
         """Match, accumulate and summarise the images added so far (hotcoco's own threads)."""
-        import hotcoco
-
+        hotcoco = _hotcoco()
         if not self._tables:
             raise DataError(
                 f"no images of dataset {self.dataset.name} were evaluated; "
@@ -242,6 +240,17 @@ class HotcocoScorer:
             evaluator.accumulate()
             evaluator.summarize()
         return _metrics(evaluator, self.dataset)
+
+
+def _hotcoco():
+    try:
+        import hotcoco
+    except ImportError:
+        raise ConfigError(
+            "the hotcoco package is not installed; pip install hotcoco (a quantbench dependency), "
+            "or score with HostPipeline(evaluator=CocoEvaluator.PYCOCOTOOLS)."
+        ) from None
+    return hotcoco
 
 
 _SCORERS: dict[CocoEvaluator, type] = {CocoEvaluator.PYCOCOTOOLS: CocoScorer, CocoEvaluator.HOTCOCO: HotcocoScorer}
