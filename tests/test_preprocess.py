@@ -175,3 +175,12 @@ def test_reused_batch_buffers_hold_each_batch_until_the_next_few(tmp_path: Path)
     assert [len(b) for b in seen] == [3, 3, 3, 3, 3, 2]
     for a, b in zip(fresh, seen):
         np.testing.assert_array_equal(a, b)
+
+
+def test_load_image_equals_converting_the_letterboxed_image(val500: Path, odd_shaped_images: list[Path]):
+    """load_image fills the border itself and divides only the image: the same floats, bit for bit."""
+    for path in sorted((val500 / "images").glob("*.jpg"))[:5] + odd_shaped_images:
+        padded, box = letterbox(cv2.imread(str(path), cv2.IMREAD_COLOR))
+        tensor, loaded_box = load_image(path)
+        assert loaded_box == box
+        np.testing.assert_array_equal(tensor, to_network_input(padded))

@@ -81,6 +81,15 @@ class Letterbox:
 
 def letterbox(img_bgr: np.ndarray, size: int = IMGSZ) -> tuple[np.ndarray, Letterbox]:
     """Resize the long side to ``size`` and pad to a centred square; HWC uint8 BGR in and out."""
+    resized, box = _resize_long_side(img_bgr, size)
+    top, left = int(box.pad_y), int(box.pad_x)
+    bottom, right = size - resized.shape[0] - top, size - resized.shape[1] - left
+    padded = cv2.copyMakeBorder(resized, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
+    return padded, box
+
+
+def _resize_long_side(img_bgr: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """The letterbox's resize step, and where the resized image sits in the padded square."""
     if img_bgr.ndim == 2:  # grayscale decoded without IMREAD_COLOR: same three channels as cv2
         img_bgr = cv2.cvtColor(img_bgr, cv2.COLOR_GRAY2BGR)
     orig_h, orig_w = img_bgr.shape[:2]
@@ -89,22 +98,39 @@ def letterbox(img_bgr: np.ndarray, size: int = IMGSZ) -> tuple[np.ndarray, Lette
     new_w, new_h = box.resized_w, box.resized_h
     if (new_w, new_h) != (orig_w, orig_h):
         img_bgr = cv2.resize(img_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    dw, dh = (size - new_w) / 2, (size - new_h) / 2
-    top, bottom = round(dh - 0.1), round(dh + 0.1)
-    left, right = round(dw - 0.1), round(dw + 0.1)
-    padded = cv2.copyMakeBorder(img_bgr, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
-    return padded, Letterbox(gain=gain, pad_x=float(left), pad_y=float(top), orig_h=orig_h, orig_w=orig_w, size=size)
+    top = round((size - new_h) / 2 - 0.1)  # Ultralytics' rounding; bottom gets the rest
+    left = round((size - new_w) / 2 - 0.1)
+    return img_bgr, Letterbox(gain=gain, pad_x=float(left), pad_y=float(top), orig_h=orig_h, orig_w=orig_w, size=size)
 
 
 def to_network_input(padded_bgr: np.ndarray) -> np.ndarray:
     """HWC uint8 BGR -> CHW float32 RGB in 0..1 (a contiguous array)."""
     height, width = padded_bgr.shape[:2]
     chw_rgb = np.empty((3, height, width), dtype=np.float32)
+    _divide_planes(padded_bgr, chw_rgb)
+    return chw_rgb
+
+
+def _divide_planes(image_bgr: np.ndarray, chw_rgb: np.ndarray) -> None:
     # float32 division, as Ultralytics' ``img.float() / 255``: bit-identical inputs. Dividing
     # OpenCV's contiguous planes is ~7x faster than dividing the strided HWC -> CHW view
     # (1.1 vs 7.5 ms per 640 image here) and gives the same floats (tested).
-    for channel, plane in enumerate(reversed(cv2.split(padded_bgr))):
+    for channel, plane in enumerate(reversed(cv2.split(image_bgr))):
         np.divide(plane, np.float32(255), out=chw_rgb[channel], dtype=np.float32)
+
+
+def _letterboxed_input(resized_bgr: np.ndarray, box: Letterbox) -> np.ndarray:
+    """``to_network_input(letterbox(...)[0])`` without the padded uint8 copy: the border is filled
+    with 114 / 255 (the float the division gives for a 114 pixel) and only the image is divided."""
+    chw_rgb = np.empty((3, box.size, box.size), dtype=np.float32)
+    top, left = int(box.pad_y), int(box.pad_x)
+    bottom, right = top + resized_bgr.shape[0], left + resized_bgr.shape[1]
+    border = np.float32(PAD_VALUE) / np.float32(255)
+    chw_rgb[:, :top] = border
+    chw_rgb[:, bottom:] = border
+    chw_rgb[:, top:bottom, :left] = border
+    chw_rgb[:, top:bottom, right:] = border
+    _divide_planes(resized_bgr, chw_rgb[:, top:bottom, left:right])
     return chw_rgb
 
 
@@ -114,8 +140,8 @@ def load_image(path: Path, size: int = IMGSZ) -> tuple[np.ndarray, Letterbox]:
     if img is None:  # cv2.imread returns None for missing, unreadable and corrupt files alike
         reason = "file not found" if not Path(path).is_file() else "OpenCV cannot decode it"
         raise DataError(f"image {path} could not be read ({reason}); replace or remove the file.")
-    padded, box = letterbox(img, size)
-    return to_network_input(padded), box
+    resized, box = _resize_long_side(img, size)
+    return _letterboxed_input(resized, box), box
 
 
 @dataclass(frozen=True)
