@@ -177,7 +177,7 @@ def iter_batches(
     missing or cannot be decoded is skipped with a logged warning and reported through
     ``on_skip(path, reason)``; the batch it would have been in is filled from the following
     images, so every batch but the last has ``batch_size`` images. Batches of several images are
-    stacked by the pool too, so the consumer (the inference thread) only picks them up.
+    stacked on a thread of their own, so the consumer (the inference thread) only picks them up.
     ``clock`` gets the decoding threads' CPU time (``Stage.DECODE``).
 
     ``reuse_buffers=True`` stacks into a few arrays used in turn, so a batch's ``images`` are
@@ -198,17 +198,20 @@ def iter_batches(
                 return str(exc)
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qb-decode")
+    # Its own thread: queued behind the decodes of later batches, stacking would hold up the consumer.
+    stacker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qb-stack")
     try:
         # decoded-but-unconsumed images in flight: enough for every thread and a few batches ahead
         decoded = _in_order(pool, decode, paths, ahead=max(2 * workers, 3 * batch_size))
         groups = enumerate(_groups(_readable(decoded, on_skip), batch_size))
-        # The consumer holds one batch while the pool stacks the next ones: a ring of 4 is enough.
+        # The consumer holds one batch while the next ones are stacked: a ring of 4 is enough.
         assemble = _BufferRing(_ASSEMBLE_AHEAD + 2).assemble if reuse_buffers else _assemble_new
-        for _, batch in _in_order(pool, assemble, groups, ahead=_ASSEMBLE_AHEAD):
+        for _, batch in _in_order(stacker, assemble, groups, ahead=_ASSEMBLE_AHEAD):
             yield batch
     finally:
         # A consumer that stops early (break, exception) must not wait for queued decodes.
         pool.shutdown(wait=True, cancel_futures=True)
+        stacker.shutdown(wait=True, cancel_futures=True)
 
 
 _ASSEMBLE_AHEAD = 2  # batches stacked ahead of the consumer
