@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: test bench ci-bench gpu-test clean
+.PHONY: test bench ci-bench bench-host gpu-test clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,15 @@ bench: $(VENV)/.installed
 # 10 timed rounds per variant.
 ci-bench: BENCH_ARGS = $(CI_BENCH_ARGS)
 ci-bench: bench
+
+# The host pipeline alone (decode, NMS, COCO scoring) with a model's real outputs replayed, the
+# reference pipeline of earlier releases beside the default one; its own folder, so `make bench`
+# never runs it. HOST_ARGS reaches pytest, e.g. make bench-host HOST_ARGS="--host-images 200".
+HOST_ARGS ?=
+
+bench-host: $(VENV)/.installed
+	mkdir -p reports
+	$(PYTEST) bench_host -p no:cacheprovider --benchmark-json=reports/host_pipeline.json $(HOST_ARGS)
 
 # Needs an NVIDIA GPU and internet (pip fetches tensorrt + cuda-python). TensorRT tests skip
 # with "tensorrt not installed" where it is missing; CUDA tests skip without a device.

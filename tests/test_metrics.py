@@ -1,5 +1,5 @@
-"""COCO metrics through pycocotools: known answers on ground-truth-derived detections, and the
-incremental scorer agreeing exactly with the one-shot COCOeval."""
+"""COCO metrics through pycocotools and hotcoco: known answers on ground-truth-derived detections,
+and both scorers agreeing exactly with the one-shot pycocotools COCOeval."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from quantbench.dataset import CocoDataset
 from quantbench.detections import Detections, postprocess
 from quantbench.errors import DataError
-from quantbench.metrics import CocoScorer, coco_metrics
+from quantbench.metrics import CocoEvaluator, CocoScorer, HotcocoScorer, coco_metrics, make_scorer
 from quantbench.preprocess import iter_batches
 from quantbench.records import CocoMetrics
 
@@ -43,8 +43,9 @@ def ground_truth_detections(ds: CocoDataset, shift: float = 0.0, score_of=lambda
     return out
 
 
-def scorer_metrics(ds: CocoDataset, detections: dict[int, Detections]) -> CocoMetrics:
-    scorer = CocoScorer(ds)
+def scorer_metrics(ds: CocoDataset, detections: dict[int, Detections],
+                   evaluator: CocoEvaluator = CocoEvaluator.PYCOCOTOOLS) -> CocoMetrics:
+    scorer = make_scorer(ds, evaluator)
     for image_id in reversed(list(detections)):  # any arrival order
         scorer.add(image_id, detections[image_id])
     return scorer.result()
@@ -78,19 +79,25 @@ def test_only_evaluated_images_count(val8: CocoDataset):
     assert coco_metrics(val8, missing_three).ar100 < 1.0
 
 
-def test_no_detections_at_all_scores_zero(val8: CocoDataset):
+EVALUATORS = pytest.mark.parametrize("evaluator", list(CocoEvaluator), ids=[e.value for e in CocoEvaluator])
+
+
+@EVALUATORS
+def test_no_detections_at_all_scores_zero(val8: CocoDataset, evaluator: CocoEvaluator):
     m = coco_metrics(val8, {i: Detections.empty() for i in val8.image_ids})
     assert (m.map50_95, m.map50, m.ar100) == (0.0, 0.0, 0.0)
-    assert m == scorer_metrics(val8, {i: Detections.empty() for i in val8.image_ids})
+    assert m == scorer_metrics(val8, {i: Detections.empty() for i in val8.image_ids}, evaluator)
 
 
-def test_pycocotools_prints_nothing(val8: CocoDataset, capsys):
-    coco_metrics(val8, ground_truth_detections(val8))
-    scorer_metrics(val8, ground_truth_detections(val8))
-    assert capsys.readouterr().out == ""
+@EVALUATORS
+def test_evaluators_print_nothing(val8: CocoDataset, evaluator: CocoEvaluator, capfd):
+    coco_metrics(val8, ground_truth_detections(val8), evaluator)
+    scorer_metrics(val8, ground_truth_detections(val8), evaluator)
+    assert capfd.readouterr().out == ""  # capfd: hotcoco is native code, it would print on fd 1
 
 
-def test_scorer_equals_one_shot_cocoeval_on_synthetic_detections(val8: CocoDataset):
+@EVALUATORS
+def test_scorer_equals_one_shot_cocoeval_on_synthetic_detections(val8: CocoDataset, evaluator: CocoEvaluator):
     rng = np.random.default_rng(0)
     dets = ground_truth_detections(val8, shift=0.1, score_of=lambda i: float(rng.uniform(0.05, 1)))
     noisy = {}
@@ -101,10 +108,21 @@ def test_scorer_equals_one_shot_cocoeval_on_synthetic_detections(val8: CocoDatas
                                      np.concatenate([d.classes, rng.integers(0, 80, 20)]))
     one_shot = coco_metrics(val8, noisy)
     assert 0.1 < one_shot.map50_95 < 0.9
-    assert scorer_metrics(val8, noisy) == one_shot  # bit-identical, per-class APs included
+    assert_equal_metrics(scorer_metrics(val8, noisy, evaluator), one_shot)
 
 
-def test_scorer_equals_one_shot_cocoeval_on_yolov5n_detections(yolov5n_onnx: Path, val500: Path):
+def assert_equal_metrics(got: CocoMetrics, want: CocoMetrics) -> None:
+    """Equal to 1e-12 (pycocotools' own scorer is bit-identical; hotcoco measured so too)."""
+    assert dataclasses.asdict(got).keys() == dataclasses.asdict(want).keys()
+    for name in ("map50_95", "map50", "map75", "map_small", "map_medium", "map_large", "ar100"):
+        assert getattr(got, name) == pytest.approx(getattr(want, name), abs=1e-12), name
+    assert got.per_class_ap.keys() == want.per_class_ap.keys()
+    assert got.per_class_ap == pytest.approx(want.per_class_ap, abs=1e-12)
+
+
+@EVALUATORS
+def test_scorer_equals_one_shot_cocoeval_on_yolov5n_detections(yolov5n_onnx: Path, val500: Path,
+                                                               evaluator: CocoEvaluator):
     import onnxruntime as ort
 
     ds = CocoDataset.load(val500, limit=6)
@@ -116,7 +134,8 @@ def test_scorer_equals_one_shot_cocoeval_on_yolov5n_detections(yolov5n_onnx: Pat
             dets[ds.image_ids[ds.files.index(path)]] = dataclasses.replace(det, boxes=box.scale_boxes_back(det.boxes))
     one_shot = coco_metrics(ds, dets)
     assert one_shot.map50_95 > 0.15  # a trained detector: real, non-trivial numbers
-    assert scorer_metrics(ds, dets) == one_shot
+    assert_equal_metrics(scorer_metrics(ds, dets, evaluator), one_shot)
+    assert_equal_metrics(coco_metrics(ds, dets, evaluator), one_shot)
 
 
 def test_class_index_outside_the_dataset_categories(val8: CocoDataset):
@@ -126,6 +145,8 @@ def test_class_index_outside_the_dataset_categories(val8: CocoDataset):
         coco_metrics(val8, dets)
     with pytest.raises(DataError, match="class index 80"):
         scorer_metrics(val8, dets)
+    with pytest.raises(DataError, match="class index 80"):
+        scorer_metrics(val8, dets, CocoEvaluator.HOTCOCO)
 
 
 def test_unknown_image_ids_and_nothing_evaluated(val8: CocoDataset):
@@ -137,10 +158,15 @@ def test_unknown_image_ids_and_nothing_evaluated(val8: CocoDataset):
         coco_metrics(val8, {})
     with pytest.raises(DataError, match="no images of dataset"):
         CocoScorer(val8).result()
+    with pytest.raises(DataError, match="image id 123456789 is not in dataset"):
+        HotcocoScorer(val8).add(123456789, Detections.empty())
+    with pytest.raises(DataError, match="no images of dataset"):
+        HotcocoScorer(val8).result()
 
 
-def test_scorer_refuses_an_image_twice(val8: CocoDataset):
-    scorer = CocoScorer(val8)
+@EVALUATORS
+def test_scorer_refuses_an_image_twice(val8: CocoDataset, evaluator: CocoEvaluator):
+    scorer = make_scorer(val8, evaluator)
     scorer.add(val8.image_ids[0], Detections.empty())
     with pytest.raises(DataError, match="scored twice"):
         scorer.add(val8.image_ids[0], Detections.empty())
@@ -158,3 +184,14 @@ def test_annotations_without_area_use_the_box_area(val8: CocoDataset, tmp_path: 
     with_area = CocoDataset.load(None, images=val8.images_dir, annotations=tmp_path / "with_area.json", limit=8)
     without = CocoDataset.load(None, images=val8.images_dir, annotations=tmp_path / "without_area.json", limit=8)
     assert coco_metrics(without, dets) == coco_metrics(with_area, dets)
+    assert_equal_metrics(coco_metrics(without, dets, CocoEvaluator.HOTCOCO), coco_metrics(with_area, dets))
+
+
+def test_missing_hotcoco_is_one_sentence(val8: CocoDataset, monkeypatch):
+    import sys
+
+    from quantbench.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "hotcoco", None)  # makes `import hotcoco` raise ImportError
+    with pytest.raises(ConfigError, match=r"hotcoco package is not installed; pip install hotcoco"):
+        HotcocoScorer(val8)

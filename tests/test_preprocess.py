@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from quantbench.errors import DataError
-from quantbench.preprocess import IMGSZ, PAD_VALUE, Letterbox, iter_batches, letterbox, load_image
+from quantbench.preprocess import IMGSZ, PAD_VALUE, Letterbox, iter_batches, letterbox, load_image, to_network_input
 
 ultralytics = pytest.importorskip("ultralytics", reason="ultralytics is the reference for preprocessing")
 
@@ -141,3 +141,46 @@ def test_iter_batches_keeps_order_and_skips_bad_files(tmp_path: Path, batch_size
 def test_iter_batches_rejects_a_non_positive_batch_size(tmp_path: Path):
     with pytest.raises(DataError, match="batch size 0"):
         next(iter_batches([tmp_path / "a.jpg"], 0))
+
+
+def test_network_input_equals_the_strided_division_it_replaced(val500: Path, odd_shaped_images: list[Path]):
+    """Plane-by-plane division gives bit for bit the floats of dividing the transposed HWC view."""
+    for path in sorted((val500 / "images").glob("*.jpg"))[:5] + odd_shaped_images:
+        padded, _ = letterbox(cv2.imread(str(path), cv2.IMREAD_COLOR))
+        reference = np.divide(padded.transpose(2, 0, 1)[::-1], np.float32(255), dtype=np.float32)
+        converted = to_network_input(padded)
+        assert converted.dtype == np.float32 and converted.flags.c_contiguous
+        np.testing.assert_array_equal(converted, reference)
+
+
+def test_a_batch_of_one_is_a_view_of_its_image(tmp_path: Path):
+    path = tmp_path / "a.jpg"
+    cv2.imwrite(str(path), np.full((40, 60, 3), 200, np.uint8))
+    batch, = iter_batches([path], 1, size=64)
+    assert batch.images.shape == (1, 3, 64, 64) and batch.images.base is not None
+    np.testing.assert_array_equal(batch.images[0], load_image(path, 64)[0])
+
+
+def test_reused_batch_buffers_hold_each_batch_until_the_next_few(tmp_path: Path):
+    """reuse_buffers=True: the same pixels as fresh arrays, batch by batch (6 batches through a
+    ring of 4 arrays: the 5th and the short 6th reuse the 1st and 2nd arrays)."""
+    paths = []
+    for i in range(17):
+        paths.append(tmp_path / f"{i:02d}.jpg")
+        cv2.imwrite(str(paths[-1]), np.full((30 + i, 50, 3), 10 * i, np.uint8))
+    fresh = [b.images.copy() for b in iter_batches(paths, 3, size=64, workers=2)]
+    seen = []
+    for batch in iter_batches(paths, 3, size=64, workers=2, reuse_buffers=True):
+        seen.append(batch.images.copy())  # a consumer done with the batch before asking for the next
+    assert [len(b) for b in seen] == [3, 3, 3, 3, 3, 2]
+    for a, b in zip(fresh, seen):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_load_image_equals_converting_the_letterboxed_image(val500: Path, odd_shaped_images: list[Path]):
+    """load_image fills the border itself and divides only the image: the same floats, bit for bit."""
+    for path in sorted((val500 / "images").glob("*.jpg"))[:5] + odd_shaped_images:
+        padded, box = letterbox(cv2.imread(str(path), cv2.IMREAD_COLOR))
+        tensor, loaded_box = load_image(path)
+        assert loaded_box == box
+        np.testing.assert_array_equal(tensor, to_network_input(padded))

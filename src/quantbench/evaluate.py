@@ -1,21 +1,30 @@
-"""Pipelined COCO evaluation of one opened engine: decode || infer || NMS, then pycocotools.
+"""Pipelined COCO evaluation of one opened engine: decode || infer || NMS, then the COCO scorer.
 
 Three stages overlap so that inference is the only thing the wall clock waits for:
 
 * a thread pool decodes and letterboxes images ahead of inference (``preprocess.iter_batches``);
 * the calling thread runs ``runner.infer`` on one batch after another (timed, and nothing else);
-* one worker thread behind it runs NMS, maps boxes back to original pixels and runs
-  pycocotools' per-image matching (``metrics.CocoScorer``).
+* a second thread pool behind it runs NMS image by image and maps boxes back to original pixels,
+  handing each image to the scorer (``metrics.make_scorer``).
 
-OpenCV, numpy and the inference runtimes release the GIL, so the stages really run in parallel.
-Only COCOeval's ``accumulate``/``summarize`` are left after the last batch.
+OpenCV, numpy and the inference runtimes release the GIL, so the stages really run in parallel,
+and both pools have one thread per core: with a fast GPU the host work is what the wall clock
+waits for. The default scorer (hotcoco) matches every image natively after the last batch; the
+reference one (pycocotools) matches each image as it arrives and leaves ``accumulate`` for the end.
+``HostPipeline`` says which; ``HostPipeline.reference()`` is the single-NMS-thread, pycocotools
+pipeline of earlier releases, kept to check the numbers against and to measure the speed-up.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +32,42 @@ from tqdm import tqdm
 
 from .backends.base import Runner
 from .dataset import CocoDataset
-from .detections import Detections, NmsConfig, postprocess
-from .errors import BackendError, DataError
-from .metrics import CocoScorer
-from .preprocess import IMGSZ, Batch, iter_batches
+from .detections import Detections, NmsConfig, NmsKernel, postprocess
+from .errors import BackendError, ConfigError, DataError
+from .metrics import CocoEvaluator, make_scorer
+from .preprocess import IMGSZ, Batch, Letterbox, default_workers, iter_batches
 from .records import EvalResult, EvalTiming
+from .stage_clock import Stage, StageClock
 
-# Raw outputs waiting for NMS are large (~8 MB per 640 image); this bounds them in memory.
-_MAX_PENDING_NMS = 4
+# Raw outputs waiting for NMS are large (2.8 MB per image for YOLO11 at 640, 8.5 MB for YOLOv5):
+# at most this many per NMS thread are held in memory.
+_PENDING_PER_NMS_WORKER = 2
+
+
+@dataclass(frozen=True)
+class HostPipeline:
+    """How the host side of an evaluation runs; every choice gives the same metrics (tested)."""
+
+    evaluator: CocoEvaluator = CocoEvaluator.HOTCOCO
+    nms_kernel: NmsKernel = NmsKernel.PER_CLASS
+    nms_workers: int = 0  # NMS threads; 0: one per core
+    decode_workers: int = 0  # decoding threads; 0: one per core
+
+    def __post_init__(self) -> None:
+        for name in ("nms_workers", "decode_workers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name}={value!r} is not a thread count; pass 0 (one per core) or more.")
+
+    @classmethod
+    def reference(cls) -> HostPipeline:
+        """Earlier releases: pycocotools matching and batched NMS on one thread, at most 8 decoders."""
+        return cls(evaluator=CocoEvaluator.PYCOCOTOOLS, nms_kernel=NmsKernel.BATCHED, nms_workers=1,
+                   decode_workers=max(2, min(8, os.cpu_count() or 2)))
+
+    def threads(self) -> tuple[int, int]:
+        """(decoding threads, NMS threads) this pipeline runs with on this machine."""
+        return self.decode_workers or default_workers(), self.nms_workers or default_workers()
 
 
 def evaluate(
@@ -44,11 +81,15 @@ def evaluate(
     untrained: bool = False,
     progress: bool = True,
     imgsz: int = IMGSZ,
+    pipeline: HostPipeline = HostPipeline(),
+    clock: StageClock | None = None,
 ) -> EvalResult:
     """mAP of ``runner`` on ``dataset``, with the time spent in inference and overall.
 
     ``imgsz`` is the model's square input side (``ModelInfo.input_size``). ``timing.total_s``
-    runs from this call to the end of COCOeval (the dataset is loaded by the caller).
+    runs from this call to the end of COCO scoring (the dataset is loaded by the caller).
+    ``pipeline`` chooses the scorer and the thread counts (the metrics do not depend on it);
+    ``clock``, when given, receives the CPU time of every stage (``stage_clock``).
 
     Images that are missing or cannot be decoded are skipped (a warning each) and listed in
     ``EvalResult.skipped_images``; the metrics cover the images that were evaluated.
@@ -56,44 +97,26 @@ def evaluate(
     start = time.perf_counter()
     if batch_size < 1:
         raise DataError(f"batch size {batch_size} is not a positive integer; pass 1 or more.")
-    image_id_of = {path: image_id for path, image_id in zip(dataset.files, dataset.image_ids)}
-    skipped: list[str] = []
-    inference_s = 0.0
-
-    # Built here, not in the worker: reading the ground truth prints (silenced by swapping the
+    # Built here, not in a worker: reading the ground truth may print (silenced by swapping the
     # process-wide sys.stdout), which must not happen while other threads might write.
-    scorer = CocoScorer(dataset)
-
-    def nms_and_score(output: np.ndarray, batch: Batch) -> None:
-        for det, path, box in zip(postprocess(output, nms), batch.paths, batch.letterboxes):
-            scorer.add(image_id_of[path], Detections(box.scale_boxes_back(det.boxes), det.scores, det.classes))
-
+    scorer = _ImageScorer(dataset, nms, pipeline, clock)
+    skipped: list[str] = []
     bar = tqdm(total=len(dataset), desc=f"eval {model}/{variant}", unit="img", disable=not progress, leave=False)
-    with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="qb-nms") as nms_worker:
-        pending: deque[Future] = deque()
 
-        def on_skip(path: Path, reason: str) -> None:
-            skipped.append(str(path))
-            bar.update(1)
+    def on_skip(path: Path, reason: str) -> None:
+        skipped.append(str(path))
+        bar.update(1)
 
-        for batch in iter_batches(dataset.files, batch_size, size=imgsz, on_skip=on_skip):
-            images = _pad_to(batch.images, batch_size)  # engines built for a fixed batch take it whole
-            t0 = time.perf_counter()
-            output = runner.infer(images)
-            inference_s += time.perf_counter() - t0
-            _check_output(output, images, dataset)
-            # A copy: a runner may hand out the same host buffer on every call (TensorRT-style
-            # pinned outputs) and the NMS worker reads it while the next batch runs.
-            output = np.array(output[: len(batch)], copy=True)
-            pending.append(nms_worker.submit(nms_and_score, output, batch))
-            while len(pending) > _MAX_PENDING_NMS or (pending and pending[0].done()):
-                pending.popleft().result()  # re-raises an NMS failure here, not at the end
-            bar.update(len(batch))
-        while pending:
-            pending.popleft().result()
-
-    num_images = len(scorer)
-    metrics = scorer.result()
+    with bar:
+        decode_workers, _ = pipeline.threads()
+        # Reused batch arrays: _infer_and_score is done with a batch (inferred, outputs copied)
+        # before it asks for the next one.
+        batches = iter_batches(dataset.files, batch_size, size=imgsz, workers=decode_workers, on_skip=on_skip,
+                               clock=clock, reuse_buffers=True)
+        inference_s = _infer_and_score(runner, batches, batch_size, dataset, scorer, bar)
+    num_images = len(scorer.scorer)
+    with clock.measure(Stage.SCORING, num_images, whole_process=True) if clock else contextlib.nullcontext():
+        metrics = scorer.scorer.result()
     total_s = time.perf_counter() - start
     facts = runner.describe()
     return EvalResult(
@@ -109,6 +132,61 @@ def evaluate(
         timing=EvalTiming(inference_s=inference_s, total_s=total_s, images_per_s=num_images / total_s),
         simulated=facts.get("simulated"),
     )
+
+
+class _ImageScorer:
+    """NMS of one image's raw output, boxes back to original pixels, then the COCO scorer."""
+
+    def __init__(self, dataset: CocoDataset, nms: NmsConfig, pipeline: HostPipeline, clock: StageClock | None):
+        self.scorer = make_scorer(dataset, pipeline.evaluator)
+        self.workers = pipeline.threads()[1]
+        self._image_id_of = dict(zip(dataset.files, dataset.image_ids))
+        self._nms, self._kernel, self._clock = nms, pipeline.nms_kernel, clock
+        self._lock = threading.Lock()  # pycocotools' scorer is not thread-safe (hotcoco's add is cheap)
+
+    def __call__(self, output: np.ndarray, path: Path, box: Letterbox) -> None:
+        with self._measure(Stage.NMS):
+            det = postprocess(output[None], self._nms, self._kernel)[0]
+            det = Detections(box.scale_boxes_back(det.boxes), det.scores, det.classes)
+        with self._lock, self._measure(Stage.MATCHING):
+            self.scorer.add(self._image_id_of[path], det)
+
+    def _measure(self, stage: Stage):
+        return self._clock.measure(stage) if self._clock else contextlib.nullcontext()
+
+    @property
+    def clock(self) -> StageClock | None:
+        return self._clock
+
+
+def _infer_and_score(
+    runner: Runner, batches: Iterable[Batch], batch_size: int, dataset: CocoDataset, score: _ImageScorer, bar: tqdm
+) -> float:
+    """Infer batch after batch on this thread while NMS threads score the previous ones; inference seconds."""
+    inference_s = 0.0
+    # Two batches' outputs may wait, so that the next batch is inferred while this one is scored.
+    max_pending = max(_PENDING_PER_NMS_WORKER * score.workers, 2 * batch_size)
+    with ThreadPoolExecutor(max_workers=score.workers, thread_name_prefix="qb-nms") as nms_pool:
+        pending: deque[Future] = deque()
+        for batch in batches:
+            images = _pad_to(batch.images, batch_size)  # engines built for a fixed batch take it whole
+            t0 = time.perf_counter()
+            output = runner.infer(images)
+            elapsed = time.perf_counter() - t0
+            inference_s += elapsed
+            if score.clock:
+                score.clock.add(Stage.INFERENCE, elapsed, len(batch))  # wall: runtimes infer in their own threads
+            _check_output(output, images, dataset)
+            for i, (path, box) in enumerate(zip(batch.paths, batch.letterboxes)):
+                # A copy: a runner may hand out the same host buffer on every call (TensorRT-style
+                # pinned outputs) and the NMS threads read it while the next batch runs.
+                pending.append(nms_pool.submit(score, np.array(output[i], copy=True), path, box))
+            while len(pending) > max_pending or (pending and pending[0].done()):
+                pending.popleft().result()  # re-raises an NMS failure here, not at the end
+            bar.update(len(batch))
+        while pending:
+            pending.popleft().result()
+    return inference_s
 
 
 def _pad_to(images: np.ndarray, batch_size: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""COCO box mAP through pycocotools' ``COCOeval`` (the reference implementation, unchanged).
+"""COCO box mAP: pycocotools' ``COCOeval`` (the reference) or hotcoco's (the same numbers, faster).
 
 Standard protocol: ``iouType="bbox"``, IoU thresholds 0.50:0.05:0.95, ``maxDets`` (1, 10, 100),
 COCO's small/medium/large area ranges. Only the evaluated images go into ``params.imgIds``, so
@@ -15,6 +15,15 @@ Two ways to the same numbers:
   80 categories x 4 area ranges of Python matching loops), ``accumulate()`` ~18 %, ``loadRes``
   ~8 %. ``CocoScorer`` leaves only ``accumulate``'s share at the end. Its results equal
   ``coco_metrics``' bit for bit (tested).
+
+``CocoEvaluator.HOTCOCO`` (the evaluation default) scores with hotcoco (PyPI ``hotcoco``, MIT), a
+Rust re-implementation of pycocotools' ``COCOeval`` that runs its matching in native threads.
+Every metric, per-class APs included, equals pycocotools' to 1e-12 on val500 for yolo11n-coco and
+yolov5n-coco (tested on slices; all 500 images checked), and one call after the last image costs
+less than pycocotools' per-image matching does for a single image: measured on this 2-core VM,
+100 val500 images of yolo11n-coco (184 boxes per image), CPU ms per image: pycocotools matching
+7.0 + accumulate 2.6, faster-coco-eval 1.4 (its IoUs and bookkeeping are Python), hotcoco 0.45
+wall in all. ``HotcocoScorer`` therefore only collects detections and scores them at the end.
 """
 
 from __future__ import annotations
@@ -22,21 +31,47 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import threading
 from collections.abc import Mapping
-from typing import Any
+from enum import Enum
+from typing import Any, Protocol
 
 import numpy as np
 
 from .dataset import CocoDataset, read_instances
 from .detections import Detections
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .records import CocoMetrics
 
 # COCOeval.stats positions (see COCOeval.summarize)
 _STATS = {"map50_95": 0, "map50": 1, "map75": 2, "map_small": 3, "map_medium": 4, "map_large": 5, "ar100": 8}
 
 
-def coco_metrics(dataset: CocoDataset, detections: Mapping[int, Detections]) -> CocoMetrics:
+class CocoEvaluator(Enum):
+    """Which COCOeval implementation scores the detections; both give the same numbers (tested)."""
+
+    PYCOCOTOOLS = "pycocotools"  # the reference: Python matching, image by image (CocoScorer)
+    HOTCOCO = "hotcoco"  # native matching of every image at the end (HotcocoScorer)
+
+
+class Scorer(Protocol):
+    """Matches images' detections against the ground truth, then summarises (``CocoMetrics``)."""
+
+    def add(self, image_id: int, det: Detections) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def result(self) -> CocoMetrics: ...
+
+
+def make_scorer(dataset: CocoDataset, evaluator: CocoEvaluator) -> Scorer:
+    """A fresh scorer of ``evaluator`` for ``dataset``; ``add`` it every evaluated image."""
+    return _SCORERS[evaluator](dataset)
+
+
+def coco_metrics(
+    dataset: CocoDataset, detections: Mapping[int, Detections], evaluator: CocoEvaluator = CocoEvaluator.PYCOCOTOOLS
+) -> CocoMetrics:
     """Score ``detections`` (image id -> boxes in original pixels) against ``dataset``.
 
     Every evaluated image must have an entry (an empty ``Detections`` when nothing was found);
@@ -59,6 +94,11 @@ def coco_metrics(dataset: CocoDataset, detections: Mapping[int, Detections]) -> 
             f"no images of dataset {dataset.name} were evaluated; check the images in {dataset.images_dir}."
         )
 
+    if evaluator is not CocoEvaluator.PYCOCOTOOLS:
+        scorer = make_scorer(dataset, evaluator)
+        for image_id, det in detections.items():
+            scorer.add(image_id, det)
+        return scorer.result()
     results = _results_table(dataset, detections)
     with _quiet():
         coco_gt = _ground_truth(dataset)
@@ -150,6 +190,72 @@ class CocoScorer:
         return _metrics(ev, self.dataset)
 
 
+class HotcocoScorer:
+    """hotcoco's ``COCOeval`` over every added image at once: ``add`` collects, ``result()`` scores.
+
+    ``add`` is thread-safe (NMS workers call it side by side); the detections go to hotcoco as
+    the ``[image_id, x, y, w, h, score, category_id]`` table that pycocotools' ``loadRes`` takes.
+    """
+
+    def __init__(self, dataset: CocoDataset):
+        hotcoco = _hotcoco()
+        self.dataset = dataset
+        self._category_ids = np.asarray(dataset.category_ids, dtype=np.float64)
+        self._known_ids = set(dataset.image_ids)
+        self._ground_truth = hotcoco.COCO(_instances_with_area(dataset))
+        self._tables: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def add(self, image_id: int, det: Detections) -> None:
+        image_id = int(image_id)
+        if image_id not in self._known_ids:
+            raise DataError(
+                f"image id {image_id} is not in dataset {self.dataset.name} ({self.dataset.annotations}); "
+                "score detections against the dataset they came from."
+            )
+        _check_classes(det, self.dataset)
+        table = _image_table(image_id, det, self._category_ids)
+        with self._lock:
+            if image_id in self._tables:
+                raise DataError(f"image id {image_id} was scored twice; add each image's detections once.")
+            self._tables[image_id] = table
+
+    def __len__(self) -> int:
+        return len(self._tables)
+
+    def result(self) -> CocoMetrics:
+        """Match, accumulate and summarise the images added so far (hotcoco's own threads)."""
+        hotcoco = _hotcoco()
+        if not self._tables:
+            raise DataError(
+                f"no images of dataset {self.dataset.name} were evaluated; "
+                f"check the images in {self.dataset.images_dir}."
+            )
+        image_ids = sorted(self._tables)
+        table = np.concatenate([self._tables[i] for i in image_ids])
+        evaluator = hotcoco.COCOeval(self._ground_truth, self._ground_truth.load_res(table), "bbox")
+        evaluator.params.img_ids = image_ids
+        with _quiet():
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        return _metrics(evaluator, self.dataset)
+
+
+def _hotcoco():
+    try:
+        import hotcoco
+    except ImportError:
+        raise ConfigError(
+            "the hotcoco package is not installed; pip install hotcoco (a quantbench dependency), "
+            "or score with HostPipeline(evaluator=CocoEvaluator.PYCOCOTOOLS)."
+        ) from None
+    return hotcoco
+
+
+_SCORERS: dict[CocoEvaluator, type] = {CocoEvaluator.PYCOCOTOOLS: CocoScorer, CocoEvaluator.HOTCOCO: HotcocoScorer}
+
+
 @contextlib.contextmanager
 def _quiet():
     """pycocotools prints progress on stdout; errors still raise."""
@@ -157,17 +263,21 @@ def _quiet():
         yield
 
 
-def _ground_truth(dataset: CocoDataset):
-    from pycocotools.coco import COCO
-
+def _instances_with_area(dataset: CocoDataset) -> dict[str, Any]:
     data = read_instances(dataset.annotations)
     for ann in data["annotations"]:
         # COCOeval sorts boxes into size ranges by 'area'; datasets converted from YOLO labels
         # sometimes omit it, and the box area is then the only meaningful value.
         ann.setdefault("area", float(ann["bbox"][2]) * float(ann["bbox"][3]))
         ann.setdefault("iscrowd", 0)
+    return data
+
+
+def _ground_truth(dataset: CocoDataset):
+    from pycocotools.coco import COCO
+
     coco_gt = COCO()
-    coco_gt.dataset = data
+    coco_gt.dataset = _instances_with_area(dataset)
     coco_gt.createIndex()
     return coco_gt
 
@@ -197,15 +307,19 @@ def _results_table(dataset: CocoDataset, detections: Mapping[int, Detections]) -
         if not len(det):
             continue
         _check_classes(det, dataset)
-        boxes = det.boxes.astype(np.float64)
-        table = np.empty((len(det), 7), dtype=np.float64)
-        table[:, 0] = image_id
-        table[:, 1:3] = boxes[:, :2]
-        table[:, 3:5] = boxes[:, 2:] - boxes[:, :2]  # COCO boxes are x, y, width, height
-        table[:, 5] = det.scores
-        table[:, 6] = category_ids[det.classes]
-        rows.append(table)
+        rows.append(_image_table(image_id, det, category_ids))
     return np.concatenate(rows) if rows else np.zeros((0, 7))
+
+
+def _image_table(image_id: int, det: Detections, category_ids: np.ndarray) -> np.ndarray:
+    boxes = det.boxes.astype(np.float64)
+    table = np.empty((len(det), 7), dtype=np.float64)
+    table[:, 0] = image_id
+    table[:, 1:3] = boxes[:, :2]
+    table[:, 3:5] = boxes[:, 2:] - boxes[:, :2]  # COCO boxes are x, y, width, height
+    table[:, 5] = det.scores
+    table[:, 6] = category_ids[det.classes]
+    return table
 
 
 def _empty_results(coco_gt):

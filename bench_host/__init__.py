@@ -1,0 +1,1 @@
+"""The host-pipeline benchmark (``make bench-host``): evaluation with inference replayed, old pipeline vs new."""
