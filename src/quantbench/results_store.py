@@ -3,7 +3,7 @@
 Two parts, both under one `ArtifactCache` root:
 
 - Evaluation results keyed by content: the variant ONNX's sha256, the dataset fingerprint (the
-  annotations' bytes and the image selection), the backend and its device, the evaluation
+  annotations' bytes, the image selection and every image's bytes), the backend and its device, the evaluation
   settings and the quantbench version. They are cache artefacts (kind ``eval``), so the cache's
   per-key file lock makes concurrent workers evaluate a key once, its atomic publish means no
   reader sees half a file, and a second run with nothing changed evaluates nothing. Model and
