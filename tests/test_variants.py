@@ -152,6 +152,10 @@ BAD_TABLES = {
         r"is not valid TOML \(.*line 2",
     ),
     "empty": ("# nothing here\n", "defines no variants"),
+    "op type both quantized and excluded": (
+        '[[variant]]\nname = "v"\nkind = "int8"\nop_types_to_quantize = ["Conv", "Add"]\nop_types_to_exclude = ["Conv"]\n',
+        r"variant 'v', key 'op_types_to_exclude': Conv is also in op_types_to_quantize",
+    ),
 }
 
 
