@@ -224,7 +224,8 @@ def test_a_report_that_cannot_be_written_loses_no_result_and_every_variant_is_re
 
     work = tmp_path / "bench"
     (work / "reports" / "report.md").mkdir(parents=True)  # the folder is writable; the report file cannot be
-    run = run_bench(work, assets_dir, coco12, "--qb-variants", "int8-bf16", "--qb-eval-images", "4")
+    run = run_bench(work, assets_dir, coco12, "--qb-variants", "int8-bf16", "--qb-eval-images", "4",
+                    "--benchmark-json", str(work / "out" / "benchmark.json"))
     assert run.returncode == 1, run.output
     # The bf16 variant builds, but ONNX Runtime's CPU provider cannot load it: its tests error naming it.
     assert "BackendError: onnxruntime cannot run variant 'int8-bf16' of model yolov5n-coco: ONNX Runtime could not " \
@@ -246,6 +247,12 @@ def test_a_report_that_cannot_be_written_loses_no_result_and_every_variant_is_re
     assert selection["winner"] == "fp32" and set(outcomes) == {"fp32", "int8-bf16"}
     assert not outcomes["int8-bf16"]["passed"]
     assert any("onnxruntime cannot run variant 'int8-bf16'" in reason for reason in outcomes["int8-bf16"]["reasons"])
+    # The benchmark JSON names it too: re-ranking that file still reports the variant that never got timed.
+    assert main(["select", str(work / "out" / "benchmark.json"), "--thresholds", str(work / "thresholds.toml"),
+                 "--report-dir", str(tmp_path / "from-json")]) == 0
+    (again,) = json.loads((tmp_path / "from-json" / "selection.json").read_text())["selections"]
+    assert {o["variant"]: o["reasons"] for o in again["outcomes"]} == {o["variant"]: o["reasons"]
+                                                                      for o in selection["outcomes"]}
 
 
 @pytest.mark.parametrize(("option", "named"), [

@@ -192,7 +192,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_select(args: argparse.Namespace) -> int:
     from .report import format_selection_table, write_report
-    from .selection import records_from_benchmark_json, select
+    from .selection import failures_from_benchmark_json, records_from_benchmark_json, select
     from .thresholds import Thresholds
 
     from .results_store import RunLedger
@@ -200,7 +200,9 @@ def cmd_select(args: argparse.Namespace) -> int:
     ledgers = [Path(p) for p in args.json_files if Path(p).is_dir()]
     files = [Path(p) for p in args.json_files if not Path(p).is_dir()]
     evals, latencies, options = records_from_benchmark_json(files) if files else ([], [], {})
-    failures: dict = {}
+    failures = failures_from_benchmark_json(files)
+    timed = {(r.model, r.variant) for r in latencies}
+    failures = {k: why for k, why in failures.items() if k not in timed}  # a later file timed it after all
     for folder in ledgers:  # a bench run's records kept in the cache (its report could not be written)
         records = RunLedger(folder).read()
         if not (records.evals or records.latencies or records.failures):
