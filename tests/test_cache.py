@@ -146,7 +146,8 @@ def _killed_mid_build(root: Path, tmp_path: Path) -> None:
     proc = mp.get_context("spawn").Process(target=_build_forever, args=(str(root), str(ready)))
     proc.start()
     deadline = time.time() + 60
-    while not ready.exists() and time.time() < deadline:
+    while not ready.exists():
+        assert proc.is_alive() and time.time() < deadline, "the build never started"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.join(10)
@@ -187,7 +188,9 @@ def test_a_process_waiting_on_a_lock_says_what_it_waits_for(tmp_path: Path):
     ready = tmp_path / "ready"
     holder = mp.get_context("spawn").Process(target=_hold_lock, args=(str(tmp_path / "c"), str(ready)))
     holder.start()
+    deadline = time.time() + 60
     while not ready.exists():
+        assert holder.is_alive() and time.time() < deadline, "the lock holder never started its build"
         time.sleep(0.05)
     heard: list[str] = []
     entry = ArtifactCache(tmp_path / "c", on_wait=heard.append).get_or_build(
