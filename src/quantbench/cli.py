@@ -115,10 +115,10 @@ def _variant_onnx(args: argparse.Namespace):
     """Base model, or the requested variant of it built through ModelOpt (cached)."""
     from .quantize import quantize_variant
 
+    variant = _variant(args) if args.variant else None  # the table is checked before a model is fetched
     model = _model(args)
-    if not args.variant:
+    if variant is None:
         return model, None
-    variant = _variant(args)
     calib = None
     if variant.needs_calibration:
         calib = _calibration(args, variant.calib_images, model.input_size)
