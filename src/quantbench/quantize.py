@@ -289,8 +289,9 @@ def check_against_model(base: onnx.ModelProto, model: ModelInfo, variant: Varian
     """Refuse, before ModelOpt runs, options that name nothing in this model or leave nothing to convert.
 
     ModelOpt ignores a ``nodes_to_exclude`` pattern that matches no node and an
-    ``op_types_to_quantize`` entry the model lacks, and happily builds a variant with every node
-    excluded: each would be a variant that silently is not what its table says.
+    ``op_types_to_quantize`` list the model has none of, and happily builds a variant with every node
+    excluded: each would be a variant that silently is not what its table says. (Some listed op
+    types missing is fine: one list may serve models with different ops.)
     """
     def fail(key: str, problem: str) -> QuantizeError:
         return QuantizeError(f"variant {variant.name!r} of model {model.name}, key {key!r}: {problem}")
@@ -304,9 +305,12 @@ def check_against_model(base: onnx.ModelProto, model: ModelInfo, variant: Varian
                        "regular expressions matched from the start of the node name (ONNX names start with '/').")
     op_types = {n.op_type for n in base.graph.node}
     absent = [op for op in variant.op_types_to_quantize if op not in op_types]
-    if absent:
+    if absent and len(absent) == len(variant.op_types_to_quantize):
         raise fail("op_types_to_quantize", f"the model has no {', '.join(absent)} node; its op types are "
                    f"{', '.join(sorted(op_types))}.")
+    if absent:  # a list written for several models (YOLO11's Softmax, YOLOv5's ...): the rest still applies
+        log.warning("variant %s of model %s: op_types_to_quantize %s not in the model", variant.name, model.name,
+                    ", ".join(absent))
     excluded = set(_excluded_nodes(base, variant))
     left = [n for n in base.graph.node if n.name not in excluded and n.op_type not in variant.op_types_to_exclude
             and (not variant.op_types_to_quantize or n.op_type in variant.op_types_to_quantize)]
