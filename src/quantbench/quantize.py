@@ -229,6 +229,40 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
+# What ModelOpt's `patch_ort_modules(calibrate_per_node=True)` replaces in ONNX Runtime's calibrators;
+# a later build without per-node calibration restores only some of them (nvidia-modelopt 0.47).
+_PER_NODE_PATCHED = {
+    "MinMaxCalibrater": ("augment_graph", "collect_data", "compute_data", "merge_range"),
+    "HistogramCalibrater": ("augment_graph", "collect_data"),
+    "HistogramCollector": ("collect", "collect_value", "collect_absolute_value"),
+}
+
+
+@contextlib.contextmanager
+def _ort_calibrators_restored() -> Iterator[None]:
+    """Put ONNX Runtime's calibrator methods back as they were once ModelOpt returns.
+
+    Measured: after one ``calibrate_per_node = true`` build, every later INT8 build in the process
+    failed inside ModelOpt (``_compute_data_minmax_calibrator``: "The truth value of an array with
+    more than one element is ambiguous"), because the per-node ``augment_graph`` stayed patched.
+    One variant's options must not break the next variant's build.
+    """
+    from onnxruntime.quantization import calibrate
+
+    saved = {(name, attr): getattr(calibrate, name).__dict__.get(attr)
+             for name, attrs in _PER_NODE_PATCHED.items() for attr in attrs}
+    try:
+        yield
+    finally:
+        for (name, attr), original in saved.items():
+            cls = getattr(calibrate, name)
+            if original is None:
+                if attr in cls.__dict__:
+                    delattr(cls, attr)
+            else:
+                setattr(cls, attr, original)
+
+
 def _run_int8(src: Path, out: Path, model: ModelInfo, variant: Variant, data: np.ndarray, excluded: Sequence[str]) -> None:
     from modelopt.onnx.quantization import quantize
 
@@ -375,7 +409,8 @@ def _run_modelopt(model: ModelInfo, variant: Variant, data: np.ndarray, excluded
         try:
             with contextlib.chdir(scratch):  # some ModelOpt paths write temporaries into the cwd
                 if variant.kind is VariantKind.INT8:
-                    _run_int8(src, out, model, variant, data, excluded)
+                    with _ort_calibrators_restored():
+                        _run_int8(src, out, model, variant, data, excluded)
                 else:
                     _run_fp16(src, out, model, variant, data, excluded, scratch)
         except Exception as exc:  # ModelOpt raises anything (AssertionError, ORT Fail, ValueError)
