@@ -127,3 +127,97 @@ def test_atomic_write_json_replaces_whole_file(tmp_path: Path):
     atomic_write_json(target, {"b": 2})
     assert json.loads(target.read_text()) == {"b": 2}
     assert [p.name for p in target.parent.iterdir()] == ["result.json"]
+
+
+def _build_forever(root: str, ready: str) -> None:
+    def build(tmp: Path):
+        tmp.write_bytes(b"half")
+        Path(ready).write_text("building")
+        time.sleep(600)  # killed long before this ends
+
+    ArtifactCache(root).get_or_build("demo", "slow", ".onnx", build)
+
+
+def _killed_mid_build(root: Path, tmp_path: Path) -> None:
+    """A real process killed with SIGKILL while it builds (what a killed bench leaves)."""
+    import signal
+
+    ready = tmp_path / "ready"
+    proc = mp.get_context("spawn").Process(target=_build_forever, args=(str(root), str(ready)))
+    proc.start()
+    deadline = time.time() + 60
+    while not ready.exists():
+        assert proc.is_alive() and time.time() < deadline, "the build never started"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(10)
+
+
+def test_a_killed_build_leaves_nothing_that_is_used_and_its_temp_file_is_removed_at_start_up(tmp_path: Path):
+    root = tmp_path / "c"
+    _killed_mid_build(root, tmp_path)
+    cache = ArtifactCache(root)
+    leftovers = [p for p in (root / "demo").iterdir() if ".tmp" in p.name]
+    assert len(leftovers) == 1 and cache.lookup("demo", "slow", ".onnx") is None  # never published
+    live = root / "demo" / f".other.onnx.{os.getpid()}-deadbeef.x.tmp.onnx"  # another machine's: left alone
+    live.write_bytes(b"")
+    with cache_module_tempfile(root / "demo") as in_progress:  # this live process's own temp file
+        assert cache.remove_stale_files() == leftovers
+        assert in_progress.exists() and live.exists()
+    assert not leftovers[0].exists()
+    entry = cache.get_or_build("demo", "slow", ".onnx", lambda tmp: tmp.write_text("whole") and None)
+    assert entry.built and entry.path.read_text() == "whole"
+
+
+def cache_module_tempfile(folder: Path):
+    from quantbench.cache import _temp_path_beside
+
+    return _temp_path_beside(folder / "live.onnx")
+
+
+def _hold_lock(root: str, ready: str) -> None:
+    def build(tmp: Path):
+        Path(ready).write_text("holding")
+        time.sleep(2.0)
+        tmp.write_text("made elsewhere")
+
+    ArtifactCache(root).get_or_build("demo", "locked", ".txt", build, label="demo build of m/v")
+
+
+def test_a_process_waiting_on_a_lock_says_what_it_waits_for(tmp_path: Path):
+    ready = tmp_path / "ready"
+    holder = mp.get_context("spawn").Process(target=_hold_lock, args=(str(tmp_path / "c"), str(ready)))
+    holder.start()
+    deadline = time.time() + 60
+    while not ready.exists():
+        assert holder.is_alive() and time.time() < deadline, "the lock holder never started its build"
+        time.sleep(0.05)
+    heard: list[str] = []
+    entry = ArtifactCache(tmp_path / "c", on_wait=heard.append).get_or_build(
+        "demo", "locked", ".txt", lambda tmp: pytest.fail("built twice"), label="demo build of m/v")
+    holder.join(30)
+    assert entry.path.read_text() == "made elsewhere" and not entry.built
+    assert heard[0] == "waiting for another process to finish the demo build of m/v (locked.txt.lock is held)"
+    assert heard[1].startswith("done waiting for the demo build of m/v (")
+
+
+def test_output_folders_are_checked_before_any_work(tmp_path: Path):
+    from quantbench.cache import check_output_file, ensure_writable_dir
+    from quantbench.errors import OutputError
+
+    assert ensure_writable_dir(tmp_path / "new" / "reports", what="report folder").is_dir()
+    assert list((tmp_path / "new" / "reports").iterdir()) == []  # the probe file is gone
+    (tmp_path / "file").write_text("x")
+    cases = {
+        tmp_path / "file" / "reports": "cannot be written",  # under a regular file
+        tmp_path / "file": "is a file, not a folder",
+        Path("/sys/quantbench-reports"): "cannot be written",  # not writable, even for root
+    }
+    for folder, why in cases.items():
+        with pytest.raises(OutputError, match=why) as refused:
+            ensure_writable_dir(folder, what="report folder")
+        assert str(folder) in str(refused.value) and "\n" not in str(refused.value)
+    with pytest.raises(OutputError, match="is a folder; pass a file path"):
+        check_output_file(tmp_path, what="--json file")
+    with pytest.raises(OutputError, match="the folder of --json file .*/file is a file, not a folder"):
+        check_output_file(tmp_path / "file" / "out.json", what="--json file")

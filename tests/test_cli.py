@@ -160,3 +160,58 @@ def test_bad_counts_are_refused_by_the_parser(capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "quantbench sensitivity: error: argument --proxy-images: '0' must be at least 1")
+
+
+def test_quantize_needs_a_variant(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["quantize"])
+    assert exited.value.code == 2
+    assert "the following arguments are required: --variant" in capsys.readouterr().err
+
+
+def test_an_unwritable_json_path_is_refused_before_any_work(tmp_path: Path, capsys):
+    (tmp_path / "file").write_text("x")
+    cases = {
+        "/sys/quantbench/out.json": "the folder of --json file /sys/quantbench cannot be written",
+        str(tmp_path / "file" / "out.json"): f"the folder of --json file {tmp_path / 'file'} is a file, not a folder",
+        str(tmp_path): f"--json file {tmp_path} is a folder; pass a file path",
+    }
+    for target, named in cases.items():
+        # The model does not exist: the output path is checked first, before anything is resolved or run.
+        assert main(["eval", "--model", str(tmp_path / "absent.onnx"), "--json", target,
+                     "--cache-dir", str(tmp_path / "cache")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"quantbench: error: {err.removeprefix('quantbench: error: ')}" and named in err, err
+        assert "\n" not in err
+
+
+def test_the_variant_table_is_found_from_any_folder_and_its_error_names_the_option(
+        tmp_path: Path, yolov5n_onnx: Path, capsys, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)  # no bench/ here: the checkout's table is used
+    assert main(["quantize", "--variant", "int8-typo", "--model", str(yolov5n_onnx),
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert "variant 'int8-typo' is not in " in err and "bench/variants.toml" in err and "--variants-file" in err
+    assert main(["quantize", "--variant", "int8-max", "--variants-file", "nope.toml", "--model", str(yolov5n_onnx),
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "quantbench: error: variant table nope.toml (--variants-file) does not exist; pass an existing file to "
+        "--variants-file.")
+
+
+@pytest.mark.slow
+def test_a_quantize_run_logs_each_modelopt_line_once_without_nvml_noise_and_records_its_images(
+        tmp_path: Path, yolov5n_onnx: Path, calib500: Path):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "quantbench.cli", "quantize", "--variant", "int8-max", "--model", str(yolov5n_onnx),
+         "--calib-data", str(calib500), "--calib-images", "4", "--cache-dir", str(tmp_path / "cache"), "-q"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["options"]["calib_images"] == 4 == record["options"]["calibration"]["num_images"]
+    assert "NVML" not in done.stderr and "Failed to get GPU count" not in done.stderr  # CPU machine: no GPU to count
+    modelopt_lines = [line for line in done.stderr.splitlines() if "Found QuantizeLinear/DequantizeLinear nodes" in line]
+    assert len(modelopt_lines) == 1, done.stderr  # ModelOpt prints it; the root logger does not print it again

@@ -64,6 +64,27 @@ def test_fingerprint_follows_the_selection_and_the_annotations(tiny_coco: Path):
     assert fp != CocoDataset.load(tiny_coco).fingerprint()
 
 
+@pytest.mark.parametrize("remembered", [False, True], ids=["read", "remembered-digests"])
+def test_fingerprint_follows_the_image_bytes(tiny_coco: Path, tmp_path: Path, remembered: bool):
+    """An image rotated or replaced in place (same name, same annotations) is a different evaluation."""
+    import cv2
+
+    from quantbench.cache import ArtifactCache
+
+    cache = ArtifactCache(tmp_path / "cache") if remembered else None
+    before = CocoDataset.load(tiny_coco).fingerprint(cache)
+    assert before == CocoDataset.load(tiny_coco).fingerprint(cache)
+    image = CocoDataset.load(tiny_coco).files[1]
+    cv2.imwrite(str(image), cv2.rotate(cv2.imread(str(image)), cv2.ROTATE_180))
+    rotated = CocoDataset.load(tiny_coco).fingerprint(cache)
+    assert rotated != before
+    image.write_bytes(b"not a jpeg")  # corrupt: the evaluation skips it, so the key must change again
+    corrupt = CocoDataset.load(tiny_coco).fingerprint(cache)
+    assert corrupt not in (before, rotated)
+    image.unlink()
+    assert CocoDataset.load(tiny_coco).fingerprint(cache) not in (before, rotated, corrupt)
+
+
 def test_explicit_images_and_annotations(tiny_coco: Path, tmp_path: Path):
     moved = tmp_path / "elsewhere"
     shutil.copytree(tiny_coco / "images", moved / "pics")

@@ -238,3 +238,102 @@ def test_failing_variant_yields_its_error_while_others_build(
     published = {p.name for p in (session_cache.root / "variants").glob("*.onnx")}
     assert Path(good.onnx_path).name in published
     assert not any(p.name.endswith(".tmp.onnx") for p in (session_cache.root / "variants").iterdir())
+
+
+# --- variants that would build but do nothing ------------------------------------------------------
+
+YOLOV5N_OPS_BUT_SHAPE = ("Conv", "Add", "Mul", "Sigmoid", "Concat", "MaxPool", "Resize", "Sub", "Reshape", "Transpose",
+                         "Slice", "Pow", "Cast", "Constant", "Expand", "Gather", "Range", "Unsqueeze")
+NO_OP_VARIANTS = {
+    "pattern-matching-no-node": (
+        Variant(name="int8-typo", kind=VariantKind.INT8, nodes_to_exclude=(r"model\.0/conv/Conv",)),
+        "variant 'int8-typo' of model yolov5n-coco, key 'nodes_to_exclude': 'model\\\\.0/conv/Conv' matches no node "
+        "of the model (a node is named '/model.0/conv/Conv'); patterns are regular expressions matched from the "
+        "start of the node name (ONNX names start with '/')."),
+    "every-node-excluded": (
+        Variant(name="int8-none", kind=VariantKind.INT8, nodes_to_exclude=(".*",)),
+        "variant 'int8-none' of model yolov5n-coco, key 'nodes_to_exclude': it leaves none of the model's 515 nodes "
+        "to convert to INT8; exclude less."),
+    "op-type-the-model-lacks": (
+        Variant(name="int8-softmax", kind=VariantKind.INT8, op_types_to_quantize=("Softmax",)),
+        "variant 'int8-softmax' of model yolov5n-coco, key 'op_types_to_quantize': the model has no Softmax node; "
+        "its op types are Add, Cast, Concat, Constant, Conv, Expand, Gather, MaxPool, Mul, Pow, Range, Reshape, "
+        "Resize, Shape, Sigmoid, Slice, Sub, Transpose, Unsqueeze."),
+    "every-op-type-excluded": (
+        Variant(name="int8-no-ops", kind=VariantKind.INT8, op_types_to_exclude=(*YOLOV5N_OPS_BUT_SHAPE, "Shape")),
+        "variant 'int8-no-ops' of model yolov5n-coco, key 'op_types_to_exclude': it leaves none of the model's 515 "
+        "nodes to convert to INT8; exclude less."),
+    "fp16-excluding-everything": (
+        Variant(name="fp16-none", kind=VariantKind.FP16, nodes_to_exclude=("/model", "/Concat"),
+                op_types_to_exclude=("Constant",)),
+        "variant 'fp16-none' of model yolov5n-coco, key 'op_types_to_exclude + nodes_to_exclude': together they "
+        "leave none of the model's 515 nodes to convert to FP16; exclude less."),
+}
+
+
+@pytest.mark.parametrize("case", list(NO_OP_VARIANTS))
+def test_options_that_name_nothing_or_leave_nothing_fail_before_modelopt_runs(
+        case: str, models: dict[str, ModelInfo], calib8: CalibrationSet, cache: ArtifactCache,
+        monkeypatch: pytest.MonkeyPatch):
+    import modelopt.onnx.autocast as autocast
+    import modelopt.onnx.quantization as mq
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("ModelOpt ran for a variant that should have been refused")
+
+    monkeypatch.setattr(mq, "quantize", refuse)
+    monkeypatch.setattr(autocast, "convert_to_mixed_precision", refuse)
+    variant, message = NO_OP_VARIANTS[case]
+    with pytest.raises(QuantizeError) as refused:
+        quantize_variant(models["yolov5n-coco"], variant, calib8, cache)
+    assert str(refused.value) == message
+    assert not (cache.root / "variants").exists()
+
+
+@pytest.mark.slow
+def test_an_fp16_build_that_converts_nothing_is_a_failed_build(models: dict[str, ModelInfo], calib2: CalibrationSet,
+                                                               cache: ArtifactCache):
+    # Only the Shape nodes are left to AutoCast: it feeds them through Casts and computes nothing in FP16.
+    variant = Variant(name="fp16-shapes-only", kind=VariantKind.FP16, op_types_to_exclude=YOLOV5N_OPS_BUT_SHAPE)
+    with pytest.raises(QuantizeError, match=r"^ModelOpt AutoCast converted no node of variant 'fp16-shapes-only' of "
+                                            r"model yolov5n-coco to FP16 \(options op_types_to_exclude="):
+        quantize_variant(models["yolov5n-coco"], variant, calib2, cache)
+    assert list((cache.root / "variants").glob("*.onnx")) == []  # nothing published: the next run fails again
+
+
+def test_an_int8_build_without_a_quantized_node_is_a_failed_build(models: dict[str, ModelInfo]):
+    from quantbench.quantize import _check_built
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    plain = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g", [x], [y]))
+    with pytest.raises(QuantizeError, match="ModelOpt quantized no node of variant 'int8-max' of model yolov5n-coco "
+                                            r"\(options defaults\): the build would be the FP model under an INT8 name"):
+        _check_built(plain, models["yolov5n-coco"], INT8_MAX)
+
+
+@pytest.mark.slow
+def test_modelopt_itself_raising_is_a_failed_build_of_that_variant(models: dict[str, ModelInfo],
+                                                                   calib8: CalibrationSet, cache: ArtifactCache):
+    """A real ModelOpt failure, no injection: per-node calibration of a dynamic-batch model."""
+    variant = Variant(name="int8-per-node", kind=VariantKind.INT8, calibrate_per_node=True)
+    with pytest.raises(QuantizeError) as failed:
+        quantize_variant(models["yolov5n-coco"], variant, calib8, cache)
+    assert str(failed.value) == (
+        "ModelOpt failed to build variant 'int8-per-node' of model yolov5n-coco (Exception: Incomplete symbolic shape "
+        "inference); check the variant's options in the variant table; ModelOpt's log above has the details.")
+    import traceback
+
+    raised_in = [frame.filename for frame in traceback.extract_tb(failed.value.__cause__.__traceback__)]
+    assert any("/modelopt/onnx/" in name for name in raised_in)  # raised inside ModelOpt itself
+    assert list((cache.root / "variants").glob("*.onnx")) == []
+    # ModelOpt left its per-node calibrator patches in ONNX Runtime; the next variant must still build.
+    after = quantize_variant(models["yolov5n-coco"], INT8_MAX, calib8, cache)
+    assert not after.cached and after.quantized_nodes > 50
+
+
+def test_the_record_says_how_many_calibration_images_were_used(models: dict[str, ModelInfo], calib8: CalibrationSet,
+                                                                session_cache: ArtifactCache):
+    build = quantize_variant(models["yolo11n"], INT8_HEAD, calib8, session_cache)  # the table says 128
+    assert INT8_HEAD.calib_images == 128
+    assert build.options["calib_images"] == 8 == build.options["calibration"]["num_images"]

@@ -132,3 +132,24 @@ def test_latency_stats_summarise_raw_samples():
     assert LatencyStats.from_samples([5.0]).stddev_ms == 0.0
     with pytest.raises(ValueError, match="no latency samples"):
         LatencyStats.from_samples([])
+
+
+def test_ledgers_of_killed_sessions_are_removed_and_kept_or_live_ones_stay(tmp_path: Path):
+    import subprocess
+    import sys
+
+    from quantbench.cache import atomic_write_text, owner_tag
+
+    store = ResultsStore(ArtifactCache(tmp_path / "cache"))
+    live, killed, kept = store.ledger("live"), store.ledger("killed"), store.ledger("kept")
+    for ledger in (live, killed, kept):
+        ledger.add_eval(_eval(), computed=True, variant_options={}, process="serial")
+        ledger.claim()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_tag = f"{gone.stdout.strip()}-{owner_tag().split('-')[1]}"  # a process of this machine that has ended
+    for ledger in (killed, kept):
+        atomic_write_text(ledger.root / ledger.OWNER, dead_tag)
+    kept.keep("the report could not be written")
+    assert store.remove_orphan_ledgers() == [killed.root]
+    assert live.root.is_dir() and kept.root.is_dir() and not killed.root.exists()
+    assert [e.variant for e in kept.read().evals] == ["int8-max"]  # a kept ledger still reads back whole

@@ -197,3 +197,25 @@ def test_memory_increase_is_checked_where_measured():
         check_memory(t, 112 * mib, 100 * mib)
         == "GPU memory +12.0 % > +10.0 % allowed (112.0 MiB vs baseline fp16 100.0 MiB)"
     )
+
+
+def test_a_model_table_spelled_like_a_model_of_the_run_is_an_error(tmp_path: Path):
+    path = tmp_path / "thresholds.toml"
+    path.write_text("[model.yolov5n_coco]\nmax_abs_drop = 0.0001\n")  # underscore: would be silently unused
+    with pytest.raises(ConfigError, match=r"\[model.yolov5n_coco\] matches no model of this run but is spelled like "
+                                          r"model 'yolov5n-coco', so it would be ignored; rename it to "
+                                          r"\[model.yolov5n-coco\]") as err:
+        Thresholds.load(path).check_models(["yolov5n-coco"])
+    assert str(path) in str(err.value)
+    assert Thresholds.load(path).check_models(["YOLOv5n.coco", "yolov5n_coco"]) == []  # its own model: fine
+
+
+def test_model_tables_for_other_runs_are_a_warning_naming_the_models_of_the_run(tmp_path: Path):
+    path = tmp_path / "thresholds.toml"
+    path.write_text("[model.yolo11n]\nmin_speedup = { tensorrt = 1.33 }\n[model.yolo11s]\nmax_abs_drop = 0.02\n")
+    thresholds = Thresholds.load(path)
+    assert thresholds.check_models(["yolo11n"]) == [
+        f"{path}: [model.yolo11s] applies to no model of this run (yolo11n); its thresholds are ignored here "
+        "(a table for other runs is fine; check the name if not)."]
+    assert len(thresholds.check_models(["yolov5n-coco"])) == 2
+    assert thresholds.check_models(["yolo11n", "yolo11s"]) == []

@@ -200,6 +200,10 @@ BAD_TABLES = {
         '[[variant]]\nname = "v"\nkind = "int8"\nmodels = ["models/yolo11n-coco.onnx"]\n',
         r"variant 'v', key 'models': 'models/yolo11n-coco.onnx' is not a model name or glob",
     ),
+    "op type both quantized and excluded": (
+        '[[variant]]\nname = "v"\nkind = "int8"\nop_types_to_quantize = ["Conv", "Add"]\nop_types_to_exclude = ["Conv"]\n',
+        r"variant 'v', key 'op_types_to_exclude': Conv is also in op_types_to_quantize",
+    ),
 }
 
 

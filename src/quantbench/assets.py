@@ -44,6 +44,20 @@ def assets_root() -> Path | None:
     return root.resolve()
 
 
+def absolute_environment() -> dict[str, str]:
+    """``QUANTBENCH_ASSETS`` and ``QUANTBENCH_CACHE`` as absolute paths, for a child process.
+
+    A relative value means "relative to where I started": a child started in another folder (the
+    bench's build phase runs in the repository root) must get it resolved here, not there.
+    """
+    resolved = {}
+    for name in (ASSETS_ENV, CACHE_ENV):
+        value = os.environ.get(name, "").strip()
+        if value:
+            resolved[name] = str(Path(value).expanduser().resolve())
+    return resolved
+
+
 def cache_root() -> Path:
     """``$QUANTBENCH_CACHE``, else ``$XDG_CACHE_HOME/quantbench``, else ``~/.cache/quantbench``."""
     explicit = os.environ.get(CACHE_ENV, "").strip()

@@ -13,14 +13,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
+import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
+
+from .errors import OutputError
 
 _CHUNK = 1 << 20
 # mkstemp creates files 0600; published artefacts and reports get the usual umask-based mode.
@@ -29,6 +36,62 @@ os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
 _file_hash_memo: dict[tuple[str, int, int], str] = {}
 _DIGESTS_KIND, _DIGESTS_VERSION = "digests", 1
+# Temporary files and scratch folders carry "<pid>-<host hash>" of the process that made them, so a
+# later start-up can tell the leftovers of a killed process from another process's work in progress.
+_OWNER_RE = re.compile(r"(\d+)-([0-9a-f]{8})")
+# Leftovers from before owners were named: removed once they are this old.
+_UNOWNED_STALE_S = 24 * 3600
+
+log = logging.getLogger(__name__)
+
+
+def owner_tag() -> str:
+    """``<pid>-<host hash>``: who is writing a temporary file, a scratch folder or a run ledger."""
+    return f"{os.getpid()}-{_host_hash()}"
+
+
+def _host_hash() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def owner_is_gone(tag: str) -> bool:
+    """True when ``tag`` names a process of this machine that no longer runs (other machines: False)."""
+    match = _OWNER_RE.fullmatch(tag.strip())
+    if match is None or match.group(2) != _host_hash():
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by someone else
+        return False
+    return False
+
+
+def _is_stale(path: Path, tag: str | None) -> bool:
+    if tag is not None:
+        return owner_is_gone(tag)
+    with contextlib.suppress(FileNotFoundError):
+        return time.time() - path.lstat().st_mtime > _UNOWNED_STALE_S
+    return False
+
+
+@contextlib.contextmanager
+def owned_scratch_dir(prefix: str) -> Iterator[Path]:
+    """A temporary folder named after this process, removed on exit (`remove_stale_scratch` takes a killed one's)."""
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{owner_tag()}-") as name:
+        yield Path(name)
+
+
+def remove_stale_scratch(prefix: str) -> list[Path]:
+    """Remove the scratch folders (`owned_scratch_dir`) that processes killed on this machine left behind."""
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        match = _OWNER_RE.match(folder.name[len(prefix):])
+        if folder.is_dir() and _is_stale(folder, match.group(0) if match else None):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -75,11 +138,43 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def ensure_writable_dir(folder: str | os.PathLike[str], *, what: str) -> Path:
+    """Create ``folder`` if needed and prove a file can be written in it; OutputError otherwise.
+
+    Called before any work, so that a run never measures for minutes and then loses its results
+    to a folder it cannot write (the check writes and removes a temporary file: permission bits
+    say nothing for root, read-only mounts or a path under a regular file).
+    """
+    target = Path(folder).expanduser()
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"{what} {target} is a file, not a folder; pass a folder path.")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with _temp_path_beside(target / "write-check"):
+            pass
+    except OSError as exc:
+        raise OutputError(
+            f"{what} {target} cannot be written ({exc.strerror or exc}); pass a folder you can write to."
+        ) from None
+    return target
+
+
+def check_output_file(path: str | os.PathLike[str], *, what: str) -> Path:
+    """``path`` can be written as a file (its folder is created); OutputError naming it otherwise."""
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise OutputError(f"{what} {target} is a folder; pass a file path such as {target / 'result.json'}.")
+    ensure_writable_dir(target.parent, what=f"the folder of {what}")
+    return target
+
+
 @contextlib.contextmanager
 def _temp_path_beside(target: Path) -> Iterator[Path]:
     """A fresh temporary path in ``target``'s folder (same filesystem, so replace is atomic)."""
-    # The temporary name keeps the artefact's suffix: some writers (ModelOpt, onnx) look at it.
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    # The temporary name keeps the artefact's suffix (some writers, ModelOpt and onnx, look at it)
+    # and names its owner (see `ArtifactCache.remove_stale_files`).
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.{owner_tag()}.", suffix=f".tmp{target.suffix}",
+                                dir=target.parent)
     os.close(fd)
     tmp = Path(name)
     os.chmod(tmp, _FILE_MODE)
@@ -110,8 +205,27 @@ class CacheEntry:
 class ArtifactCache:
     """Content-addressed, lock-protected store of build artefacts under one root folder."""
 
-    def __init__(self, root: str | os.PathLike[str]):
+    def __init__(self, root: str | os.PathLike[str], *, on_wait: Callable[[str], None] | None = None):
         self.root = Path(root).expanduser()
+        # Told, once per wait, what this process waits for when another one holds a build's lock.
+        self.on_wait = on_wait or (lambda message: log.warning("%s", message))
+
+    def remove_stale_files(self) -> list[Path]:
+        """Remove the temporary files that processes killed on this machine left in the cache.
+
+        A killed build leaves its private temporary file (``.<artefact>.<owner>.<random>.tmp<suffix>``,
+        often 0 bytes) beside where the artefact would have been published; it is never read (only
+        published names are), but it would pile up. Files of live processes and of other machines
+        sharing the cache are left alone.
+        """
+        removed = []
+        for tmp in self.root.glob("*/.*.tmp*") if self.root.is_dir() else ():
+            match = _OWNER_RE.search(tmp.name)
+            if tmp.is_file() and _is_stale(tmp, match.group(0) if match else None):
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                    removed.append(tmp)
+        return removed
 
     def read_only(self) -> ArtifactCache:
         """A view of the same cache that never builds: `get_or_build` raises `ArtifactMissing` instead.
@@ -157,19 +271,22 @@ class ArtifactCache:
         key: str,
         suffix: str,
         build: Callable[[Path], dict[str, Any] | None],
+        *,
+        label: str | None = None,
     ) -> CacheEntry:
         """Return the artefact for ``key``, building it once if absent.
 
         ``build(tmp_path)`` writes the artefact to ``tmp_path`` and returns JSON-able metadata.
         If it raises, nothing is published and the exception propagates unchanged; the next call
-        tries again.
+        tries again. ``label`` says what the artefact is (``ModelOpt build of m/v``) in the message
+        `on_wait` gets while another process holds its lock.
         """
         found = self.lookup(kind, key, suffix)
         if found is not None:
             return found
         path = self.path_for(kind, key, suffix)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
+        with self._locked(path, label or f"{kind}/{path.name}"):
             found = self.lookup(kind, key, suffix)  # another process may have built it meanwhile
             if found is not None:
                 return found
@@ -181,10 +298,25 @@ class ArtifactCache:
             atomic_write_json(path.with_name(path.name + ".json"), meta)
             return CacheEntry(path, meta, built=True)
 
+    @contextlib.contextmanager
+    def _locked(self, path: Path, label: str) -> Iterator[None]:
+        lock = FileLock(str(path) + ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            self.on_wait(f"waiting for another process to finish the {label} ({path.name}.lock is held)")
+            started = time.perf_counter()
+            lock.acquire()
+            self.on_wait(f"done waiting for the {label} ({time.perf_counter() - started:.1f} s)")
+        try:
+            yield
+        finally:
+            lock.release()
+
 
 class _ReadOnlyArtifactCache(ArtifactCache):
     def get_or_build(self, kind: str, key: str, suffix: str,
-                     build: Callable[[Path], dict[str, Any] | None]) -> CacheEntry:
+                     build: Callable[[Path], dict[str, Any] | None], *, label: str | None = None) -> CacheEntry:
         found = self.lookup(kind, key, suffix)
         if found is None:
             raise ArtifactMissing(kind, key)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import ConfigError, QuantbenchError
+from .errors import BackendError, ConfigError, OutputError, QuantbenchError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -54,10 +54,35 @@ def _emit(args: argparse.Namespace, text: str) -> None:
 
 
 def _cache(args: argparse.Namespace):
+    """The artefact cache; on first use, what killed runs left in it and in the temp dir is removed."""
     from .assets import cache_root
-    from .cache import ArtifactCache
+    from .cache import ArtifactCache, remove_stale_scratch
+    from .quantize import SCRATCH_PREFIX
 
-    return ArtifactCache(args.cache_dir or cache_root())
+    cache = ArtifactCache(args.cache_dir or cache_root())
+    if not getattr(args, "cache_cleaned", False):
+        cache.remove_stale_files()
+        remove_stale_scratch(SCRATCH_PREFIX)
+        args.cache_cleaned = True
+    return cache
+
+
+# The source checkout this module runs from (an editable install): defaults are found there too.
+_CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def _table_path(given: str | None, default: Path, option: str, what: str) -> Path:
+    """``given``, else ``default`` in the current folder, else in the source checkout; one sentence if missing."""
+    if given:
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{what} {path} ({option}) does not exist; pass an existing file to {option}.")
+        return path
+    for path in (default, _CHECKOUT / default):
+        if path.is_file():
+            return path
+    raise ConfigError(f"no {what}: {default} is neither in the current folder nor in {_CHECKOUT}; "
+                      f"pass one with {option} PATH.")
 
 
 def _model(args: argparse.Namespace):
@@ -68,15 +93,20 @@ def _model(args: argparse.Namespace):
 
 
 def _variant(args: argparse.Namespace):
+    """The --variant of the table, with --calib-images applied (so its record says what was used)."""
+    import dataclasses
+
     from .variants import DEFAULT_VARIANTS, load_variants
 
-    table = {v.name: v for v in load_variants(Path(args.variants_file or DEFAULT_VARIANTS))}
+    path = _table_path(args.variants_file, DEFAULT_VARIANTS, "--variants-file", "variant table")
+    table = {v.name: v for v in load_variants(path)}
     if args.variant not in table:
-        raise ConfigError(
-            f"variant {args.variant!r} is not in {args.variants_file or DEFAULT_VARIANTS}; "
-            f"choose one of {', '.join(table)}."
-        )
-    return table[args.variant]
+        raise ConfigError(f"variant {args.variant!r} is not in {path}; choose one of {', '.join(table)} "
+                          "or pass another table with --variants-file.")
+    variant = table[args.variant]
+    if args.calib_images and variant.needs_calibration:
+        variant = dataclasses.replace(variant, calib_images=args.calib_images)
+    return variant
 
 
 def _calibration(args: argparse.Namespace, num_images: int, size: int = 640):
@@ -92,15 +122,15 @@ def _variant_onnx(args: argparse.Namespace):
     """Base model, or the requested variant of it built through ModelOpt (cached)."""
     from .quantize import quantize_variant
 
+    variant = _variant(args) if args.variant else None  # the table is checked before a model is fetched
     model = _model(args)
-    if not args.variant:
+    if variant is None:
         return model, None
-    variant = _variant(args)
     if not variant.applies_to(model.name):
         raise ConfigError(f"{variant.skip_reason(model.name)}; choose a variant meant for {model.name}.")
     calib = None
     if variant.needs_calibration:
-        calib = _calibration(args, args.calib_images or variant.calib_images, model.input_size)
+        calib = _calibration(args, variant.calib_images, model.input_size)
     return model, quantize_variant(model, variant, calib, _cache(args))
 
 
@@ -130,11 +160,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .assets import default_eval_data
     from .backends import BuildOptions, resolve_backend
-    from .cache import atomic_write_json
+    from .cache import atomic_write_json, check_output_file
     from .dataset import CocoDataset
     from .evaluate import evaluate
     from .records import to_dict
 
+    if args.json:  # checked before the evaluation, which may take minutes
+        check_output_file(args.json, what="--json file")
     model, build = _variant_onnx(args)
     onnx_path = Path(build.onnx_path) if build else model.path
     backend_cls, fallback = resolve_backend(args.backend)
@@ -142,14 +174,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         logging.getLogger("quantbench").warning("TensorRT not used (%s): using ONNX Runtime.", fallback)
     backend = backend_cls()
     dataset = CocoDataset.load(Path(args.data) if args.data else default_eval_data(), limit=args.limit)
-    engine = backend.build(onnx_path, BuildOptions(batch_sizes=(args.batch_size,)), _cache(args))
-    with backend.open(engine) as runner:
-        result = evaluate(runner, dataset, model=model.name, variant=args.variant or "base",
-                          batch_size=args.batch_size, untrained=model.untrained, imgsz=model.input_size,
-                          progress=not args.quiet)
-    data = to_dict(result)
-    if args.json:
-        atomic_write_json(args.json, data)
+    try:
+        engine = backend.build(onnx_path, BuildOptions(batch_sizes=(args.batch_size,)), _cache(args))
+        with backend.open(engine) as runner:
+            result = evaluate(runner, dataset, model=model.name, variant=args.variant or "base",
+                              batch_size=args.batch_size, untrained=model.untrained, imgsz=model.input_size,
+                              progress=not args.quiet)
+    except BackendError as exc:  # its message names a cache file: say which variant that is
+        raise type(exc)(f"{backend.kind.value} cannot run variant {args.variant or 'base'!r} of model "
+                        f"{model.name}: {exc}") from None
     m, t = result.metrics, result.timing
     note = "  (untrained model: random weights, this mAP means nothing)" if result.untrained else ""
     _emit(args, f"{result.model} {result.variant} on {result.backend}: mAP50-95 {m.map50_95:.4f}  "
@@ -157,18 +190,41 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if result.skipped_images:
         _emit(args, f"skipped {len(result.skipped_images)} unreadable images: {', '.join(result.skipped_images[:5])}")
     _emit(args, f"inference {t.inference_s:.2f} s, total {t.total_s:.2f} s ({t.images_per_s:.1f} images/s)")
+    if args.json:
+        try:  # the results are printed first: a folder that broke since the start loses nothing measured
+            atomic_write_json(args.json, to_dict(result))
+        except OSError as exc:
+            raise OutputError(f"could not write --json file {args.json} ({exc.strerror or exc}); the result "
+                              "is printed above, pass a --json path you can write to.") from None
     return 0
 
 
 def cmd_select(args: argparse.Namespace) -> int:
     from .report import format_selection_table, write_report
-    from .selection import records_from_benchmark_json, select
+    from .selection import failures_from_benchmark_json, records_from_benchmark_json, select
     from .thresholds import Thresholds
 
-    evals, latencies, options = records_from_benchmark_json([Path(p) for p in args.json_files])
-    thresholds = Thresholds.load(Path(args.thresholds))
+    from .results_store import RunLedger
+
+    ledgers = [Path(p) for p in args.json_files if Path(p).is_dir()]
+    files = [Path(p) for p in args.json_files if not Path(p).is_dir()]
+    evals, latencies, options = records_from_benchmark_json(files) if files else ([], [], {})
+    failures = failures_from_benchmark_json(files)
+    timed = {(r.model, r.variant) for r in latencies}
+    failures = {k: why for k, why in failures.items() if k not in timed}  # a later file timed it after all
+    for folder in ledgers:  # a bench run's records kept in the cache (its report could not be written)
+        records = RunLedger(folder).read()
+        if not (records.evals or records.latencies or records.failures):
+            raise ConfigError(f"{folder} holds no quantbench run records; pass a benchmark JSON or a kept run folder.")
+        evals += records.evals
+        latencies += records.latencies
+        options.update(records.variant_options)
+        failures.update(records.failures)
+    thresholds = Thresholds.load(_table_path(args.thresholds, Path("thresholds.toml"), "--thresholds", "thresholds file"))
+    for warning in thresholds.check_models(sorted({r.model for r in (*evals, *latencies)})):
+        print(f"quantbench: warning: {warning}", file=sys.stderr)
     selections = select(evals, latencies, thresholds, reference_batch=args.reference_batch,
-                        variant_options=options)
+                        variant_options=options, failures=failures)
     for selection in selections:
         _emit(args, format_selection_table(selection))
     if args.report_dir:
@@ -298,9 +354,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
-def _variant_opts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--variant", help="variant name from the variants table (default: the base model)")
-    p.add_argument("--variants-file", help="variant table (default: bench/variants.toml)")
+def _variant_opts(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    p.add_argument("--variant", required=required, help="variant name from the variants table"
+                   + ("" if required else " (default: the base model)"))
+    p.add_argument("--variants-file", help="variant table (default: bench/variants.toml here or in the checkout)")
     p.add_argument("--calib-data", help="calibration images: a COCO folder or a folder of images")
     p.add_argument("--calib-images", type=positive_int, help="number of calibration images")
     p.add_argument("--seed", type=int, default=0, help="seed for choosing calibration images")
@@ -325,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="build one variant ONNX with ModelOpt (cached)")
     _common(p)
-    _variant_opts(p)
+    _variant_opts(p, required=True)
     p.set_defaults(handler=cmd_quantize)
 
     p = sub.add_parser("eval", help="COCO mAP of a model or one of its variants")
@@ -339,8 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_eval)
 
     p = sub.add_parser("select", help="rank saved pytest-benchmark JSON runs and name the winner")
-    p.add_argument("json_files", nargs="+", help="pytest-benchmark --benchmark-json files")
-    p.add_argument("--thresholds", default="thresholds.toml")
+    p.add_argument("json_files", nargs="+", help="pytest-benchmark --benchmark-json files, or run folders a bench "
+                   "session kept in its cache (<cache>/runs/<id>) when it could not write its report")
+    p.add_argument("--thresholds", help="pass/fail criteria (default: thresholds.toml here or in the checkout)")
     p.add_argument("--reference-batch", type=positive_int, default=1)
     p.add_argument("--report-dir", help="also write report.md, selection.json and pareto.png here")
     p.set_defaults(handler=cmd_select)
@@ -397,8 +455,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_echoes() -> None:
+    """ModelOpt prints its log lines itself: the root handler does not print them a second time."""
+    from .quantize import ModelOptEcho
+
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, ModelOptEcho) for f in handler.filters):
+            handler.addFilter(ModelOptEcho())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_echoes()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv

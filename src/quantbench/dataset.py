@@ -12,10 +12,13 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cache import hash_key, sha256_file
 from .errors import DataError
+
+if TYPE_CHECKING:
+    from .cache import ArtifactCache
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 ANNOTATIONS_FILE = "instances.json"
@@ -103,9 +106,20 @@ class CocoDataset:
             class_names=tuple(str(c["name"]) for c in categories),
         )
 
-    def fingerprint(self) -> str:
-        """Stable id of exactly what is evaluated: the annotations' bytes and the image selection."""
-        return hash_key(sha256_file(self.annotations), self.image_ids, [f.name for f in self.files])
+    def fingerprint(self, cache: ArtifactCache | None = None) -> str:
+        """Stable id of exactly what an evaluation reads: the annotations' bytes, the image selection
+        and every image file's bytes (a missing file counts as missing).
+
+        Image bytes belong in it: an image rotated or replaced in place under the same name changes
+        the mAP (and the skipped-image count) without changing the annotations. With ``cache`` the
+        digests are remembered by (path, size, mtime, inode) like the calibration keys', so a second
+        session stats the files instead of reading them; without it every file is read.
+        """
+        present = [f for f in self.files if f.is_file()]
+        digests = cache.file_digests(present) if cache is not None else [sha256_file(f) for f in present]
+        by_file = dict(zip(present, digests))
+        contents = [by_file.get(f) for f in self.files]  # None: missing, so skipped by the evaluation
+        return hash_key(sha256_file(self.annotations), self.image_ids, [f.name for f in self.files], contents)
 
 
 def read_instances(path: Path) -> dict[str, Any]:

@@ -28,6 +28,10 @@ class ConfigError(QuantbenchError):
     """A configuration table (variants.toml, thresholds.toml, CLI option) has a bad key or value."""
 
 
+class OutputError(QuantbenchError):
+    """A place where results are to be written (a report folder, a --json file) cannot be written."""
+
+
 class QuantizeError(QuantbenchError):
     """ModelOpt failed to produce a variant."""
 

@@ -18,13 +18,12 @@ ModelOpt / ONNX Runtime / ONNX versions; ``ArtifactCache`` publishes atomically 
 from __future__ import annotations
 
 import contextlib
-
+import difflib
 import logging
 import re
 import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from .cache import ArtifactCache, hash_key, sha256_file
+from .cache import ArtifactCache, hash_key, owned_scratch_dir, sha256_file
 from .errors import ModelError, QuantizeError
 from .export import ModelInfo, validate_onnx
 from .records import VariantBuild
@@ -44,6 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_KIND = "variants"
+# ModelOpt's scratch folders in the temp dir (named after their process: `cache.remove_stale_scratch`).
+SCRATCH_PREFIX = "quantbench-modelopt-"
 # Calibration runs on the CPU EP everywhere: EP-independent scales and no cuDNN/TensorRT EP
 # surprises inside ModelOpt's sessions (Ultralytics does the same for the same reasons).
 CALIBRATION_EPS = ("cpu",)
@@ -62,6 +63,52 @@ def _tool_versions() -> dict[str, str]:
     import onnxruntime
 
     return {"modelopt": modelopt_version(), "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__}
+
+
+# ---------------------------------------------------------------------------------------------
+# ModelOpt's logging
+
+# ModelOpt asks NVML for the GPU count at every INT8 calibration and logs an ERROR where there is no
+# NVIDIA driver, then calibrates on the CPU as it was asked to: on a CPU-only machine that is noise.
+_NVML_ABSENT = "Failed to get GPU count: NVML Shared Library Not Found"
+_MODELOPT_LOGGERS = ("modelopt.onnx", "modelopt.onnx.autocast", "modelopt.onnx.quantization")
+
+
+class _DropNvmlAbsent(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _NVML_ABSENT not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_modelopt_logs() -> Iterator[None]:
+    """Drop ModelOpt's "no NVML" ERROR while it builds; every other message, errors included, passes."""
+    loggers = [logging.getLogger(name) for name in _MODELOPT_LOGGERS]
+    noise = _DropNvmlAbsent()
+    for logger in loggers:  # logger filters survive ModelOpt's configure_logging, which swaps handlers
+        logger.addFilter(noise)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(noise)
+
+
+class ModelOptEcho(logging.Filter):
+    """For a root handler: drop ModelOpt records that ModelOpt's own handler already printed.
+
+    ``modelopt.onnx`` installs a stdout handler of its own at every ``quantize()`` call and lets
+    records propagate to the root too, so each ModelOpt line would appear twice.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("modelopt"):
+            return True
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None and logger is not logging.root:
+            if logger.handlers:
+                return False
+            logger = logger.parent
+        return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,6 +229,40 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
+# What ModelOpt's `patch_ort_modules(calibrate_per_node=True)` replaces in ONNX Runtime's calibrators;
+# a later build without per-node calibration restores only some of them (nvidia-modelopt 0.47).
+_PER_NODE_PATCHED = {
+    "MinMaxCalibrater": ("augment_graph", "collect_data", "compute_data", "merge_range"),
+    "HistogramCalibrater": ("augment_graph", "collect_data"),
+    "HistogramCollector": ("collect", "collect_value", "collect_absolute_value"),
+}
+
+
+@contextlib.contextmanager
+def _ort_calibrators_restored() -> Iterator[None]:
+    """Put ONNX Runtime's calibrator methods back as they were once ModelOpt returns.
+
+    Measured: after one ``calibrate_per_node = true`` build, every later INT8 build in the process
+    failed inside ModelOpt (``_compute_data_minmax_calibrator``: "The truth value of an array with
+    more than one element is ambiguous"), because the per-node ``augment_graph`` stayed patched.
+    One variant's options must not break the next variant's build.
+    """
+    from onnxruntime.quantization import calibrate
+
+    saved = {(name, attr): getattr(calibrate, name).__dict__.get(attr)
+             for name, attrs in _PER_NODE_PATCHED.items() for attr in attrs}
+    try:
+        yield
+    finally:
+        for (name, attr), original in saved.items():
+            cls = getattr(calibrate, name)
+            if original is None:
+                if attr in cls.__dict__:
+                    delattr(cls, attr)
+            else:
+                setattr(cls, attr, original)
+
+
 def _run_int8(src: Path, out: Path, model: ModelInfo, variant: Variant, data: np.ndarray, excluded: Sequence[str]) -> None:
     from modelopt.onnx.quantization import quantize
 
@@ -238,15 +319,124 @@ def _fp32_build(model: ModelInfo, variant: Variant) -> VariantBuild:
     )
 
 
+def check_against_model(base: onnx.ModelProto, model: ModelInfo, variant: Variant) -> None:
+    """Refuse, before ModelOpt runs, options that name nothing in this model or leave nothing to convert.
+
+    ModelOpt ignores a ``nodes_to_exclude`` pattern that matches no node and an
+    ``op_types_to_quantize`` list the model has none of, and happily builds a variant with every node
+    excluded: each would be a variant that silently is not what its table says. (Some listed op
+    types missing is fine: one list may serve models with different ops.)
+    """
+    def fail(key: str, problem: str) -> QuantizeError:
+        return QuantizeError(f"variant {variant.name!r} of model {model.name}, key {key!r}: {problem}")
+
+    names = [n.name for n in base.graph.node]
+    for pattern in variant.nodes_to_exclude:
+        if not matching_nodes(base, [pattern]):
+            near = difflib.get_close_matches(pattern, names, n=1, cutoff=0.6)
+            hint = f" (a node is named {near[0]!r})" if near else ""
+            raise fail("nodes_to_exclude", f"{pattern!r} matches no node of the model{hint}; patterns are "
+                       "regular expressions matched from the start of the node name (ONNX names start with '/').")
+    op_types = {n.op_type for n in base.graph.node}
+    absent = [op for op in variant.op_types_to_quantize if op not in op_types]
+    if absent and len(absent) == len(variant.op_types_to_quantize):
+        raise fail("op_types_to_quantize", f"the model has no {', '.join(absent)} node; its op types are "
+                   f"{', '.join(sorted(op_types))}.")
+    if absent:  # a list written for several models (YOLO11's Softmax, YOLOv5's ...): the rest still applies
+        log.warning("variant %s of model %s: op_types_to_quantize %s not in the model", variant.name, model.name,
+                    ", ".join(absent))
+    excluded = set(_excluded_nodes(base, variant))
+    left = [n for n in base.graph.node if n.name not in excluded and n.op_type not in variant.op_types_to_exclude
+            and (not variant.op_types_to_quantize or n.op_type in variant.op_types_to_quantize)]
+    if not left:
+        keys = [k for k in variant.options() if variant.options()[k] and k in
+                ("nodes_to_exclude", "op_types_to_exclude", "exclude_head", "op_types_to_quantize")]
+        subject = "together they leave" if len(keys) > 1 else "it leaves"
+        raise fail(" + ".join(keys) or "kind", f"{subject} none of the model's {len(names)} nodes to convert to "
+                   f"{variant.kind.value.upper()}; exclude less.")
+
+
+def _check_built(built: onnx.ModelProto, model: ModelInfo, variant: Variant) -> int:
+    """Quantized-node count of a finished build; QuantizeError when it converted nothing at all."""
+    if variant.kind is VariantKind.INT8:
+        quantized = count_quantized_nodes(built)
+        if quantized == 0:
+            raise QuantizeError(
+                f"ModelOpt quantized no node of variant {variant.name!r} of model {model.name} (options "
+                f"{_short_options(variant)}): the build would be the FP model under an INT8 name; quantize "
+                "op types ModelOpt supports (Conv, MatMul, ...) or exclude less."
+            )
+        return quantized
+    if count_fp16_nodes(built) == 0:
+        raise QuantizeError(
+            f"ModelOpt AutoCast converted no node of variant {variant.name!r} of model {model.name} to FP16 "
+            f"(options {_short_options(variant)}); exclude less."
+        )
+    return 0
+
+
+def count_fp16_nodes(model: onnx.ModelProto) -> int:
+    """Nodes that compute on float16 values: zero means an FP16 build runs nothing in FP16.
+
+    Casts, constants and shape reads are not counted: AutoCast inserts Casts to feed a Shape node
+    even when every compute node was kept in FP32.
+    """
+    inferred = onnx.shape_inference.infer_shapes(model)
+    g = inferred.graph
+    fp16 = onnx.TensorProto.FLOAT16
+    types = {v.name: v.type.tensor_type.elem_type for v in (*g.value_info, *g.input, *g.output)}
+    types.update({t.name: t.data_type for t in g.initializer})
+    for node in g.node:  # Cast outputs have their type in the node itself
+        if node.op_type == "Cast":
+            types.update({out: a.i for out in node.output for a in node.attribute if a.name == "to"})
+    not_compute = _SHAPE_ONLY_OPS | {"Cast", "Constant"}
+    return sum(1 for n in g.node if n.op_type not in not_compute and any(types.get(i) == fp16 for i in n.input))
+
+
+def _short_options(variant: Variant) -> str:
+    keys = ("nodes_to_exclude", "op_types_to_exclude", "op_types_to_quantize", "exclude_head")
+    shown = {k: v for k, v in variant.options().items() if k in keys and v}
+    return ", ".join(f"{k}={v!r}" for k, v in shown.items()) or "defaults"
+
+
+def _run_modelopt(model: ModelInfo, variant: Variant, data: np.ndarray, excluded: Sequence[str], tmp: Path) -> None:
+    """ModelOpt on a private copy in a scratch folder; the result is copied to ``tmp``."""
+    with owned_scratch_dir(SCRATCH_PREFIX) as scratch, quiet_modelopt_logs():
+        src = scratch / "model.onnx"  # ModelOpt's private copy: it overwrites and litters beside it
+        shutil.copyfile(model.path, src)
+        out = scratch / "variant.onnx"
+        log.info("building %s/%s with ModelOpt (%d calibration images)", model.name, variant.name, len(data))
+        try:
+            with contextlib.chdir(scratch):  # some ModelOpt paths write temporaries into the cwd
+                if variant.kind is VariantKind.INT8:
+                    with _ort_calibrators_restored():
+                        _run_int8(src, out, model, variant, data, excluded)
+                else:
+                    _run_fp16(src, out, model, variant, data, excluded, scratch)
+        except Exception as exc:  # ModelOpt raises anything (AssertionError, ORT Fail, ValueError)
+            raise QuantizeError(
+                f"ModelOpt failed to build variant {variant.name!r} of model {model.name} ({_first_line(exc)}); "
+                "check the variant's options in the variant table; ModelOpt's log above has the details."
+            ) from exc
+        if not out.is_file():
+            raise QuantizeError(
+                f"ModelOpt wrote no output for variant {variant.name!r} of model {model.name}; "
+                "check the variant's options (did they exclude every node?)."
+            )
+        shutil.copyfile(out, tmp)
+
+
 def quantize_variant(
     model: ModelInfo, variant: Variant, calib: CalibrationSet | None, cache: ArtifactCache
 ) -> VariantBuild:
     """Build (or find in ``cache``) the ONNX of ``variant`` for ``model``.
 
-    ``calib`` holds the images to calibrate on (INT8) or to check FP16 ranges on (FP16), normally
-    ``variant.calib_images`` of them; all of them are used, and its sha256 is part of the cache key.
-    Raises ``QuantizeError`` naming the model, the variant and the cause when calibration data is
-    missing or ModelOpt fails. The base ONNX is never modified.
+    ``calib`` holds the images to calibrate on (INT8) or to check FP16 ranges on (FP16); all of
+    them are used (the record's ``calib_images`` says how many), and its sha256 is part of the
+    cache key. Raises ``QuantizeError`` naming the model, the variant and the cause when
+    calibration data is missing, an option names nothing in the model or leaves nothing to
+    convert (`check_against_model`), ModelOpt fails, or the build converted nothing. The base ONNX
+    is never modified.
     """
     if variant.kind is VariantKind.FP32:
         return _fp32_build(model, variant)
@@ -254,38 +444,16 @@ def quantize_variant(
         raise _missing_calibration(model, variant)
     num_images = _usable_images(model, calib)
     versions = _tool_versions()
-    options = {**variant.options(), "calibration": {"sha256": calib.sha256, "num_images": num_images,
-                                                   "seed": calib.seed}}
+    options = {**variant.options(), "calib_images": num_images,  # what was used, not what was asked for
+               "calibration": {"sha256": calib.sha256, "num_images": num_images, "seed": calib.seed}}
     key = hash_key(CACHE_KIND, model.sha256, options, versions)
+    base = onnx.load(str(model.path), load_external_data=False)
+    check_against_model(base, model, variant)
 
     def build(tmp: Path) -> dict[str, Any]:
-        base = onnx.load(str(model.path), load_external_data=False)
         excluded = _excluded_nodes(base, variant)
-        data = calib.load()[:num_images]
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="quantbench-modelopt-") as scratch_dir:
-            scratch = Path(scratch_dir)
-            src = scratch / "model.onnx"  # ModelOpt's private copy: it overwrites and litters beside it
-            shutil.copyfile(model.path, src)
-            out = scratch / "variant.onnx"
-            log.info("building %s/%s with ModelOpt (%d calibration images)", model.name, variant.name, len(data))
-            try:
-                with contextlib.chdir(scratch):  # some ModelOpt paths write temporaries into the cwd
-                    if variant.kind is VariantKind.INT8:
-                        _run_int8(src, out, model, variant, data, excluded)
-                    else:
-                        _run_fp16(src, out, model, variant, data, excluded, scratch)
-            except Exception as exc:  # ModelOpt raises anything (AssertionError, ORT Fail, ValueError)
-                raise QuantizeError(
-                    f"ModelOpt failed to build variant {variant.name!r} of model {model.name} ({_first_line(exc)}); "
-                    "check the variant's options in the variant table; ModelOpt's log above has the details."
-                ) from exc
-            if not out.is_file():
-                raise QuantizeError(
-                    f"ModelOpt wrote no output for variant {variant.name!r} of model {model.name}; "
-                    "check the variant's options (did they exclude every node?)."
-                )
-            shutil.copyfile(out, tmp)
+        _run_modelopt(model, variant, calib.load()[:num_images], excluded, tmp)
         seconds = time.perf_counter() - started
         try:
             # The variant must plug into the same pipeline: same float32 input and output layout.
@@ -295,16 +463,17 @@ def quantize_variant(
                 f"ModelOpt's variant {variant.name!r} of model {model.name} changed the model's interface ({exc}); "
                 "report this with the variant's options."
             ) from exc
-        built = onnx.load(str(tmp), load_external_data=False)
+        quantized = _check_built(onnx.load(str(tmp), load_external_data=False), model, variant)
         return {
             "model": model.name, "variant": variant.name, "kind": variant.kind.value,
             "onnx_sha256": sha256_file(tmp), "base_sha256": model.sha256, "options": options,
-            "quantized_nodes": count_quantized_nodes(built) if variant.kind is VariantKind.INT8 else 0,
-            "excluded_nodes": list(excluded), "seconds": seconds, "versions": versions,
+            "quantized_nodes": quantized, "excluded_nodes": list(excluded), "seconds": seconds, "versions": versions,
         }
 
-    entry = cache.get_or_build(CACHE_KIND, key, ".onnx", build)
+    entry = cache.get_or_build(CACHE_KIND, key, ".onnx", build, label=f"ModelOpt build of {model.name}/{variant.name}")
     meta = entry.meta
+    if variant.kind is VariantKind.INT8 and not meta["quantized_nodes"]:  # cached before builds were checked
+        _check_built(onnx.load(str(entry.path), load_external_data=False), model, variant)
     return VariantBuild(
         model=model.name, variant=variant.name, kind=variant.kind.value, onnx_path=str(entry.path),
         onnx_sha256=meta["onnx_sha256"], base_sha256=model.sha256, options=options,

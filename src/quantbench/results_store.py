@@ -3,7 +3,7 @@
 Two parts, both under one `ArtifactCache` root:
 
 - Evaluation results keyed by content: the variant ONNX's sha256, the dataset fingerprint (the
-  annotations' bytes and the image selection), the backend and its device, the evaluation
+  annotations' bytes, the image selection and every image's bytes), the backend and its device, the evaluation
   settings and the quantbench version. They are cache artefacts (kind ``eval``), so the cache's
   per-key file lock makes concurrent workers evaluate a key once, its atomic publish means no
   reader sees half a file, and a second run with nothing changed evaluates nothing. Model and
@@ -20,13 +20,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .cache import ArtifactCache, atomic_write_json, hash_key
+from .cache import ArtifactCache, atomic_write_json, atomic_write_text, hash_key, owner_is_gone, owner_tag
 from .detections import NmsConfig
 from .records import SCHEMA_VERSION, EvalResult, LatencyResult, VariantBuild, from_dict, to_dict
 
@@ -81,11 +82,24 @@ class ResultsStore:
             tmp.write_text(json.dumps(to_dict(result), indent=2) + "\n", encoding="utf-8")
             return {"model": result.model, "variant": result.variant, "dataset": result.dataset}
 
-        entry = self.cache.get_or_build(EVAL_KIND, key, ".json", build)
+        entry = self.cache.get_or_build(EVAL_KIND, key, ".json", build, label=f"evaluation of {model}/{variant}")
         return StoredEval(self._read(entry.path, model, variant), key, computed=entry.built)
 
     def ledger(self, run_id: str) -> RunLedger:
         return RunLedger(self.cache.root / RUNS_DIR / run_id)
+
+    def remove_orphan_ledgers(self) -> list[Path]:
+        """Remove the run ledgers of bench sessions killed on this machine (kept ones stay).
+
+        A session that is killed never reaches its end, where it drops its ledger; its evaluations
+        are in the store anyway, so what is left is only clutter.
+        """
+        removed = []
+        for folder in sorted((self.cache.root / RUNS_DIR).glob("[!.]*")):
+            if folder.is_dir() and RunLedger(folder).is_orphan():
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        return removed
 
     @staticmethod
     def _read(path: Path, model: str, variant: str) -> EvalResult:
@@ -114,6 +128,8 @@ class RunRecords:
     variant_options: dict[str, dict[str, Any]]
     builds: tuple[BuildNote, ...]
     failures: dict[tuple[str, str], str]  # (model, variant) -> why its build failed
+    # A build phase's test errors: node id -> (model, variant, last line of the error).
+    phase_errors: dict[str, tuple[str, str, str]] = field(default_factory=dict)
 
     @property
     def variants_built(self) -> tuple[tuple[str, str], ...]:
@@ -122,10 +138,31 @@ class RunRecords:
 
 
 class RunLedger:
-    """One bench session's records: one JSON file per record, named by what it is about."""
+    """One bench session's records: one JSON file per record, named by what it is about.
+
+    ``OWNER`` names the session that owns it (`cache.owner_tag`), ``KEPT`` says why it outlived
+    that session (its report could not be written): `quantbench select <folder>` reads it.
+    """
+
+    OWNER, KEPT = "OWNER", "KEPT"
 
     def __init__(self, root: Path):
         self.root = Path(root)
+
+    def claim(self) -> None:
+        """Mark this process as the owner: the ledger is an orphan once the process is gone."""
+        atomic_write_text(self.root / self.OWNER, owner_tag() + "\n")
+
+    def keep(self, reason: str) -> None:
+        atomic_write_text(self.root / self.KEPT, reason + "\n")
+
+    def is_orphan(self) -> bool:
+        if (self.root / self.KEPT).exists():
+            return False
+        try:
+            return owner_is_gone((self.root / self.OWNER).read_text())
+        except FileNotFoundError:  # a ledger from before owners were recorded: only when old
+            return time.time() - self.root.stat().st_mtime > 24 * 3600
 
     def add_eval(self, result: EvalResult, *, computed: bool, variant_options: Mapping[str, Any], process: str) -> None:
         # One entry per process: two workers may both need a result that only one of them computed.
@@ -145,8 +182,13 @@ class RunLedger:
     def add_failure(self, model: str, variant: str, reason: str) -> None:
         self._write("failure", (model, variant), {"model": model, "variant": variant, "reason": reason})
 
+    def add_phase_error(self, nodeid: str, model: str, variant: str, message: str) -> None:
+        self._write("phase_error", (nodeid,), {"nodeid": nodeid, "model": model, "variant": variant,
+                                               "message": message})
+
     def read(self) -> RunRecords:
         evals, computed, latencies, options, builds, failures = {}, [], [], {}, [], {}
+        phase_errors: dict[str, tuple[str, str, str]] = {}
         # "[!.]": atomic writes go through hidden temporary files first.
         for path in sorted(self.root.glob("[!.]*.json")) if self.root.is_dir() else ():
             kind = path.name.split("-", 1)[0]
@@ -164,7 +206,10 @@ class RunLedger:
                 builds.append(BuildNote(build.model, build.variant, data["built"], data["process"], build))
             elif kind == "failure":
                 failures[data["model"], data["variant"]] = data["reason"]
-        return RunRecords(tuple(evals.values()), tuple(computed), tuple(latencies), options, tuple(builds), failures)
+            elif kind == "phase_error":
+                phase_errors[data["nodeid"]] = (data["model"], data["variant"], data["message"])
+        return RunRecords(tuple(evals.values()), tuple(computed), tuple(latencies), options, tuple(builds), failures,
+                          phase_errors)
 
     def remove(self) -> None:
         if self.root.is_dir():

@@ -356,6 +356,19 @@ def records_from_benchmark_json(
     return list(evals.values()), list(lats.values()), options
 
 
+def failures_from_benchmark_json(paths: Sequence[Path]) -> dict[tuple[str, str], str]:
+    """(model, variant) -> reason for the variants a bench run names as failed or not run (its
+    top-level ``quantbench.failures``); files written before it existed give none."""
+    failures: dict[tuple[str, str], str] = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))  # read and checked by records_from_benchmark_json
+        entries = data.get("quantbench", {}).get("failures", []) if isinstance(data.get("quantbench"), dict) else []
+        for entry in entries:
+            if isinstance(entry, dict) and {"model", "variant", "reason"} <= set(entry):
+                failures[str(entry["model"]), str(entry["variant"])] = str(entry["reason"])
+    return failures
+
+
 def _variant_of(entry: Mapping[str, Any]) -> str | None:
     for key in ("latency", "eval"):
         record = entry.get(key)

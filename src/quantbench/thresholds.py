@@ -13,6 +13,11 @@ File layout (every key optional; see the commented `thresholds.toml` at the repo
     [model.yolo11n]              # per-model overrides, inheriting everything above
     min_speedup = { tensorrt = 1.33 }
 
+Model tables: `<name>` is the model's name as quantbench gives it (the file stem: yolo11n,
+yolov5n-coco). A table spelled like a model of the run up to case and ``-``/``_``/``.`` is a typo
+and stops the run (`Thresholds.check_models`); other tables that match no model of the run are
+meant for other runs and get a start-up warning.
+
 Inheritance: a `[model.<name>]` table starts from the top-level values; its scalars replace
 them, its `min_speedup` entries are merged backend by backend, its `not_gated` list replaces the
 top-level list.
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -119,6 +125,31 @@ class Thresholds:
     def for_model(self, model: str) -> ModelThresholds:
         """The criteria for ``model``: its own table where there is one, else the top level."""
         return self.per_model.get(model, self.default)
+
+    def check_models(self, model_names: Iterable[str]) -> list[str]:
+        """Warnings for ``[model.X]`` tables that apply to no model of this run; ConfigError for a typo.
+
+        A table whose name equals a model of the run up to case and the separators ``-``, ``_``,
+        ``.`` (``[model.yolov5n_coco]`` for ``yolov5n-coco``) was meant for it and would silently be
+        ignored: an error naming the model. Any other unmatched table is taken to be meant for other
+        runs (one file serves yolo11n and yolo11s runs): a warning that names the models of this run.
+        """
+        names = tuple(dict.fromkeys(model_names))
+        where = str(self.source) if self.source else "thresholds"
+        by_spelling = {_spelling(n): n for n in names}
+        warnings = []
+        for table in self.per_model:
+            if table in names:
+                continue
+            meant = by_spelling.get(_spelling(table))
+            if meant is not None:
+                raise ConfigError(
+                    f"{where}: [model.{table}] matches no model of this run but is spelled like model {meant!r}, "
+                    f"so it would be ignored; rename it to [model.{meant}]."
+                )
+            warnings.append(f"{where}: [model.{table}] applies to no model of this run ({', '.join(names)}); "
+                            "its thresholds are ignored here (a table for other runs is fine; check the name if not).")
+        return warnings
 
     def validate_variants(self, variant_names: Iterable[str]) -> None:
         """ConfigError when a baseline or a not_gated entry names no variant in ``variant_names``."""
@@ -228,6 +259,11 @@ def _parse_model_table(table: Mapping[str, Any], base: ModelThresholds, where: s
             "the baseline is always reported and gated only by min_map, so remove it from not_gated."
         )
     return result
+
+
+def _spelling(name: str) -> str:
+    """A model name with case and separators ignored: what a typo in a table name usually keeps."""
+    return re.sub(r"[-_.\s]+", "-", name.casefold())
 
 
 def _fraction(value: Any, where: str, key: str) -> float:

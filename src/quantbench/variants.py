@@ -239,6 +239,10 @@ class _TableReader:
             "passes": self.passes,
         }
         values = {key: readers[key](key) for key in self.table if key in readers}
+        both = sorted(set(values.get("op_types_to_quantize", ())) & set(values.get("op_types_to_exclude", ())))
+        if both:  # ModelOpt would silently let the exclusion win
+            raise self.fail("op_types_to_exclude", f"{', '.join(both)} is also in op_types_to_quantize; "
+                            "list each op type in one of the two.")
         return Variant(name=name, kind=kind, **values)
 
 
