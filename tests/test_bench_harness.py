@@ -409,9 +409,11 @@ def test_collection_names_tests_by_model_variant_and_batch_and_says_why_not_tens
     assert result.ret == pytest.ExitCode.OK
     out = result.stdout.str()
     assert out.count(f"TensorRT not found ({reason}): using ONNX Runtime") == 1
-    for test_id in ("test_accuracy[yolov5n-coco-int8-entropy]", "test_latency[yolov5n-coco-int8-entropy-b1]",
-                    "test_latency[yolov5n-coco-fp16-b8]"):
+    # The default model with QUANTBENCH_ASSETS set: the COCO-trained yolo11n-coco.
+    for test_id in ("test_accuracy[yolo11n-coco-int8-entropy]", "test_latency[yolo11n-coco-int8-entropy-b1]",
+                    "test_latency[yolo11n-coco-fp16-b8]", "test_accuracy[yolo11n-coco-int8-auto-yolo11n]"):
         assert test_id in out
+    assert "yolov5n-coco" not in out
     assert not (pytester.path / "cache").exists()  # collecting builds nothing
 
 
