@@ -141,12 +141,7 @@ class CocoScorer:
 
     def add(self, image_id: int, det: Detections) -> None:
         """Match one image's detections (original pixels) against its ground truth."""
-        image_id = int(image_id)
-        if image_id not in self._known_ids:
-            raise DataError(
-                f"image id {image_id} is not in dataset {self.dataset.name} ({self.dataset.annotations}); "
-                "score detections against the dataset they came from."
-            )
+        image_id = _known_image_id(image_id, self._known_ids, self.dataset)
         if image_id in self._per_image:
             raise DataError(f"image id {image_id} was scored twice; add each image's detections once.")
         _check_classes(det, self.dataset)
@@ -207,12 +202,7 @@ class HotcocoScorer:
         self._lock = threading.Lock()
 
     def add(self, image_id: int, det: Detections) -> None:
-        image_id = int(image_id)
-        if image_id not in self._known_ids:
-            raise DataError(
-                f"image id {image_id} is not in dataset {self.dataset.name} ({self.dataset.annotations}); "
-                "score detections against the dataset they came from."
-            )
+        image_id = _known_image_id(image_id, self._known_ids, self.dataset)
         _check_classes(det, self.dataset)
         table = _image_table(image_id, det, self._category_ids)
         with self._lock:
@@ -344,3 +334,14 @@ def _per_class_ap(evaluator, dataset: CocoDataset) -> dict[str, float]:
         if valid.size:
             per_class[name] = float(valid.mean())
     return per_class
+
+
+def _known_image_id(image_id: Any, known: set[int], dataset: CocoDataset) -> int:
+    """``image_id`` as an int; DataError when the dataset has no such image (detections of other data)."""
+    image_id = int(image_id)
+    if image_id not in known:
+        raise DataError(
+            f"image id {image_id} is not in dataset {dataset.name} ({dataset.annotations}); "
+            "score detections against the dataset they came from."
+        )
+    return image_id
