@@ -16,36 +16,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
+from .argtypes import latency_check, non_negative_int, positive_int
 from .errors import BackendError, ConfigError, OutputError, QuantbenchError
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _whole_number(text: str, minimum: int, bound: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"{text!r} must be {bound}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse ``type=`` for counts of 1 or more (shared with the bench suite's options)."""
-    return _whole_number(text, 1, "at least 1")
-
-
-def non_negative_int(text: str) -> int:
-    """argparse ``type=`` for counts of 0 or more (shared with the bench suite's options)."""
-    return _whole_number(text, 0, "0 or more")
-
-
-def latency_check(text: str):
-    """argparse ``type=`` for ``compare --fail-latency`` (`compare.parse_latency_check`, imported when used)."""
-    from .compare import parse_latency_check
-
-    return parse_latency_check(text)
 
 
 def _emit(args: argparse.Namespace, text: str) -> None:

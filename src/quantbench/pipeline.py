@@ -1,0 +1,246 @@
+"""The one pipeline: model source -> base ONNX -> variant ONNX -> engine -> evaluation.
+
+`Pipeline(cache, settings)` is what the CLI (`quantbench quantize/eval`), the bench fixtures and the
+analysis (`quantbench sensitivity/search`) drive; none of them calls the stage functions itself.
+Each stage is memoised for the life of the object (pytest re-creates session fixtures when a
+parameter comes back; a search asks for the same model and calibration many times) and cached on
+disk by content hash (`ArtifactCache`), so a second process finds what the first built. A failed
+build or engine is remembered too, so ModelOpt is not re-run for every test of a broken variant.
+
+What the pipeline produced is reported to a `PipelineObserver` (the bench writes it into its run
+ledger; the CLI has none). `plan(pairs)` answers "what would have to be built or evaluated?" from
+cache lookups alone, on a private read-only copy of the pipeline: it builds, writes and reports
+nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from .assets import default_calib_data, default_eval_data
+from .backends import Backend, BuildOptions, Engine, Runner, resolve_backend
+from .cache import ArtifactCache, ArtifactMissing
+from .calibration import CalibrationSet, build_calibration
+from .dataset import CocoDataset
+from .errors import QuantbenchError, QuantizeError
+from .evaluate import evaluate
+from .export import DEFAULT_IMGSZ, ModelInfo, resolve_model
+from .quantize import quantize_variant
+from .records import EvalResult, VariantBuild
+from .results_store import EvalSettings, ResultsStore, StoredEval, eval_key
+from .variants import Variant
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Everything besides the model and the variant that decides what the pipeline produces."""
+
+    eval_data: Path | None = None  # COCO folder; None: the default (val500 offline, else a download)
+    calib_data: Path | None = None  # COCO folder or image folder; None: the default (calib500 ...)
+    eval_images: int | None = None  # the first N images of the evaluation data; None: all
+    calib_images: int | None = None  # caps every variant's calib_images; None: as the variant says
+    calib_seed: int = 0  # which calibration images (a seeded choice)
+    imgsz: int = DEFAULT_IMGSZ  # square input side of exported models
+    backend: str = "auto"  # auto, onnxruntime or tensorrt (`backends.resolve_backend`)
+    build: BuildOptions = field(default_factory=BuildOptions)  # what every engine is built with
+    evaluation: EvalSettings = field(default_factory=EvalSettings)  # batch size and NMS of every evaluation
+
+
+class PipelineObserver(Protocol):
+    """What the bench records of the pipeline's work (its run ledger); every method is optional work."""
+
+    def built(self, build: VariantBuild) -> None: ...
+
+    def failed(self, model: str, variant: str, reason: str) -> None: ...
+
+    def evaluated(self, result: EvalResult, *, computed: bool) -> None: ...
+
+
+class _NoObserver:
+    def built(self, build: VariantBuild) -> None:
+        pass
+
+    def failed(self, model: str, variant: str, reason: str) -> None:
+        pass
+
+    def evaluated(self, result: EvalResult, *, computed: bool) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class PlannedWork:
+    """What `Pipeline.plan` found: the pairs that need work, and why each of the others needs none."""
+
+    missing: tuple[tuple[str, str], ...]  # (model source, variant name) lacking an artefact or an accuracy
+    cached: tuple[tuple[str, str], ...]  # everything already in the caches
+    failing: tuple[tuple[str, str], ...]  # a user error before anything is built: its tests report it
+
+
+class Pipeline:
+    """Memoised, cached stages; see the module docstring."""
+
+    def __init__(self, cache: ArtifactCache, settings: PipelineSettings = PipelineSettings(), *,
+                 backend: Backend | None = None, observer: PipelineObserver | None = None):
+        self.cache = cache
+        self.settings = settings
+        self.store = ResultsStore(cache)
+        self.observer: PipelineObserver = observer or _NoObserver()
+        if backend is None:
+            backend_cls, self.fallback_reason = resolve_backend(settings.backend)
+            backend = backend_cls()
+        else:
+            self.fallback_reason = None
+        self.backend = backend
+        self._models: dict[str, ModelInfo] = {}
+        self._dataset: CocoDataset | None = None
+        self._calibrations: dict[tuple[int, int, int], CalibrationSet] = {}
+        self._builds: dict[tuple[str, Variant, int], VariantBuild | QuantizeError] = {}
+        self._engines: dict[tuple[str, Variant], Engine | QuantbenchError] = {}
+        self._evals: dict[tuple[str, Variant], EvalResult] = {}
+
+    # --- stages ---------------------------------------------------------------------------
+
+    def model(self, source: str | Path) -> ModelInfo:
+        """The validated base ONNX of ``source`` (.onnx as given; .pt/.yaml exported by Ultralytics)."""
+        key = str(source)
+        if key not in self._models:
+            self._models[key] = resolve_model(source, self.cache, imgsz=self.settings.imgsz)
+        return self._models[key]
+
+    def dataset(self) -> CocoDataset:
+        """The evaluation data (``eval_images`` applied)."""
+        if self._dataset is None:
+            folder = self.settings.eval_data or default_eval_data()
+            self._dataset = CocoDataset.load(folder, limit=self.settings.eval_images)
+        return self._dataset
+
+    def calibration(self, num_images: int, size: int, *, seed: int | None = None) -> CalibrationSet:
+        """``num_images`` preprocessed calibration images of side ``size`` (a seeded choice)."""
+        key = (num_images, size, self.settings.calib_seed if seed is None else seed)
+        if key not in self._calibrations:
+            folder = self.settings.calib_data or default_calib_data()
+            self._calibrations[key] = build_calibration(folder, num_images, cache=self.cache, seed=key[2], size=size)
+        return self._calibrations[key]
+
+    def effective(self, variant: Variant) -> Variant:
+        """The variant as built: the ``calib_images`` cap applied."""
+        cap = self.settings.calib_images
+        if cap is not None and variant.calib_images > cap:
+            return dataclasses.replace(variant, calib_images=cap)
+        return variant
+
+    def build(self, model: ModelInfo, variant: Variant, *, calib_seed: int | None = None) -> VariantBuild:
+        """The variant ONNX (ModelOpt runs only when the cache has none); a QuantizeError is remembered."""
+        variant = self.effective(variant)
+        seed = self.settings.calib_seed if calib_seed is None else calib_seed
+        key = (model.name, variant, seed)
+        if key not in self._builds:
+            calib = self.calibration(variant.calib_images, model.input_size, seed=seed) \
+                if variant.needs_calibration else None
+            try:
+                self._builds[key] = quantize_variant(model, variant, calib, self.cache)
+            except QuantizeError as exc:
+                self._builds[key] = exc
+                self.observer.failed(model.name, variant.name, str(exc))
+            else:
+                self.observer.built(self._builds[key])
+        return _or_raise(self._builds[key])
+
+    def engine(self, model: ModelInfo, variant: Variant) -> Engine:
+        """The backend's engine of the variant; a backend failure names the variant and is remembered."""
+        variant = self.effective(variant)
+        key = (model.name, variant)
+        if key not in self._engines:
+            onnx_path = Path(self.build(model, variant).onnx_path)
+            try:
+                self._engines[key] = self.backend.build(onnx_path, self.settings.build, self.cache)
+            except QuantbenchError as exc:
+                failure = type(exc)(f"{self.backend.kind.value} cannot run variant {variant.name!r} of model "
+                                    f"{model.name}: {exc}")
+                self._engines[key] = failure
+                self.observer.failed(model.name, variant.name, str(failure))
+        return _or_raise(self._engines[key])
+
+    def open(self, engine: Engine) -> Runner:
+        return self.backend.open(engine)
+
+    # --- accuracy -------------------------------------------------------------------------
+
+    def evaluation_key(self, model: ModelInfo, variant: Variant) -> str:
+        """The results-store key of the variant's evaluation (builds the variant ONNX when missing)."""
+        build = self.build(model, variant)
+        return eval_key(onnx_sha256=build.onnx_sha256, dataset_fingerprint=self.dataset().fingerprint(self.cache),
+                        backend=self.backend.kind.value, device=self.backend.device_description(),
+                        settings=self.settings.evaluation)
+
+    def stored_evaluation(self, model: ModelInfo, variant: Variant) -> EvalResult | None:
+        """The variant's accuracy if any process has evaluated it already, else None; never evaluates."""
+        variant = self.effective(variant)
+        if (model.name, variant) in self._evals:
+            return self._evals[model.name, variant]
+        found = self.store.lookup(self.evaluation_key(model, variant), model=model.name, variant=variant.name)
+        if found is not None:
+            self._remember(variant, StoredEval(found, "", computed=False))
+        return found
+
+    def evaluation(self, model: ModelInfo, variant: Variant) -> EvalResult:
+        """The variant's accuracy from the results store, evaluated (once, across processes) when absent."""
+        variant = self.effective(variant)
+        if (model.name, variant) in self._evals:
+            return self._evals[model.name, variant]
+        key = self.evaluation_key(model, variant)
+        try:
+            stored = self.store.get_or_evaluate(key, lambda: self._evaluate(model, variant),
+                                                model=model.name, variant=variant.name)
+        except QuantbenchError as exc:
+            if exc is not self._engines.get((model.name, variant)):  # an engine failure is noted already
+                self.observer.failed(model.name, variant.name,
+                                     f"evaluation of variant {variant.name!r} of model {model.name} failed: {exc}")
+            raise
+        self._remember(variant, stored)
+        return stored.result
+
+    def _evaluate(self, model: ModelInfo, variant: Variant) -> EvalResult:
+        s = self.settings.evaluation
+        with self.open(self.engine(model, variant)) as runner:
+            return evaluate(runner, self.dataset(), model=model.name, variant=variant.name, batch_size=s.batch_size,
+                            nms=s.nms, untrained=model.untrained, progress=False, imgsz=model.input_size)
+
+    def _remember(self, variant: Variant, stored: StoredEval) -> None:
+        self._evals[stored.result.model, variant] = stored.result
+        self.observer.evaluated(stored.result, computed=stored.computed)
+
+    # --- planning -------------------------------------------------------------------------
+
+    def plan(self, pairs: Iterable[tuple[str, Variant]]) -> PlannedWork:
+        """Which (model source, variant) pairs lack a variant ONNX, an engine or a stored accuracy.
+
+        Asked of a fresh pipeline over a read-only view of the cache (it raises `ArtifactMissing`
+        where a stage would build), with no observer: nothing is built, written or recorded. A pair
+        whose model must first be exported or downloaded counts as missing; one that fails with a
+        user error is left to its tests, which report it.
+        """
+        probe = Pipeline(self.cache.read_only(), self.settings, backend=self.backend)
+        probe._dataset = self._dataset
+        missing, cached, failing = [], [], []
+        for source, variant in pairs:
+            pair = (source, variant.name)
+            try:
+                model = probe.model(source)
+                probe.engine(model, variant)
+                (cached if probe.stored_evaluation(model, variant) is not None else missing).append(pair)
+            except ArtifactMissing:
+                missing.append(pair)
+            except QuantbenchError:
+                failing.append(pair)
+        return PlannedWork(tuple(missing), tuple(cached), tuple(failing))
+
+
+def _or_raise(result):
+    if isinstance(result, Exception):
+        raise result
+    return result
