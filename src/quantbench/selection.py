@@ -43,36 +43,11 @@ from typing import Any
 
 from .errors import ConfigError
 from .records import EvalResult, LatencyResult, from_dict
-from .thresholds import ModelThresholds, Thresholds, check_accuracy, check_memory, check_speedup, relative_drop
+from .gate import Evidence, VariantOutcome, judge, median_standard_error
+from .thresholds import ModelThresholds, Thresholds
 
 # A failed build: keyed by variant name (every model) or by (model, variant).
 FailureKey = str | tuple[str, str]
-
-
-@dataclass(frozen=True)
-class VariantOutcome:
-    """One variant's joined measurements on one (model, backend), and whether it passes."""
-
-    model: str
-    variant: str
-    backend: str
-    gated: bool
-    map50_95: float | None
-    map50: float | None
-    drop_abs: float | None  # baseline - variant mAP50-95 (fraction; 0.01 = 1 point)
-    drop_rel: float | None  # drop_abs / baseline mAP50-95
-    latency_ms: float | None  # host median per batch at the reference batch size
-    images_per_s: float | None
-    speedup: float | None  # baseline latency / this latency
-    passed: bool
-    reasons: tuple[str, ...]  # why it fails; empty when it passes
-    options: dict[str, Any]
-    accuracy_backend: str | None = None  # backend whose EvalResult gave the mAP
-    untrained: bool = False  # random weights: the mAP means nothing
-    peak_memory_bytes: int | None = None
-    memory_increase: float | None = None  # vs the baseline, as a fraction
-    latency_noise_ms: float | None = None  # standard error of the latency median (`median_standard_error`)
-    latency_min_ms: float | None = None  # fastest timed round at the reference batch size
 
 
 @dataclass(frozen=True)
@@ -111,64 +86,61 @@ def select(
     failures: Mapping[FailureKey, str] | None = None,
 ) -> list[Selection]:
     """Gate and rank every variant, one `Selection` per (model, backend), sorted by model then backend."""
-    options = dict(variant_options or {})
-    failures = dict(failures or {})
-    acc: dict[tuple[str, str, str], EvalResult] = {(e.model, e.backend, e.variant): e for e in evals}
-    lat: dict[tuple[str, str, str, int], LatencyResult] = {
-        (r.model, r.backend, r.variant, r.batch_size): r for r in latencies
-    }
-    models = sorted({k[0] for k in acc} | {k[0] for k in lat} | {k[0] for k in failures if isinstance(k, tuple)})
+    records = _Records(
+        acc={(e.model, e.backend, e.variant): e for e in evals},
+        lat={(r.model, r.backend, r.variant, r.batch_size): r for r in latencies},
+        options=dict(variant_options or {}), failures=dict(failures or {}), reference_batch=reference_batch,
+    )
+    models = sorted({k[0] for k in records.acc} | {k[0] for k in records.lat}
+                    | {k[0] for k in records.failures if isinstance(k, tuple)})
     selections = []
     for model in models:
-        t = thresholds.for_model(model)
-        timed_backends = sorted({b for m, b, _, _ in lat if m == model})
-        eval_backends = sorted({b for m, b, _ in acc if m == model})
+        timed_backends = sorted({b for m, b, _, _ in records.lat if m == model})
+        eval_backends = sorted({b for m, b, _ in records.acc if m == model})
         # A model whose every build failed has no records at all: its group is named "none".
         for backend in timed_backends or eval_backends or ["none"]:
-            source = _accuracy_source(backend, eval_backends, acc, model, t.baseline)
-            variants = sorted(
-                {v for m, b, v in acc if m == model and b == source}
-                | {v for m, b, v, _ in lat if m == model and b == backend}
-                | {k[1] if isinstance(k, tuple) else k for k in failures if not isinstance(k, tuple) or k[0] == model}
-            )
-            group = _Group(
-                model=model, backend=backend, accuracy_backend=source, reference_batch=reference_batch, t=t,
-                accuracy={v: acc[model, source, v] for v in variants if (model, source, v) in acc},
-                latency={v: lat[model, backend, v, reference_batch] for v in variants
-                         if (model, backend, v, reference_batch) in lat},
-                batches={v: sorted(bs for m, b, vv, bs in lat if (m, b, vv) == (model, backend, v)) for v in variants},
-            )
-            outcomes = [
-                group.outcome(v, failures.get((model, v)) or failures.get(v), dict(options.get(v, {})))
-                for v in variants
-            ]
-            ranked = tuple(sorted(outcomes, key=_rank_key))
-            winner = next((o for o in ranked if o.passed and o.gated), None)
-            selections.append(
-                Selection(
-                    model=model,
-                    backend=backend,
-                    baseline=t.baseline,
-                    reference_batch=reference_batch,
-                    outcomes=ranked,
-                    winner=winner.variant if winner else None,
-                    criteria=_criteria(t),
-                    within_noise=_within_noise(winner, ranked),
-                    disturbed=tuple(o.variant for o in ranked if _disturbed(o)),
-                    simulated=next((r.simulated for r in (*group.latency.values(), *group.accuracy.values())
-                                    if r.simulated), None),
-                )
-            )
+            selections.append(records.selection(model, backend, eval_backends, thresholds.for_model(model)))
     return selections
 
 
-def median_standard_error(stddev_ms: float, rounds: int) -> float:
-    """Standard error of a sample median: sqrt(pi/2) * sigma / sqrt(n) (large-sample, near-normal).
+@dataclass(frozen=True)
+class _Records:
+    """Every record given to `select`, keyed for the joins."""
 
-    Latency samples have a long right tail, so this is a yardstick for "could a re-run swap these
-    two?", not a confidence interval to quote.
-    """
-    return math.sqrt(math.pi / 2) * stddev_ms / math.sqrt(rounds) if rounds > 0 else math.inf
+    acc: dict[tuple[str, str, str], EvalResult]  # (model, backend, variant)
+    lat: dict[tuple[str, str, str, int], LatencyResult]  # (model, backend, variant, batch)
+    options: dict[str, dict]
+    failures: dict[FailureKey, str]
+    reference_batch: int
+
+    def selection(self, model: str, backend: str, eval_backends: list[str], t: ModelThresholds) -> Selection:
+        """Judge every variant of (model, backend) with the gate, rank, and name the winner."""
+        batch = self.reference_batch
+        source = _accuracy_source(backend, eval_backends, self.acc, model, t.baseline)
+        variants = sorted(
+            {v for m, b, v in self.acc if m == model and b == source}
+            | {v for m, b, v, _ in self.lat if m == model and b == backend}
+            | {k[1] if isinstance(k, tuple) else k for k in self.failures if not isinstance(k, tuple) or k[0] == model}
+        )
+        accuracy = {v: self.acc[model, source, v] for v in variants if (model, source, v) in self.acc}
+        latency = {v: self.lat[model, backend, v, batch] for v in variants if (model, backend, v, batch) in self.lat}
+        outcomes = [judge(Evidence(
+            model=model, variant=v, backend=backend, reference_batch=batch,
+            accuracy=accuracy.get(v), baseline_accuracy=accuracy.get(t.baseline),
+            latency=latency.get(v), baseline_latency=latency.get(t.baseline),
+            build_failure=self.failures.get((model, v)) or self.failures.get(v),
+            options=dict(self.options.get(v, {})), accuracy_backend=source,
+            other_batches=tuple(sorted(bs for m, b, vv, bs in self.lat if (m, b, vv) == (model, backend, v) and bs != batch)),
+        ), t) for v in variants]
+        ranked = tuple(sorted(outcomes, key=_rank_key))
+        winner = next((o for o in ranked if o.passed and o.gated), None)
+        return Selection(
+            model=model, backend=backend, baseline=t.baseline, reference_batch=batch, outcomes=ranked,
+            winner=winner.variant if winner else None, criteria=_criteria(t),
+            within_noise=_within_noise(winner, ranked),
+            disturbed=tuple(o.variant for o in ranked if _disturbed(o)),
+            simulated=next((r.simulated for r in (*latency.values(), *accuracy.values()) if r.simulated), None),
+        )
 
 
 # Median above minimum by more than this: ONNX Runtime's CPU provider on an idle machine and
@@ -200,99 +172,6 @@ def _accuracy_source(backend: str, eval_backends: list[str], acc: Mapping, model
     with_baseline = [b for b in eval_backends if (model, b, baseline) in acc]
     candidates = with_baseline or eval_backends
     return candidates[0] if candidates else None
-
-
-@dataclass(frozen=True)
-class _Group:
-    """The records of one (model, backend) at the reference batch, keyed by variant."""
-
-    model: str
-    backend: str
-    accuracy_backend: str | None
-    reference_batch: int
-    t: ModelThresholds
-    accuracy: Mapping[str, EvalResult]
-    latency: Mapping[str, LatencyResult]
-    batches: Mapping[str, list[int]]  # every batch size timed, for the "measured at" hint
-
-    def outcome(self, variant: str, build_failure: str | None, options: dict[str, Any]) -> VariantOutcome:
-        ev, lr = self.accuracy.get(variant), self.latency.get(variant)
-        # A failed build explains its missing records: say that, not "no accuracy", "no latency".
-        reasons = [f"build failed: {build_failure}"] if build_failure else []
-        drop_abs, drop_rel, accuracy_reasons = self._accuracy(variant, ev)
-        speedup, memory_increase, latency_reasons = self._latency(variant, lr)
-        if not build_failure or ev is not None:
-            reasons += accuracy_reasons
-        if not build_failure or lr is not None:
-            reasons += latency_reasons
-        base_acc = self.accuracy.get(self.t.baseline)
-        return VariantOutcome(
-            model=self.model,
-            variant=variant,
-            backend=self.backend,
-            gated=self.t.is_gated(variant) and options.get("gated", True) is not False,
-            map50_95=ev.metrics.map50_95 if ev else None,
-            map50=ev.metrics.map50 if ev else None,
-            drop_abs=drop_abs,
-            drop_rel=drop_rel,
-            latency_ms=lr.host.median_ms if lr else None,
-            latency_noise_ms=median_standard_error(lr.host.stddev_ms, lr.host.rounds) if lr else None,
-            latency_min_ms=lr.host.min_ms if lr else None,
-            images_per_s=lr.images_per_s if lr else None,
-            speedup=speedup,
-            passed=not reasons,
-            reasons=tuple(reasons),
-            options=options,
-            accuracy_backend=ev.backend if ev else None,
-            untrained=bool(ev and ev.untrained) or bool(base_acc and base_acc.untrained),
-            peak_memory_bytes=lr.peak_memory_bytes if lr else None,
-            memory_increase=memory_increase,
-        )
-
-    def _accuracy(self, variant: str, ev: EvalResult | None) -> tuple[float | None, float | None, list[str]]:
-        t, source = self.t, self.accuracy_backend or self.backend
-        if ev is None:
-            return None, None, [f"no accuracy result for {variant} on {source}"]
-        base = self.accuracy.get(t.baseline)
-        untrained = ["untrained model (random weights): its mAP cannot gate accuracy"] if (
-            ev.untrained or (base is not None and base.untrained)) else []
-        if variant == t.baseline:
-            floor = check_accuracy(t, variant, ev.metrics.map50_95, ev.metrics.map50_95)
-            return 0.0, 0.0, [r for r in (floor,) if r] + untrained
-        if base is None:
-            return None, None, [f"baseline {t.baseline} has no accuracy result on {source}, so no drop can be computed"]
-        mine, theirs = ev.metrics.map50_95, base.metrics.map50_95
-        drops = (theirs - mine, relative_drop(mine, theirs))
-        if (ev.dataset, ev.num_images) != (base.dataset, base.num_images):
-            return *drops, [
-                f"accuracy measured on {ev.dataset} ({ev.num_images} images) but the baseline on "
-                f"{base.dataset} ({base.num_images} images): not comparable"
-            ]
-        if check_accuracy(t, t.baseline, theirs, theirs):
-            return *drops, [f"baseline {t.baseline} fails its mAP floor, so no drop is trusted"]
-        reason = check_accuracy(t, variant, mine, theirs)
-        return *drops, [r for r in (reason,) if r] + untrained
-
-    def _latency(self, variant: str, lr: LatencyResult | None) -> tuple[float | None, float | None, list[str]]:
-        t, batch = self.t, self.reference_batch
-        if lr is None:
-            measured = [b for b in self.batches.get(variant, []) if b != batch]
-            elsewhere = f" (measured at batch {', '.join(map(str, measured))})" if measured else ""
-            return None, None, [f"no latency for {variant} on {self.backend} at batch {batch}{elsewhere}"]
-        if variant == t.baseline:
-            return 1.0, (0.0 if lr.peak_memory_bytes else None), []
-        base = self.latency.get(t.baseline)
-        if base is None:
-            return None, None, [f"baseline {t.baseline} has no latency on {self.backend} at batch {batch}"]
-        ms, base_ms = lr.host.median_ms, base.host.median_ms
-        speedup = base_ms / ms if ms > 0 else None
-        memory_increase = (
-            lr.peak_memory_bytes / base.peak_memory_bytes - 1.0
-            if lr.peak_memory_bytes is not None and base.peak_memory_bytes else None
-        )
-        reasons = [r for r in (check_speedup(t, self.backend, ms, base_ms),
-                               check_memory(t, lr.peak_memory_bytes, base.peak_memory_bytes)) if r]
-        return speedup, memory_increase, reasons
 
 
 def _rank_key(o: VariantOutcome) -> tuple:
