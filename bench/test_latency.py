@@ -6,8 +6,9 @@ then at least ``--qb-rounds`` timed ones lasting at least ``--qb-min-time`` seco
 ``extra_info["quantbench"]`` carries the records ``quantbench select`` reads. Under pytest-xdist
 pytest-benchmark switches itself off: a worker with a GPU of its own times with the backend's own
 device timer (``Runner.time``) into the same records; any other worker skips, and the serial
-phase of ``make bench`` times it. Where the baseline was timed in this same process, a gated
-variant that misses its backend's minimum speed-up fails.
+phase of ``make bench`` times it. At the reference batch size the gate (`quantbench.gate.judge`)
+judges the speed-up over the baseline timed in this same process (timed first when no test has
+yet): a gated variant that misses its backend's minimum speed-up fails.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import time
 import pytest
 
 from quantbench.backends import BackendKind
-from quantbench.thresholds import check_speedup
 from quantbench.timing import rounds_for_loop, warm_up
 
 pytestmark = pytest.mark.latency
@@ -38,7 +38,7 @@ def test_latency(benchmark, qb, qb_model, qb_variant, qb_batch_size, qb_engine, 
     if benchmark.enabled:
         benchmark.pedantic(qb_runner.infer, args=(qb_batch,), rounds=rounds, warmup_rounds=0, iterations=1)
         host_ms = tuple(seconds * 1e3 for seconds in benchmark.stats.stats.data)
-        if qb.backend.kind is not BackendKind.ONNXRUNTIME:
+        if qb.pipeline.backend.kind is not BackendKind.ONNXRUNTIME:
             # GPU time from device events, copies apart: the backend's own timer adds what the host clock cannot see.
             device = qb_runner.time(qb_batch, warmup=0, iterations=runner_rounds())
     else:
@@ -50,13 +50,12 @@ def test_latency(benchmark, qb, qb_model, qb_variant, qb_batch_size, qb_engine, 
     latency = qb.record_latency(qb_model, qb_variant.name, qb_batch_size, host_ms, device, qb_runner, qb_engine)
     benchmark.extra_info["quantbench"] = qb.benchmark_info(qb_model, qb_variant.name, latency)
 
-    t = qb.thresholds_for(qb_model.name)
-    baseline = qb.measured_latency(qb_model.name, t.baseline, qb_batch_size)
-    if qb_batch_size != qb.options.reference_batch or baseline is None or qb_variant.name == t.baseline:
+    if qb_batch_size != qb.options.reference_batch:
         return
-    reason = check_speedup(t, qb.backend.kind.value, latency.host.median_ms, baseline.host.median_ms)
-    if reason is None:
+    outcome = qb.latency_outcome(qb_model, qb_variant.name, latency)
+    if not outcome.latency_reasons:
         return
-    if not qb.is_gated(qb_model.name, qb_variant.name):
+    reason = "; ".join(outcome.latency_reasons)
+    if not outcome.gated:
         pytest.xfail(f"not gated: {reason}")
     pytest.fail(reason, pytrace=False)

@@ -287,7 +287,7 @@ def test_a_relative_assets_folder_reaches_the_parallel_build_phase(assets_dir: P
 
 
 def test_a_build_phase_error_not_tied_to_a_failed_build_fails_the_run(tmp_path: Path):
-    from fixtures.parallel import build_phase_failure
+    from fixtures.build_phase import build_phase_failure
     from quantbench.results_store import RunLedger
 
     ledger = RunLedger(tmp_path / "run")

@@ -251,8 +251,11 @@ class ArtifactCache:
             if len(digests) == len(paths):
                 return digests
         digests = [sha256_file(p) for p in paths]
-        atomic_write_json(memo, {"files": [s[0] for s in stats], "sha256": digests})
+        self._remember_digests(memo, {"files": [s[0] for s in stats], "sha256": digests})
         return digests
+
+    def _remember_digests(self, memo: Path, content: dict[str, Any]) -> None:
+        atomic_write_json(memo, content)
 
     def path_for(self, kind: str, key: str, suffix: str) -> Path:
         return self.root / kind / f"{key}{suffix}"
@@ -315,6 +318,11 @@ class ArtifactCache:
 
 
 class _ReadOnlyArtifactCache(ArtifactCache):
+    """`ArtifactCache.read_only`: lookups only; it writes nothing, not even the file-digest memo."""
+
+    def _remember_digests(self, memo: Path, content: dict[str, Any]) -> None:
+        pass
+
     def get_or_build(self, kind: str, key: str, suffix: str,
                      build: Callable[[Path], dict[str, Any] | None], *, label: str | None = None) -> CacheEntry:
         found = self.lookup(kind, key, suffix)

@@ -59,19 +59,52 @@ def _table_path(given: str | None, default: Path, option: str, what: str) -> Pat
                       f"pass one with {option} PATH.")
 
 
-def _model(args: argparse.Namespace):
-    from .assets import default_model
-    from .export import resolve_model
+class _EvalNote:
+    """A `PipelineObserver` that remembers whether the evaluation was computed or read from the store."""
 
-    return resolve_model(args.model or default_model(), _cache(args), batch=getattr(args, "batch", None))
+    computed = False
+
+    def built(self, build) -> None:
+        pass
+
+    def failed(self, model: str, variant: str, reason: str) -> None:
+        pass
+
+    def evaluated(self, result, *, computed: bool) -> None:
+        self.computed = computed
+
+
+def _pipeline(args: argparse.Namespace, observer=None):
+    """The one pipeline, set up from this command's options (each sub-command has a subset of them)."""
+    from .backends import BuildOptions
+    from .pipeline import Pipeline, PipelineSettings
+    from .results_store import EvalSettings
+
+    given = {name: getattr(args, name, None) for name in ("data", "calib_data", "limit", "batch_size", "batch")}
+    batch_size = given["batch_size"] or 1
+    settings = PipelineSettings(
+        eval_data=Path(given["data"]) if given["data"] else None,
+        calib_data=Path(given["calib_data"]) if given["calib_data"] else None,
+        eval_images=given["limit"], calib_seed=getattr(args, "seed", 0) or 0, model_batch=given["batch"],
+        backend=getattr(args, "backend", None) or "auto",
+        build=BuildOptions(batch_sizes=(batch_size,)), evaluation=EvalSettings(batch_size=batch_size),
+    )
+    if not hasattr(args, "pipeline"):
+        args.pipeline = Pipeline(_cache(args), settings, observer=observer, progress=not getattr(args, "quiet", True))
+        if args.pipeline.fallback_reason:
+            logging.getLogger("quantbench").warning("TensorRT not used (%s): using ONNX Runtime.",
+                                                    args.pipeline.fallback_reason)
+    return args.pipeline
 
 
 def _variant(args: argparse.Namespace):
     """The --variant of the table, with --calib-images applied (so its record says what was used)."""
     import dataclasses
 
-    from .variants import DEFAULT_VARIANTS, load_variants
+    from .variants import DEFAULT_VARIANTS, Variant, VariantKind, load_variants
 
+    if not args.variant:
+        return Variant(name="base", kind=VariantKind.FP32)  # the base model itself
     path = _table_path(args.variants_file, DEFAULT_VARIANTS, "--variants-file", "variant table")
     table = {v.name: v for v in load_variants(path)}
     if args.variant not in table:
@@ -83,33 +116,21 @@ def _variant(args: argparse.Namespace):
     return variant
 
 
-def _calibration(args: argparse.Namespace, num_images: int, size: int = 640):
-    from .assets import default_calib_data
-    from .calibration import build_calibration
+def _model_and_variant(args: argparse.Namespace, pipeline):
+    """The model and the variant meant for it (the table is checked before a model is fetched)."""
+    from .assets import default_model
 
-    folder = Path(args.calib_data) if args.calib_data else default_calib_data()
-    # The calibration tensor must have the model's input side, as the bench fixtures build it.
-    return build_calibration(folder, num_images, cache=_cache(args), seed=args.seed, size=size)
-
-
-def _variant_onnx(args: argparse.Namespace):
-    """Base model, or the requested variant of it built through ModelOpt (cached)."""
-    from .quantize import quantize_variant
-
-    variant = _variant(args) if args.variant else None  # the table is checked before a model is fetched
-    model = _model(args)
-    if variant is None:
-        return model, None
+    variant = _variant(args)
+    model = pipeline.model(args.model or default_model())
     if not variant.applies_to(model.name):
         raise ConfigError(f"{variant.skip_reason(model.name)}; choose a variant meant for {model.name}.")
-    calib = None
-    if variant.needs_calibration:
-        calib = _calibration(args, variant.calib_images, model.input_size)
-    return model, quantize_variant(model, variant, calib, _cache(args))
+    return model, variant
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    model = _model(args)
+    from .assets import default_model
+
+    model = _pipeline(args).model(args.model or default_model())
     _emit(args, json.dumps({"name": model.name, "onnx": str(model.path), "sha256": model.sha256,
                       "classes": model.num_classes, "anchors": model.num_anchors,
                       "batch": model.batch, "untrained": model.untrained}, indent=2))
@@ -117,7 +138,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    calib = _calibration(args, args.calib_images or 128)
+    calib = _pipeline(args).calibration(args.calib_images or 128, 640)
     _emit(args, json.dumps({"npy": str(calib.path), "sha256": calib.sha256, "images": calib.num_images,
                       "seed": calib.seed}, indent=2))
     return 0
@@ -126,44 +147,30 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from .records import to_dict
 
-    _, build = _variant_onnx(args)
-    _emit(args, json.dumps(to_dict(build), indent=2))
+    pipeline = _pipeline(args)
+    model, variant = _model_and_variant(args, pipeline)
+    _emit(args, json.dumps(to_dict(pipeline.build(model, variant)), indent=2))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .assets import default_eval_data
-    from .backends import BuildOptions, resolve_backend
     from .cache import atomic_write_json, check_output_file
-    from .dataset import CocoDataset
-    from .evaluate import evaluate
     from .records import to_dict
 
     if args.json:  # checked before the evaluation, which may take minutes
         check_output_file(args.json, what="--json file")
-    model, build = _variant_onnx(args)
-    onnx_path = Path(build.onnx_path) if build else model.path
-    backend_cls, fallback = resolve_backend(args.backend)
-    if fallback:
-        logging.getLogger("quantbench").warning("TensorRT not used (%s): using ONNX Runtime.", fallback)
-    backend = backend_cls()
-    dataset = CocoDataset.load(Path(args.data) if args.data else default_eval_data(), limit=args.limit)
-    try:
-        engine = backend.build(onnx_path, BuildOptions(batch_sizes=(args.batch_size,)), _cache(args))
-        with backend.open(engine) as runner:
-            result = evaluate(runner, dataset, model=model.name, variant=args.variant or "base",
-                              batch_size=args.batch_size, untrained=model.untrained, imgsz=model.input_size,
-                              progress=not args.quiet)
-    except BackendError as exc:  # its message names a cache file: say which variant that is
-        raise type(exc)(f"{backend.kind.value} cannot run variant {args.variant or 'base'!r} of model "
-                        f"{model.name}: {exc}") from None
+    note = _EvalNote()
+    pipeline = _pipeline(args, observer=note)
+    model, variant = _model_and_variant(args, pipeline)
+    result = pipeline.evaluation(model, variant)
     m, t = result.metrics, result.timing
-    note = "  (untrained model: random weights, this mAP means nothing)" if result.untrained else ""
+    untrained = "  (untrained model: random weights, this mAP means nothing)" if result.untrained else ""
     _emit(args, f"{result.model} {result.variant} on {result.backend}: mAP50-95 {m.map50_95:.4f}  "
-          f"mAP50 {m.map50:.4f}  over {result.num_images} images{note}")
+          f"mAP50 {m.map50:.4f}  over {result.num_images} images{untrained}")
     if result.skipped_images:
         _emit(args, f"skipped {len(result.skipped_images)} unreadable images: {', '.join(result.skipped_images[:5])}")
-    _emit(args, f"inference {t.inference_s:.2f} s, total {t.total_s:.2f} s ({t.images_per_s:.1f} images/s)")
+    stored = "" if note.computed else " (measured earlier: read from the results store)"
+    _emit(args, f"inference {t.inference_s:.2f} s, total {t.total_s:.2f} s ({t.images_per_s:.1f} images/s){stored}")
     if args.json:
         try:  # the results are printed first: a folder that broke since the start loses nothing measured
             atomic_write_json(args.json, to_dict(result))

@@ -45,6 +45,7 @@ class PipelineSettings:
     calib_images: int | None = None  # caps every variant's calib_images; None: as the variant says
     calib_seed: int = 0  # which calibration images (a seeded choice)
     imgsz: int = DEFAULT_IMGSZ  # square input side of exported models
+    model_batch: int | None = None  # a fixed batch axis for the base ONNX; None: dynamic
     backend: str = "auto"  # auto, onnxruntime or tensorrt (`backends.resolve_backend`)
     build: BuildOptions = field(default_factory=BuildOptions)  # what every engine is built with
     evaluation: EvalSettings = field(default_factory=EvalSettings)  # batch size and NMS of every evaluation
@@ -84,11 +85,12 @@ class Pipeline:
     """Memoised, cached stages; see the module docstring."""
 
     def __init__(self, cache: ArtifactCache, settings: PipelineSettings = PipelineSettings(), *,
-                 backend: Backend | None = None, observer: PipelineObserver | None = None):
+                 backend: Backend | None = None, observer: PipelineObserver | None = None, progress: bool = False):
         self.cache = cache
         self.settings = settings
         self.store = ResultsStore(cache)
         self.observer: PipelineObserver = observer or _NoObserver()
+        self.progress = progress  # a progress bar while evaluating (the CLI's)
         if backend is None:
             backend_cls, self.fallback_reason = resolve_backend(settings.backend)
             backend = backend_cls()
@@ -108,7 +110,7 @@ class Pipeline:
         """The validated base ONNX of ``source`` (.onnx as given; .pt/.yaml exported by Ultralytics)."""
         key = str(source)
         if key not in self._models:
-            self._models[key] = resolve_model(source, self.cache, imgsz=self.settings.imgsz)
+            self._models[key] = resolve_model(source, self.cache, imgsz=self.settings.imgsz, batch=self.settings.model_batch)
         return self._models[key]
 
     def dataset(self) -> CocoDataset:
@@ -149,6 +151,10 @@ class Pipeline:
             else:
                 self.observer.built(self._builds[key])
         return _or_raise(self._builds[key])
+
+    def remember_failure(self, model: str, variant: Variant, reason: str) -> None:
+        """Take a build failure another process found, so this one does not run ModelOpt for it again."""
+        self._builds.setdefault((model, self.effective(variant), self.settings.calib_seed), QuantizeError(reason))
 
     def engine(self, model: ModelInfo, variant: Variant) -> Engine:
         """The backend's engine of the variant; a backend failure names the variant and is remembered."""
@@ -208,7 +214,7 @@ class Pipeline:
         s = self.settings.evaluation
         with self.open(self.engine(model, variant)) as runner:
             return evaluate(runner, self.dataset(), model=model.name, variant=variant.name, batch_size=s.batch_size,
-                            nms=s.nms, untrained=model.untrained, progress=False, imgsz=model.input_size)
+                            nms=s.nms, untrained=model.untrained, progress=self.progress, imgsz=model.input_size)
 
     def _remember(self, variant: Variant, stored: StoredEval) -> None:
         self._evals[stored.result.model, variant] = stored.result

@@ -89,3 +89,15 @@ def rounds_for_loop(run_rounds: Callable[[int], object], plan: TimingPlan, *,
     started = clock()
     run_rounds(plan.min_rounds)
     return plan.rounds_for((clock() - started) * 1e3 / plan.min_rounds)
+
+
+def host_rounds(run_once: Callable[[], object], rounds: int, *,
+                clock: Callable[[], float] = time.perf_counter) -> tuple[float, ...]:
+    """``rounds`` timed calls of ``run_once``, in ms each: the host clock around one synchronised
+    inference, as pytest-benchmark times a round (for timings taken outside a benchmark test)."""
+    samples = []
+    for _ in range(rounds):
+        started = clock()
+        run_once()
+        samples.append((clock() - started) * 1e3)
+    return tuple(samples)
