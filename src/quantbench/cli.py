@@ -341,7 +341,7 @@ def _variant_opts(p: argparse.ArgumentParser, *, required: bool = False) -> None
     p.add_argument("--variants-file", help="variant table (default: bench/variants.toml here or in the checkout)")
     p.add_argument("--calib-data", help="calibration images: a COCO folder or a folder of images")
     p.add_argument("--calib-images", type=positive_int, help="number of calibration images")
-    p.add_argument("--seed", type=int, default=0, help="seed for choosing calibration images")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed for choosing calibration images")
 
 
 def build_parser() -> argparse.ArgumentParser:
