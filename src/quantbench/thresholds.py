@@ -8,6 +8,8 @@ File layout (every key optional; see the commented `thresholds.toml` at the repo
     min_map = 0.30               # floor for the baseline's own mAP50-95 (catches a broken pipeline)
     max_memory_increase = 0.10   # peak GPU memory vs the baseline (0.10 = +10 %)
     not_gated = ["int8-all"]     # exploratory variants: reported, never red, never the winner
+    verdicts = "interval"        # or "point": see `quantbench.gate`
+    confidence = 0.95            # of the intervals of the mAP drop and of the speed-up
     [min_speedup]                # backend -> minimum speed-up vs the baseline
     tensorrt = 1.2
     [model.yolo11n]              # per-model overrides, inheriting everything above
@@ -62,12 +64,18 @@ class ModelThresholds:
     min_speedup: dict[str, float] = field(default_factory=dict)
     not_gated: tuple[str, ...] = ()
     max_memory_increase: float | None = None
+    # How a verdict is reached: "interval" (pass or fail only when the whole confidence interval of the
+    # mAP drop, and of the speed-up where a minimum is set, is on one side of the limit; inconclusive
+    # otherwise) or "point" (the point estimates alone, as quantbench did before intervals).
+    verdicts: str = "interval"
+    confidence: float = 0.95  # of those intervals
 
     def is_gated(self, variant: str) -> bool:
         return variant not in self.not_gated
 
 
 _KEYS = tuple(f.name for f in fields(ModelThresholds))
+VERDICT_MODES = ("interval", "point")
 _TOP_LEVEL_KEYS = (*_KEYS, "model")
 _BACKENDS = tuple(k.value for k in BackendKind)
 
@@ -243,6 +251,17 @@ def _parse_model_table(table: Mapping[str, Any], base: ModelThresholds, where: s
     for key in ("max_abs_drop", "max_rel_drop", "min_map", "max_memory_increase"):
         if key in table:
             changes[key] = _fraction(table[key], where, prefix + key)
+    if "verdicts" in table:
+        if table["verdicts"] not in VERDICT_MODES:
+            raise ConfigError(f"{where}: {prefix}verdicts = {table['verdicts']!r} must be one of "
+                              f"{', '.join(map(repr, VERDICT_MODES))}.")
+        changes["verdicts"] = table["verdicts"]
+    if "confidence" in table:
+        value = table["confidence"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.5 <= value < 1.0:
+            raise ConfigError(f"{where}: {prefix}confidence = {value!r} must be a level from 0.5 to below 1, "
+                              "e.g. 0.95.")
+        changes["confidence"] = float(value)
     if "min_speedup" in table:
         changes["min_speedup"] = {**base.min_speedup, **_speedups(table["min_speedup"], where, prefix)}
     if "not_gated" in table:
