@@ -25,6 +25,12 @@ def whole_number(text: str, minimum: int) -> int:
     return value
 
 
+def is_count(value: object, minimum: int = 1) -> bool:
+    """True for an int (not a bool) of at least ``minimum``: `whole_number`'s check for values already
+    parsed (dataclass fields, keyword arguments), which raise their own error naming the field."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 def positive_int(text: str) -> int:
     """Counts of 1 or more."""
     return whole_number(text, 1)
