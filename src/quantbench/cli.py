@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .analysis import cli as analysis_cli
-from .argtypes import latency_check, non_negative_int, positive_int
+from .argtypes import latency_check, positive_int
 from .errors import BackendError, ConfigError, OutputError, QuantbenchError
 
 Handler = Callable[[argparse.Namespace], int]

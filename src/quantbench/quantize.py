@@ -26,20 +26,18 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib.metadata import version as dist_version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnx
 
+from . import onnx_graph
 from .cache import ArtifactCache, hash_key, owned_scratch_dir, sha256_file
+from .calibration import CalibrationSet
 from .errors import ModelError, QuantizeError
 from .export import ModelInfo, validate_onnx
-from . import onnx_graph
 from .records import VariantBuild
 from .variants import Variant, VariantKind
-
-if TYPE_CHECKING:
-    from .calibration import CalibrationSet
 
 log = logging.getLogger(__name__)
 
