@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from quantbench.analysis.setup import AnalysisOptions
 from quantbench.cache import ArtifactCache
 from quantbench.cli import main
-from quantbench.sensitivity import AnalysisOptions
 from quantbench.variants import load_variants
 
 
@@ -67,13 +67,15 @@ def _small_analysis(model: Path, calib500: Path, cache: ArtifactCache, out: Path
 
 
 def test_analysis_option_defaults_are_the_library_defaults():
-    from quantbench.cli import _analysis_options, build_parser
-    from quantbench.search import SearchConfig
+    from quantbench.analysis.cli import analysis_options, search_config
+    from quantbench.analysis.search import SearchConfig
+    from quantbench.cli import build_parser
 
-    assert _analysis_options(build_parser().parse_args(["sensitivity"])) == AnalysisOptions()
+    assert analysis_options(build_parser().parse_args(["sensitivity"])) == AnalysisOptions()
     args = build_parser().parse_args(["search"])
-    assert _analysis_options(args, variant_name=args.variant_name) == AnalysisOptions()
-    assert (args.strategy, args.max_steps) == (SearchConfig().strategy.value, SearchConfig().max_steps)
+    assert analysis_options(args) == AnalysisOptions()
+    assert search_config(args) == SearchConfig()  # min_int8_flop_share included: one default, 0.85
+    assert search_config(build_parser().parse_args(["search", "--no-verify"])).max_verify == 0
 
 
 def test_sensitivity_writes_the_ranked_report(yolo11n_onnx: Path, calib500: Path, session_cache: ArtifactCache,

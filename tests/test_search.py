@@ -23,9 +23,10 @@ from quantbench.cache import ArtifactCache
 from quantbench.calibration import build_calibration
 from quantbench.errors import ConfigError
 from quantbench.export import resolve_model
-from quantbench.qdq_graph import QdqModel
+from quantbench.analysis.qdq_graph import QdqModel
 from quantbench.quantize import matching_nodes, quantize_variant
-from quantbench.search import (
+from quantbench.analysis.meter import GraphMeter, OutputErrorProbe, error_power, output_agreement, run_batches
+from quantbench.analysis.search import (
     STATE_FILE,
     FlopCost,
     SearchConfig,
@@ -39,14 +40,7 @@ from quantbench.search import (
     variant_toml,
     within_floor,
 )
-from quantbench.sensitivity import (
-    GraphMeter,
-    OutputErrorProbe,
-    error_power,
-    layer_sensitivity,
-    output_agreement,
-    run_batches,
-)
+from quantbench.analysis.sensitivity import layer_sensitivity
 from quantbench.variants import Variant, VariantKind, load_variants
 
 SIZE = 64
@@ -154,7 +148,7 @@ def test_search_meets_the_budget_with_a_minimal_split(tiny: Tiny, order_and_full
     order, full_drop = order_and_full_drop
     assert full_drop > 0  # full INT8 is measurably off the FP32 output
     budget = 0.25 * full_drop  # forces some groups out of INT8, not all
-    config = SearchConfig(strategy=strategy, max_steps=30)
+    config = SearchConfig(strategy=strategy, max_steps=30, min_int8_flop_share=0.0)  # no floor: the budget decides
     with _meter(tiny, ArtifactCache(tmp_path / "cache")) as meter:
         reference = meter.probe_score_of_file(tiny.model.path)
         outcome = search_split(meter, order, reference_score=reference, budget=budget, config=config,
@@ -203,14 +197,14 @@ def test_search_stops_at_max_steps_when_the_budget_is_out_of_reach(tiny: Tiny, o
     order, _ = order_and_full_drop
     with _meter(tiny, ArtifactCache(tmp_path / "cache")) as meter:
         outcome = search_split(meter, order, reference_score=0.0, budget=0.0, progress=False,
-                               config=SearchConfig(strategy=Strategy.GREEDY, max_steps=3))
+                               config=SearchConfig(strategy=Strategy.GREEDY, max_steps=3, min_int8_flop_share=0.0))
     assert len(outcome.steps) == 3 and not outcome.met_budget
     assert [s.action for s in outcome.steps] == ["start", "add", "add"]
 
 
 def test_resumed_search_matches_an_uninterrupted_one(tiny: Tiny, order_and_full_drop, tmp_path: Path) -> None:
     order, full_drop = order_and_full_drop
-    config = SearchConfig(max_steps=30)
+    config = SearchConfig(max_steps=30, min_int8_flop_share=0.0)
 
     def run(cache_dir: str, state: Path, probe: CountingProbe):
         # Each run gets an empty artefact cache: only the state file can carry the earlier trials.
@@ -254,7 +248,7 @@ def test_search_verifies_with_a_real_modelopt_build(tiny: Tiny, order_and_full_d
             return meter.probe_score_of_file(Path(build.onnx_path))
 
         outcome = search_split(meter, order, reference_score=0.0, budget=0.25 * full_drop,
-                               verify=verify, progress=False)
+                               config=SearchConfig(min_int8_flop_share=0.0), verify=verify, progress=False)
     checks = [s for s in outcome.steps if s.action == "verify"]
     assert checks and len(checks) == len(builds)
     assert outcome.verified_score == checks[-1].score

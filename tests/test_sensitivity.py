@@ -24,18 +24,12 @@ from quantbench.cache import ArtifactCache
 from quantbench.calibration import build_calibration
 from quantbench.errors import ConfigError, DataError, ModelError
 from quantbench.export import resolve_model
-from quantbench.qdq_graph import QdqModel
+from quantbench.analysis.qdq_graph import QdqModel
 from quantbench.quantize import quantize_variant
-from quantbench.search import excluded_patterns, run_search
-from quantbench.sensitivity import (
-    AnalysisOptions,
-    GraphMeter,
-    layer_sensitivity,
-    output_agreement,
-    probe_split,
-    run_batches,
-    run_sensitivity,
-)
+from quantbench.analysis.meter import GraphMeter, output_agreement, run_batches
+from quantbench.analysis.search import excluded_patterns, run_search
+from quantbench.analysis.sensitivity import layer_sensitivity, run_sensitivity
+from quantbench.analysis.setup import AnalysisOptions, probe_split
 from quantbench.variants import Variant, VariantKind, load_variants
 
 SIZE = 320

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import onnx
 
+from quantbench.analysis.qdq_graph import QdqModel
 from quantbench.errors import ModelError
-from quantbench.qdq_graph import QdqModel
 
 
 def int8_flop_share(onnx_path: str, input_size: int = 640) -> float | None:

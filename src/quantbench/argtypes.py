@@ -1,4 +1,5 @@
-"""Command-line value parsers shared by `quantbench`'s CLI, the bench suite's pytest options and the analysis.
+"""Command-line value parsers shared by `quantbench`'s CLI, the bench suite's pytest options and the analysis;
+and their counterparts for values already parsed (`is_count`, `check_counts` for dataclass fields).
 
 Each is an argparse ``type=``: it returns the parsed value or raises ``ArgumentTypeError`` with the
 reason, so a bad value stops the program before any work, with argparse's (or pytest's) usage line.
@@ -7,9 +8,11 @@ reason, so a bad value stops the program before any work, with argparse's (or py
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from .backends import BACKEND_CHOICES
+from .errors import ConfigError
 
 MODEL_SUFFIXES = (".onnx", ".pt", ".yaml", ".yml")
 
@@ -23,6 +26,26 @@ def whole_number(text: str, minimum: int) -> int:
     if value < minimum:
         raise argparse.ArgumentTypeError(f"{text!r} must be {'at least 1' if minimum == 1 else f'{minimum} or more'}")
     return value
+
+
+def is_count(value: object, minimum: int = 1) -> bool:
+    """True for an int (not a bool) of at least ``minimum``: `whole_number`'s check for values already
+    parsed (dataclass fields, keyword arguments), which raise their own error naming the field."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def check_counts(config: object, minimums: dict[str, int]) -> None:
+    """Refuse a dataclass whose named fields are not whole numbers of at least their minimum.
+
+    For ``__post_init__``: the `ConfigError` names the field, the value and, as the example, the
+    field's default.
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}  # type: ignore[arg-type]
+    for name, minimum in minimums.items():
+        value = getattr(config, name)
+        if not is_count(value, minimum):
+            kind = "a positive" if minimum >= 1 else "a non-negative"
+            raise ConfigError(f"{name}={value!r} is not {kind} whole number; pass e.g. {defaults[name]}.")
 
 
 def positive_int(text: str) -> int:

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .argtypes import latency_check, non_negative_int, positive_int
+from .analysis import cli as analysis_cli
+from .argtypes import latency_check, positive_int
 from .errors import BackendError, ConfigError, OutputError, QuantbenchError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -254,80 +255,6 @@ def cmd_provenance(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sensitivity(args: argparse.Namespace) -> int:
-    from .sensitivity import run_sensitivity
-
-    options = _analysis_options(args)  # checked before anything is resolved or built
-    report = run_sensitivity(**_stage_kwargs(args), options=options, progress=not args.quiet)
-    _emit(args, f"{report.num_groups} quantized layer groups of {report.model}, most sensitive first:")
-    for group in report.groups[:10]:
-        _emit(args, f"  {group.name}")
-    _emit(args, "wrote " + ", ".join(report.files.values()))
-    return 0
-
-
-def cmd_search(args: argparse.Namespace) -> int:
-    from .search import SearchConfig, run_search
-
-    # Both checked before anything is resolved or built.
-    options = _analysis_options(args, variant_name=args.variant_name)
-    config = SearchConfig(strategy=args.strategy, min_int8_flop_share=args.min_int8_flop_share,
-                          max_steps=args.max_steps, **({"max_verify": 0} if args.no_verify else {}))
-    result = run_search(**_stage_kwargs(args), budget=args.budget, thresholds=Path(args.thresholds),
-                        options=options, config=config, progress=not args.quiet)
-    o = result.outcome
-    verdict = "within" if o.met_budget else "NOT within"
-    _emit(args, f"{result.variant_name}: {len(o.excluded)} layer groups kept out of INT8, "
-          f"{100 * o.int8_flop_share:.1f} % of linear-op FLOPs INT8; {verdict} the budget on {result.probe}.")
-    _emit(args, result.variant_toml)
-    _emit(args, "wrote " + ", ".join(result.files.values()))
-    return 0 if o.met_budget else 1
-
-
-def _analysis_options(args: argparse.Namespace, **extra):
-    from .sensitivity import AnalysisOptions
-
-    return AnalysisOptions(
-        calibration_method=args.calibration_method, calib_images=args.calib_images, seed=args.seed,
-        imgsz=args.imgsz, probe_images=args.probe_images, proxy_images=args.proxy_images, top_k=args.top_k,
-        groups=args.groups, batch_size=args.batch_size, **extra,
-    )
-
-
-def _stage_kwargs(args: argparse.Namespace) -> dict:
-    from .assets import default_calib_data, default_model
-
-    calib = Path(args.calib_data) if args.calib_data else default_calib_data()
-    return {
-        # The source as given: the analysis resolves (exports) it at --imgsz.
-        "model": args.model or default_model(),
-        "calib_folder": calib,
-        "probe_folder": Path(args.probe_data) if args.probe_data else calib,
-        "out_dir": Path(args.out_dir),
-        "cache": _cache(args),
-    }
-
-
-def _analysis_opts(p: argparse.ArgumentParser, out_dir: str) -> None:
-    """The options of `sensitivity` and `search`; defaults as in `sensitivity.AnalysisOptions`."""
-    p.add_argument("--calib-data", help="calibration images (default: calib500 or a COCO subset)")
-    p.add_argument("--probe-data", help="COCO folder for probe mAP, disjoint from the evaluation data "
-                   "(default: the calibration folder; its calibration images are left out of the probe)")
-    p.add_argument("--calibration-method", default="entropy", choices=("max", "entropy"))
-    p.add_argument("--calib-images", type=positive_int, default=128)
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed for choosing calibration images")
-    p.add_argument("--imgsz", type=positive_int, default=640, help="model input side (a multiple of 32)")
-    p.add_argument("--probe-images", type=positive_int, default=200, help="images the probe mAP is measured on")
-    p.add_argument("--proxy-images", type=positive_int, default=16,
-                   help="calibration images the output proxies (SQNR, cosine vs FP32) run on")
-    p.add_argument("--top-k", type=non_negative_int, default=12,
-                   help="best-ranked groups whose probe mAP is measured (0: proxies only)")
-    p.add_argument("--groups", nargs="+", action="extend", metavar="NODE",
-                   help="analyse only these layer groups (node names, as in sensitivity.csv)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="ONNX Runtime batch for proxies and probes")
-    p.add_argument("--out-dir", default=out_dir)
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model source: .onnx, .pt or .yaml (default: yolo11n.pt, or the "
                    "offline yolo11n-coco.onnx when QUANTBENCH_ASSETS is set)")
@@ -413,26 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print only a token naming the GPU (history cache key in CI: it spans TensorRT upgrades)")
     p.set_defaults(handler=cmd_provenance)
 
-    p = sub.add_parser("sensitivity", help="per-layer INT8 sensitivity report (Markdown, CSV, PNG)")
-    _common(p)
-    _analysis_opts(p, "reports/sensitivity")
-    p.set_defaults(handler=cmd_sensitivity)
-
-    p = sub.add_parser("search", help="find the FP16/INT8 split that fits the mAP budget (resumable); "
-                       "exit status 1 when the budget is not met")
-    _common(p)
-    _analysis_opts(p, "reports/search")
-    p.add_argument("--budget", type=float, help="max mAP50-95 drop vs FP32 as a fraction (default: thresholds.toml)")
-    p.add_argument("--thresholds", default="thresholds.toml", help="where the budget comes from without --budget")
-    p.add_argument("--variant-name", default="int8-auto", help="name of the emitted variant")
-    p.add_argument("--min-int8-flop-share", type=float, default=0.85,
-                   help="keep at least this share of linear-op FLOPs in INT8 (default 0.85)")
-    p.add_argument("--strategy", choices=("bisect", "greedy"), default="bisect",
-                   help="bisect: few probe runs; greedy: one group at a time (a full accuracy curve)")
-    p.add_argument("--max-steps", type=positive_int, default=40, help="probe evaluations, all phases together")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip the real ModelOpt build of the found split (the verdict is the simulation's)")
-    p.set_defaults(handler=cmd_search)
+    analysis_cli.add_commands(sub, analysis_cli.CliHooks(common_options=_common, open_cache=_cache, emit=_emit))
     return parser
 
 

@@ -33,8 +33,10 @@ from typing import Any
 
 import onnx
 
+from .argtypes import is_count
 from .cache import ArtifactCache, hash_key, sha256_file
 from .errors import ModelError
+from .onnx_graph import dims, graph_inputs, load_graph, metadata, metadata_imgsz
 
 DEFAULT_IMGSZ = 640
 BOX_ROWS = 4  # cx, cy, w, h rows before the class scores
@@ -67,14 +69,6 @@ class ModelInfo:
 # Validation
 
 
-def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
-    """Static dims as ints, symbolic ones as their name (None when unnamed)."""
-    return [
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-        for d in value_info.type.tensor_type.shape.dim
-    ]
-
-
 def _shape_text(dims: list[int | str | None]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
@@ -84,7 +78,7 @@ def _load_onnx(path: Path) -> onnx.ModelProto:
         raise ModelError(f"model file {path} does not exist; check the path or export the model first.")
     try:
         # Weights are not needed to check the interface; external data stays on disk.
-        model = onnx.load(str(path), load_external_data=False)
+        model = load_graph(path)
     except Exception as exc:  # protobuf's DecodeError and friends: the bytes are not an ONNX model
         raise ModelError(
             f"{path} is not an ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
@@ -96,31 +90,6 @@ def _load_onnx(path: Path) -> onnx.ModelProto:
             f"{path} is not an ONNX model (no graph nodes or outputs); give an .onnx file exported from the detector."
         )
     return model
-
-
-def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    # Older IR versions list initializers among the inputs; those are weights, not inputs.
-    initializers = {init.name for init in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in initializers]
-
-
-def _metadata(model: onnx.ModelProto) -> dict[str, str]:
-    return {prop.key: prop.value for prop in model.metadata_props}
-
-
-def _metadata_imgsz(meta: dict[str, str]) -> int | None:
-    """Square side from Ultralytics' ``imgsz`` metadata (``'[640, 640]'`` or ``'640'``)."""
-    text = meta.get("imgsz")
-    if text is None:
-        return None
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return None
-    sides = [value] if isinstance(value, int) else list(value) if isinstance(value, (list, tuple)) else []
-    if sides and all(isinstance(s, int) for s in sides) and len(set(sides)) == 1:
-        return sides[0]
-    return None
 
 
 def _class_names(path: Path, meta: dict[str, str], num_classes: int) -> tuple[str, ...]:
@@ -158,15 +127,15 @@ def _infer_output_dims(model: onnx.ModelProto, size: int, path: Path) -> list[in
     """The output's dims with the input side fixed to ``size`` (batch stays symbolic)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    dims = _graph_inputs(probe)[0].type.tensor_type.shape.dim
-    dims[2].Clear()
-    dims[2].dim_value = size
-    dims[3].Clear()
-    dims[3].dim_value = size
+    side_dims = graph_inputs(probe)[0].type.tensor_type.shape.dim
+    side_dims[2].Clear()
+    side_dims[2].dim_value = size
+    side_dims[3].Clear()
+    side_dims[3].dim_value = size
     # ONNX's own inference with data propagation settles YOLO heads in a fraction of a second;
     # ONNX Runtime's symbolic inference (which imports torch: ~6 s) is the fallback.
     try:
-        quick = _dims(onnx.shape_inference.infer_shapes(probe, data_prop=True).graph.output[0])
+        quick = dims(onnx.shape_inference.infer_shapes(probe, data_prop=True).graph.output[0])
         if len(quick) == 3 and isinstance(quick[1], int) and isinstance(quick[2], int):
             return quick
     except Exception:  # onnx's checker raises on exotic graphs: leave them to the fallback
@@ -181,34 +150,30 @@ def _infer_output_dims(model: onnx.ModelProto, size: int, path: Path) -> list[in
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
             "export it with fixed sizes (dynamic=False) so its output shape is written in the file."
         ) from exc
-    return _dims(inferred.graph.output[0])
+    return dims(inferred.graph.output[0])
 
 
-def validate_onnx(path: Path, *, untrained: bool = False, name: str | None = None) -> ModelInfo:
-    """Check that ``path`` is a YOLO-style detector ONNX and describe it.
-
-    Raises ``ModelError`` (naming the file, what was found, what is expected and the fix) for a
-    missing file, bytes that are not ONNX, anything but one float32 NCHW square input, or anything
-    but one ``[batch, 4 + classes, anchors]`` output.
-    """
-    path = Path(path)
-    model = _load_onnx(path)
-    meta = _metadata(model)
-
-    inputs = _graph_inputs(model)
+def _image_input(model: onnx.ModelProto, path: Path) -> tuple[onnx.ValueInfoProto, list[int | str | None]]:
+    """The one float32 NCHW input with 3 (or symbolic) channels, and its dims."""
+    inputs = graph_inputs(model)
     if len(inputs) != 1:
         raise ModelError(
             f"{path} has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); quantbench needs one "
             "image input [batch, 3, size, size]; export the detector alone, without extra inputs."
         )
     inp = inputs[0]
-    in_dims = _dims(inp)
+    in_dims = dims(inp)
     elem = inp.type.tensor_type.elem_type
     if elem != onnx.TensorProto.FLOAT or len(in_dims) != 4 or in_dims[1] not in (3, None):
         raise ModelError(
             f"{path}: input {inp.name!r} is {onnx.TensorProto.DataType.Name(elem).lower()} {_shape_text(in_dims)}; "
             "quantbench needs float32 [batch, 3, size, size] (NCHW); export the FP32 model with Ultralytics."
         )
+    return inp, in_dims
+
+
+def _input_side(model: onnx.ModelProto, inp: onnx.ValueInfoProto, in_dims: list[int | str | None], path: Path) -> int:
+    """The square side: fixed in the input, or (both sides dynamic) what the export's metadata says."""
     height, width = in_dims[2], in_dims[3]
     if isinstance(height, int) and isinstance(width, int):
         if height != width:
@@ -216,32 +181,30 @@ def validate_onnx(path: Path, *, untrained: bool = False, name: str | None = Non
                 f"{path}: input {inp.name!r} is {height}x{width}; quantbench needs a square input; "
                 "export with a single imgsz (e.g. imgsz=640)."
             )
-        size = height
-    elif isinstance(height, int) or isinstance(width, int):
+        return height
+    if isinstance(height, int) or isinstance(width, int):
         raise ModelError(
             f"{path}: input {inp.name!r} has one fixed and one dynamic side {_shape_text(in_dims)}; "
             "export with both sides fixed (imgsz=640) or both dynamic (dynamic=True)."
         )
-    else:
-        # A dynamic-size export: its own metadata says which size it was made for.
-        size = _metadata_imgsz(meta) or DEFAULT_IMGSZ
+    # A dynamic-size export: its own metadata says which size it was made for.
+    made_for = metadata_imgsz(model)
+    return made_for[0] if made_for is not None and made_for[0] == made_for[1] else DEFAULT_IMGSZ
 
+
+def _detection_output(model: onnx.ModelProto, size: int, path: Path) -> tuple[onnx.ValueInfoProto, int, int]:
+    """The one float32 ``[batch, 4 + classes, anchors]`` output, its row and anchor counts at ``size``."""
     outputs = list(model.graph.output)
     if len(outputs) != 1:
-        found = ", ".join(f"{o.name} {_shape_text(_dims(o))}" for o in outputs)
+        found = ", ".join(f"{o.name} {_shape_text(dims(o))}" for o in outputs)
         raise ModelError(
             f"{path} has {len(outputs)} outputs ({found}) but quantbench expects one output {EXPECTED_OUTPUT}; {OUTPUT_FIX}."
         )
     out = outputs[0]
-    out_dims = _dims(out)
-    layout_error = ModelError(
-        f"{path}: output {out.name!r} is {_shape_text(out_dims)} but quantbench expects {EXPECTED_OUTPUT}; {OUTPUT_FIX}."
-    )
-    if len(out_dims) != 3:
-        raise layout_error
-    if not (isinstance(out_dims[1], int) and isinstance(out_dims[2], int)):
+    out_dims = dims(out)
+    if len(out_dims) == 3 and not (isinstance(out_dims[1], int) and isinstance(out_dims[2], int)):
         out_dims = _infer_output_dims(model, size, path)
-    rows, anchors = out_dims[1], out_dims[2]
+    rows, anchors = out_dims[1:3] if len(out_dims) == 3 else (None, None)
     # YOLO11 puts classes on axis 1 and anchors (thousands) on axis 2; the transposed layout
     # [batch, anchors, 4 + classes] of other exporters is refused here, not mis-decoded later.
     if not (isinstance(rows, int) and isinstance(anchors, int)) or rows <= BOX_ROWS or rows >= anchors:
@@ -253,8 +216,22 @@ def validate_onnx(path: Path, *, untrained: bool = False, name: str | None = Non
             f"{path}: output {out.name!r} is {onnx.TensorProto.DataType.Name(out.type.tensor_type.elem_type).lower()}; "
             "quantbench needs a float32 output; export the FP32 model."
         )
+    return out, rows, anchors
+
+
+def validate_onnx(path: Path, *, untrained: bool = False, name: str | None = None) -> ModelInfo:
+    """Check that ``path`` is a YOLO-style detector ONNX and describe it.
+
+    Raises ``ModelError`` (naming the file, what was found, what is expected and the fix) for a
+    missing file, bytes that are not ONNX, anything but one float32 NCHW square input, or anything
+    but one ``[batch, 4 + classes, anchors]`` output.
+    """
+    path = Path(path)
+    model = _load_onnx(path)
+    inp, in_dims = _image_input(model, path)
+    size = _input_side(model, inp, in_dims, path)
+    out, rows, anchors = _detection_output(model, size, path)
     num_classes = rows - BOX_ROWS
-    batch = in_dims[0] if isinstance(in_dims[0], int) else None
     return ModelInfo(
         name=name or path.stem,
         path=path,
@@ -262,10 +239,10 @@ def validate_onnx(path: Path, *, untrained: bool = False, name: str | None = Non
         input_name=inp.name,
         output_name=out.name,
         input_size=size,
-        batch=batch,
+        batch=in_dims[0] if isinstance(in_dims[0], int) else None,
         num_classes=num_classes,
         num_anchors=anchors,
-        class_names=_class_names(path, meta, num_classes),
+        class_names=_class_names(path, metadata(model), num_classes),
         untrained=untrained,
     )
 
@@ -274,10 +251,10 @@ def validate_onnx(path: Path, *, untrained: bool = False, name: str | None = Non
 # Fixing the input side and the batch axis
 
 
-def _set_dims(value_info: onnx.ValueInfoProto, dims: list[int | str]) -> None:
+def _set_dims(value_info: onnx.ValueInfoProto, values: list[int | str]) -> None:
     shape = value_info.type.tensor_type.shape
     del shape.dim[:]
-    for d in dims:
+    for d in values:
         new = shape.dim.add()
         if isinstance(d, int):
             new.dim_value = d
@@ -288,7 +265,7 @@ def _set_dims(value_info: onnx.ValueInfoProto, dims: list[int | str]) -> None:
 def _write_shaped_copy(info: ModelInfo, size: int, batch: int | None, dest: Path) -> None:
     model = onnx.load(str(info.path))
     batch_dim: int | str = batch if batch is not None else "batch"
-    _set_dims(_graph_inputs(model)[0], [batch_dim, 3, size, size])
+    _set_dims(graph_inputs(model)[0], [batch_dim, 3, size, size])
     # value_info only caches shape inference; stale symbolic dims there would contradict the new
     # interface, and every consumer (ORT, ModelOpt, TensorRT) re-infers shapes anyway.
     del model.graph.value_info[:]
@@ -300,7 +277,7 @@ def _write_shaped_copy(info: ModelInfo, size: int, batch: int | None, dest: Path
 
 def _with_fixed_shape(info: ModelInfo, cache: ArtifactCache, imgsz: int, batch: int | None) -> ModelInfo:
     """``info`` itself, or a cached copy with a static square side and, if asked, a fixed batch."""
-    in_dims = _dims(_graph_inputs(onnx.load(str(info.path), load_external_data=False))[0])
+    in_dims = dims(graph_inputs(load_graph(info.path))[0])
     dynamic_side = not isinstance(in_dims[2], int)
     if not dynamic_side and info.input_size != imgsz:
         raise ModelError(
@@ -437,9 +414,9 @@ def resolve_model(
     (``batch=None``) or a fixed one. Nothing is written beside the source: exports and shape
     rewrites live in ``cache``.
     """
-    if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz <= 0 or imgsz % 32:
+    if not is_count(imgsz, 32) or imgsz % 32:
         raise ModelError(f"imgsz={imgsz!r} is not a positive multiple of 32; use e.g. imgsz=640.")
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0):
+    if batch is not None and not is_count(batch):
         raise ModelError(f"batch={batch!r} is not a positive whole number; use e.g. batch=1, or None for dynamic.")
     text = str(source)
     path = Path(text).expanduser()

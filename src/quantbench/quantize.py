@@ -26,19 +26,18 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib.metadata import version as dist_version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnx
 
+from . import onnx_graph
 from .cache import ArtifactCache, hash_key, owned_scratch_dir, sha256_file
+from .calibration import CalibrationSet
 from .errors import ModelError, QuantizeError
 from .export import ModelInfo, validate_onnx
 from .records import VariantBuild
 from .variants import Variant, VariantKind
-
-if TYPE_CHECKING:
-    from .calibration import CalibrationSet
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,6 @@ SCRATCH_PREFIX = "quantbench-modelopt-"
 # Calibration runs on the CPU EP everywhere: EP-independent scales and no cuDNN/TensorRT EP
 # surprises inside ModelOpt's sessions (Ultralytics does the same for the same reasons).
 CALIBRATION_EPS = ("cpu",)
-QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 # Ops that read only their input's shape, not its values: data does not flow through them.
 _SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
 # Layout-only ops allowed between DFL's Softmax and its fixed 1x1 conv.
@@ -115,10 +113,6 @@ class ModelOptEcho(logging.Filter):
 # Graph analysis
 
 
-def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    return {out: node for node in graph.node for out in node.output if out}
-
-
 def _is_dfl_conv(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> bool:
     """DFL's fixed conv: a Conv fed, through layout ops only, by a Softmax over the box bins."""
     tensor = node.input[0]
@@ -143,7 +137,7 @@ def head_nodes(model: onnx.ModelProto) -> tuple[str, ...]:
     the three ``Detect.m`` convs of YOLOv5, without relying on names.
     """
     graph = model.graph
-    producers = _producers(graph)
+    producers = onnx_graph.producers(graph)
     found: dict[str, None] = {}  # ordered set
     seen: set[str] = set()
     stack = [out.name for out in graph.output]
@@ -181,11 +175,7 @@ def exact_name_pattern(name: str) -> str:
 
 def count_quantized_nodes(model: onnx.ModelProto) -> int:
     """Nodes (other than Q/DQ themselves) that read at least one DequantizeLinear output."""
-    dq_outputs = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
-    return sum(
-        1 for node in model.graph.node
-        if node.op_type not in QDQ_OPS and any(i in dq_outputs for i in node.input)
-    )
+    return len(onnx_graph.int8_intended_nodes(model))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,6 +416,32 @@ def _run_modelopt(model: ModelInfo, variant: Variant, data: np.ndarray, excluded
         shutil.copyfile(out, tmp)
 
 
+def _build_options(variant: Variant, calib: CalibrationSet, num_images: int) -> dict[str, Any]:
+    """The variant's options as built: the images used, not those asked for, and which calibration."""
+    return {**variant.options(), "calib_images": num_images,
+            "calibration": {"sha256": calib.sha256, "num_images": num_images, "seed": calib.seed}}
+
+
+def _build_with_modelopt(model: ModelInfo, variant: Variant, base: onnx.ModelProto, data: np.ndarray,
+                         tmp: Path) -> dict[str, Any]:
+    """Run ModelOpt into ``tmp`` and check the result; what the cache entry's metadata records of it."""
+    excluded = _excluded_nodes(base, variant)
+    started = time.perf_counter()
+    _run_modelopt(model, variant, data, excluded, tmp)
+    seconds = time.perf_counter() - started
+    try:
+        # The variant must plug into the same pipeline: same float32 input and output layout.
+        validate_onnx(tmp, name=model.name)
+    except ModelError as exc:
+        raise QuantizeError(
+            f"ModelOpt's variant {variant.name!r} of model {model.name} changed the model's interface ({exc}); "
+            "report this with the variant's options."
+        ) from exc
+    quantized = _check_built(onnx_graph.load_graph(tmp), model, variant)
+    return {"onnx_sha256": sha256_file(tmp), "quantized_nodes": quantized, "excluded_nodes": list(excluded),
+            "seconds": seconds}
+
+
 def quantize_variant(
     model: ModelInfo, variant: Variant, calib: CalibrationSet | None, cache: ArtifactCache
 ) -> VariantBuild:
@@ -444,36 +460,20 @@ def quantize_variant(
         raise _missing_calibration(model, variant)
     num_images = _usable_images(model, calib)
     versions = _tool_versions()
-    options = {**variant.options(), "calib_images": num_images,  # what was used, not what was asked for
-               "calibration": {"sha256": calib.sha256, "num_images": num_images, "seed": calib.seed}}
-    key = hash_key(CACHE_KIND, model.sha256, options, versions)
-    base = onnx.load(str(model.path), load_external_data=False)
+    options = _build_options(variant, calib, num_images)
+    base = onnx_graph.load_graph(model.path)
     check_against_model(base, model, variant)
 
     def build(tmp: Path) -> dict[str, Any]:
-        excluded = _excluded_nodes(base, variant)
-        started = time.perf_counter()
-        _run_modelopt(model, variant, calib.load()[:num_images], excluded, tmp)
-        seconds = time.perf_counter() - started
-        try:
-            # The variant must plug into the same pipeline: same float32 input and output layout.
-            validate_onnx(tmp, name=model.name)
-        except ModelError as exc:
-            raise QuantizeError(
-                f"ModelOpt's variant {variant.name!r} of model {model.name} changed the model's interface ({exc}); "
-                "report this with the variant's options."
-            ) from exc
-        quantized = _check_built(onnx.load(str(tmp), load_external_data=False), model, variant)
-        return {
-            "model": model.name, "variant": variant.name, "kind": variant.kind.value,
-            "onnx_sha256": sha256_file(tmp), "base_sha256": model.sha256, "options": options,
-            "quantized_nodes": quantized, "excluded_nodes": list(excluded), "seconds": seconds, "versions": versions,
-        }
+        built = _build_with_modelopt(model, variant, base, calib.load()[:num_images], tmp)
+        return {"model": model.name, "variant": variant.name, "kind": variant.kind.value, **built,
+                "base_sha256": model.sha256, "options": options, "versions": versions}
 
+    key = hash_key(CACHE_KIND, model.sha256, options, versions)
     entry = cache.get_or_build(CACHE_KIND, key, ".onnx", build, label=f"ModelOpt build of {model.name}/{variant.name}")
     meta = entry.meta
     if variant.kind is VariantKind.INT8 and not meta["quantized_nodes"]:  # cached before builds were checked
-        _check_built(onnx.load(str(entry.path), load_external_data=False), model, variant)
+        _check_built(onnx_graph.load_graph(entry.path), model, variant)
     return VariantBuild(
         model=model.name, variant=variant.name, kind=variant.kind.value, onnx_path=str(entry.path),
         onnx_sha256=meta["onnx_sha256"], base_sha256=model.sha256, options=options,

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import onnx_graph
 from ..cache import ArtifactCache, hash_key, sha256_file
 from ..errors import BackendError
 from .base import Backend, BackendKind, BuildOptions, Engine, Runner, TimingSamples
@@ -61,8 +62,9 @@ def fp16_quantize_nodes(model) -> list:
     """QuantizeLinear nodes whose scale is a float16 initializer (so their input is float16)."""
     from onnx import TensorProto
 
-    fp16_inits = {i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT16}
-    return [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[1] in fp16_inits]
+    inits = onnx_graph.initializers(model.graph)
+    return [n for n in model.graph.node if n.op_type == onnx_graph.QUANTIZE
+            and n.input[1] in inits and inits[n.input[1]].data_type == TensorProto.FLOAT16]
 
 
 def repair_fp16_quantize(model: onnx.ModelProto) -> int:
@@ -74,7 +76,7 @@ def repair_fp16_quantize(model: onnx.ModelProto) -> int:
     from onnx import TensorProto, helper, numpy_helper
 
     nodes = fp16_quantize_nodes(model)
-    inits = {i.name: i for i in model.graph.initializer}
+    inits = onnx_graph.initializers(model.graph)
     added_scales: dict[str, str] = {}
     cast_nodes = []
     for node in nodes:
@@ -112,11 +114,10 @@ def quantize_in_fp32(src: Path, dst: Path) -> int:
 
 def _model_needing_repair(onnx_path: Path) -> onnx.ModelProto | None:
     """``onnx_path``'s ModelProto (external weights not loaded) if it has float16 QuantizeLinear nodes, else None."""
-    import onnx
     from google.protobuf.message import DecodeError
 
     try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
+        model = onnx_graph.load_graph(onnx_path)
     except (DecodeError, OSError):  # not loadable as ONNX: the session reports it, naming the file
         return None
     return model if fp16_quantize_nodes(model) else None

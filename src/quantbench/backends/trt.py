@@ -18,7 +18,6 @@ differences between TensorRT 10 and 11 live in ``trt_version.TrtApi``, the CUDA 
 
 from __future__ import annotations
 
-import ast
 import logging
 import re
 import time
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
+from .. import onnx_graph
 from ..cache import ArtifactCache, atomic_write_bytes, atomic_write_text, hash_key, sha256_file
 from ..errors import BackendError, BackendUnavailable, ConfigError, ModelError
 from ..records import to_dict
@@ -136,20 +136,7 @@ def profile_shapes(
 
 def onnx_imgsz(onnx_path: Path) -> tuple[int, int] | None:
     """Ultralytics' ``imgsz`` metadata ("[640, 640]") of an ONNX export, if present."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    for prop in model.metadata_props:
-        if prop.key == "imgsz":
-            try:
-                value = ast.literal_eval(prop.value)
-            except (ValueError, SyntaxError):
-                return None
-            if isinstance(value, int):
-                return value, value
-            if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
-                return int(value[0]), int(value[1])
-    return None
+    return onnx_graph.metadata_imgsz(onnx_graph.load_graph(onnx_path))
 
 
 # --- parser and builder errors -------------------------------------------------------------------

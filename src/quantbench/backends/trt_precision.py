@@ -29,9 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import onnx
+
+from .. import onnx_graph
 from ..errors import BackendError
 
-Q_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 _CAST_KINDS = frozenset({"Cast", "Quantize", "Dequantize"})  # standalone type conversions
 # Layers that hold or compute no activations: weights/constants and shape arithmetic. NVIDIA's
 # trt-engine-explorer leaves them out of its precision views too; counted as compute, one INT8
@@ -200,18 +202,14 @@ def parse_engine_information(inspector_json: str | bytes | Mapping[str, Any], *,
     return tuple(layers)
 
 
-def qdq_layers(model: Any) -> tuple[str, ...]:
+def qdq_layers(model: onnx.ModelProto | str | Path) -> tuple[str, ...]:
     """Names of the ONNX nodes a Q/DQ graph means to run in INT8: those fed by a DequantizeLinear.
 
     ``model`` is an ``onnx.ModelProto`` or a path to one (weights are not loaded).
     """
     if isinstance(model, (str, Path)):
-        import onnx
-
-        model = onnx.load(str(model), load_external_data=False)
-    nodes = model.graph.node
-    dequantized = {out for n in nodes if n.op_type == "DequantizeLinear" for out in n.output}
-    return tuple(n.name for n in nodes if n.op_type not in Q_OPS and any(i in dequantized for i in n.input))
+        model = onnx_graph.load_graph(model)
+    return tuple(node.name for node in onnx_graph.int8_intended_nodes(model))
 
 
 def precision_report(

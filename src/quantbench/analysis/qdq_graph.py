@@ -24,7 +24,6 @@ bypassing a weight pair restores the exact original weight.
 
 from __future__ import annotations
 
-import collections
 import copy
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -35,10 +34,9 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import shape_inference
 
-from .errors import ModelError
-
-QUANTIZE = "QuantizeLinear"
-DEQUANTIZE = "DequantizeLinear"
+from .. import onnx_graph
+from ..errors import ModelError
+from ..onnx_graph import DEQUANTIZE, QUANTIZE
 # Ops whose cost is multiply-accumulates over a weight or a second operand.
 LINEAR_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 # Everything ModelOpt's INT8 mode can quantize (modelopt/onnx/quantization/int8.py lists these;
@@ -82,8 +80,8 @@ class QdqModel:
         self.source = source
         self.input_size = input_size
         nodes = list(model.graph.node)
-        producers = {out: node for node in nodes for out in node.output}
-        self._initializers = {init.name for init in model.graph.initializer}
+        producers = onnx_graph.producers(model.graph)
+        self._initializers = set(onnx_graph.initializers(model.graph))
         self._graph_outputs = {out.name for out in model.graph.output}
 
         pairs: dict[str, QdqPair] = {}  # keyed by the DQ output
@@ -126,13 +124,9 @@ class QdqModel:
         # Total cost of every linear op in the graph, quantized or not: the INT8 share's denominator.
         self.linear_flops_total = sum(flops[name] for name in linear_names)
         # dq output -> anchors reading it (a DQ also feeds Shape, Concat... which are not groups)
-        readers: dict[str, list[str]] = collections.defaultdict(list)
-        for node in nodes:
-            if node.name in self._group_by_name:
-                for i in node.input:
-                    if i in pairs:
-                        readers[i].append(node.name)
-        self._group_readers = dict(readers)
+        readers = onnx_graph.consumers(model.graph)
+        self._group_readers = {dq_out: names for dq_out in pairs
+                               if (names := [n.name for n in readers.get(dq_out, []) if n.name in self._group_by_name])}
         # ModelOpt 0.47 (graph_utils.remove_partial_input_qdq) finds the Q/DQ pair to bypass for an
         # excluded linear op through its producer's *first* output; a tensor that is a graph input,
         # or a later output of a Split, keeps feeding the excluded op through its shared pair.

@@ -32,10 +32,17 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from .cache import atomic_write_bytes, atomic_write_json, atomic_write_text, hash_key
-from .errors import ConfigError, QuantbenchError
+from ..argtypes import check_counts
+from ..cache import ArtifactCache, atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..errors import ConfigError, QuantbenchError
+from ..quantize import exact_name_pattern
+from ..records import VariantBuild
+from ..thresholds import Thresholds
+from ..variants import Variant
+from .meter import GraphMeter, error_power
 from .qdq_graph import LayerGroup, QdqModel
-from .sensitivity import AnalysisOptions, GraphMeter, SensitivityReport, error_power
+from .sensitivity import SensitivityReport, layer_sensitivity, write_sensitivity
+from .setup import AnalysisOptions, AnalysisSetup, open_meter, prepare_analysis
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +118,9 @@ class SearchConfig:
     """How the split is searched; the budget itself comes apart (a number, or thresholds.toml)."""
 
     strategy: Strategy = Strategy.BISECT
-    min_int8_flop_share: float = 0.0  # never take out a group that would leave less INT8 than this
+    # Never take out a group that would leave less of the linear-op FLOPs in INT8 than this (0 = no
+    # floor). 0.85 is what `quantbench search` always defaulted to and docs/results.md's searches used.
+    min_int8_flop_share: float = 0.85
     max_steps: int = 40  # probe evaluations, all phases together (the start point included)
     trim: bool = True  # after meeting the budget, give linear groups back to INT8 where the budget allows
     # Only groups worth a probe run are given back: each trial is one more draw of the probe's noise
@@ -124,11 +133,7 @@ class SearchConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name}={value!r} is not a fraction between 0 and 1; pass e.g. 0.85 for 85 %.")
-        if self.max_steps < 1 or self.max_verify < 0:
-            raise ConfigError(
-                f"max_steps={self.max_steps}, max_verify={self.max_verify}: give at least 1 step and 0 or more "
-                "verifies."
-            )
+        check_counts(self, {"max_steps": 1, "max_verify": 0})
         try:
             object.__setattr__(self, "strategy", Strategy(self.strategy))
         except ValueError:
@@ -180,10 +185,6 @@ class _Ledger:
             else:
                 log.info("%s belongs to another search (different inputs): starting over", path)
 
-    @property
-    def replaying(self) -> bool:
-        return len(self.steps) < len(self.recorded)
-
     def trial(self, action: str, group: str | None, excluded: Sequence[str], score_fn: Callable[[], float],
               make: Callable[[int, float], SearchStep]) -> SearchStep:
         index = len(self.steps)
@@ -234,118 +235,160 @@ def search_split(
     builds again. ``state_path`` makes the search resumable.
     """
     budget = check_budget(budget)
-    qdq = meter.qdq
-    qdq.check_names(order)
-    sequence = within_floor(qdq, list(dict.fromkeys(order)), config.min_int8_flop_share)
-    cost = cost or FlopCost.for_model(qdq)
-    all_groups = frozenset(qdq.group_names)
-    header = {"qdq": meter.qdq_hash, "probe": meter.probe.fingerprint() if meter.probe else None,
-              "order": sequence, "reference": reference_score, "budget": budget,
-              "config": {**dataclasses.asdict(config), "strategy": config.strategy.value},
-              "cost": cost.name, "verify": verify is not None}
-    ledger = _Ledger(state_path, header)
-    bar = tqdm(total=config.max_steps, desc="search", unit="trial", disable=not progress)
+    meter.qdq.check_names(order)
+    sequence = within_floor(meter.qdq, list(dict.fromkeys(order)), config.min_int8_flop_share)
+    search = _SplitSearch(meter, sequence, reference_score, budget, config, cost or FlopCost.for_model(meter.qdq),
+                          verify, state_path, progress)
+    with search.bar:
+        search.forward()
+        search.trim()
+        search.verify_split()
+    return search.outcome()
 
-    def graph_order(names: Collection[str]) -> tuple[str, ...]:
+
+class _SplitSearch:
+    """The state of one `search_split`: the split now accepted, the trials so far, the ledger."""
+
+    def __init__(self, meter: GraphMeter, sequence: list[str], reference_score: float, budget: float,
+                 config: SearchConfig, cost: CostModel, verify: Callable[[tuple[str, ...]], float] | None,
+                 state_path: Path | None, progress: bool):
+        self.meter, self.qdq, self.sequence = meter, meter.qdq, sequence
+        self.reference, self.budget, self.config, self.cost, self.verify = reference_score, budget, config, cost, verify
+        self.all_groups = frozenset(self.qdq.group_names)
+        header = {"qdq": meter.qdq_hash, "probe": meter.probe.fingerprint() if meter.probe else None,
+                  "order": sequence, "reference": reference_score, "budget": budget,
+                  "config": {**dataclasses.asdict(config), "strategy": config.strategy.value},
+                  "cost": cost.name, "verify": verify is not None}
+        self.ledger = _Ledger(state_path, header)
+        self.bar = tqdm(total=config.max_steps, desc="search", unit="trial", disable=not progress)
+        self.accepted: list[SearchStep] = []
+        self.current: SearchStep  # the split the search is on: set by `forward`
+        self.excluded: list[str] = []  # its groups out of INT8
+        self.pending: list[str] = []  # groups of the sequence still in INT8, in order
+        self.verified: float | None = None
+
+    def graph_order(self, names: Collection[str]) -> tuple[str, ...]:
         chosen = set(names)
-        return tuple(n for n in qdq.group_names if n in chosen)
+        return tuple(n for n in self.qdq.group_names if n in chosen)
 
-    def steps_left() -> bool:
-        return len(ledger.steps) < config.max_steps
+    def steps_left(self) -> bool:
+        return len(self.ledger.steps) < self.config.max_steps
 
-    def run(action: str, group: str | None, excluded: Sequence[str], score_fn: Callable[[], float] | None = None
-            ) -> SearchStep:
-        excluded = graph_order(excluded)
+    def run(self, action: str, group: str | None, excluded: Sequence[str],
+            score_fn: Callable[[], float] | None = None) -> SearchStep:
+        """One trial (replayed from the ledger where recorded): the split with ``excluded`` out of INT8."""
+        excluded = self.graph_order(excluded)
 
         def simulated() -> float:
-            return meter.probe_score(all_groups - set(excluded))
+            return self.meter.probe_score(self.all_groups - set(excluded))
 
         def make(index: int, score: float) -> SearchStep:
-            drop = reference_score - score
+            drop = self.reference - score
             return SearchStep(step=index, action=action, group=group, excluded=excluded, score=score, drop=drop,
-                              int8_flop_share=qdq.int8_flop_share(excluded), fp16_groups=len(excluded),
-                              within_budget=drop <= budget + 1e-12, accepted=False)
+                              int8_flop_share=self.qdq.int8_flop_share(excluded), fp16_groups=len(excluded),
+                              within_budget=drop <= self.budget + 1e-12, accepted=False)
 
-        step = ledger.trial(action, group, excluded, score_fn or simulated, make)
-        bar.update()
-        bar.set_postfix_str(f"{action} drop={step.drop:+.4f} int8={100 * step.int8_flop_share:.1f}%", refresh=False)
+        step = self.ledger.trial(action, group, excluded, score_fn or simulated, make)
+        self.bar.update()
+        self.bar.set_postfix_str(f"{action} drop={step.drop:+.4f} int8={100 * step.int8_flop_share:.1f}%",
+                                 refresh=False)
         return step
 
-    accepted: list[SearchStep] = []
-    with bar:
-        current = run("start", None, ())
-        accepted.append(current)
-        taken = 0  # length of the prefix of ``sequence`` now out of INT8
-        if not current.within_budget and sequence:
-            if config.strategy is Strategy.GREEDY:
-                while not current.within_budget and taken < len(sequence) and steps_left():
-                    taken += 1
-                    current = run("add", sequence[taken - 1], sequence[:taken])
-                    accepted.append(current)
-            elif steps_left():
-                # Bisection on the prefix length, assuming more groups out never scores worse.
-                failing, passing = 0, len(sequence)
-                top = run("prefix", sequence[-1], sequence)
-                if top.within_budget:
-                    best = top
-                    while passing - failing > 1 and steps_left():
-                        mid = (failing + passing) // 2
-                        step = run("prefix", sequence[mid - 1], sequence[:mid])
-                        if step.within_budget:
-                            passing, best = mid, step
-                        else:
-                            failing = mid
-                    taken, current = passing, best
-                else:
-                    taken, current = len(sequence), top  # out of reach: report the best effort
-                accepted.append(current)
-        excluded = list(sequence[:taken])
-        pending = list(sequence[taken:])
+    def accept(self, step: SearchStep) -> SearchStep:
+        self.current = step
+        self.accepted.append(step)
+        return step
 
-        if current.within_budget and config.trim:
-            total = qdq.linear_flops_total or 1
-            worth = [n for n in excluded
-                     if qdq.group(n).is_linear and qdq.group(n).flops / total >= config.trim_min_flop_share]
-            for group in sorted(worth, key=lambda n: -cost.cost(qdq.group(n))):
-                if not steps_left():
-                    break
-                trial = [n for n in excluded if n != group]
-                step = run("trim", group, trial)
-                if step.within_budget:
-                    excluded, current = trial, step
-                    accepted.append(step)
+    def forward(self) -> None:
+        """From full INT8, the shortest prefix of the sequence out of INT8 that is within budget."""
+        current = self.accept(self.run("start", None, ()))
+        taken = 0  # length of the prefix of the sequence now out of INT8
+        if not current.within_budget and self.sequence:
+            if self.config.strategy is Strategy.GREEDY:
+                taken = self._forward_greedy()
+            elif self.steps_left():
+                taken = self._forward_bisect()
+        self.excluded = list(self.sequence[:taken])
+        self.pending = list(self.sequence[taken:])
 
-        verified = None
-        if verify is not None and config.max_verify > 0:
-            # A split out of reach (best effort) is built and scored too, but not extended further.
-            for _ in range(config.max_verify):
-                frozen = graph_order(excluded)
-                check = run("verify", None, frozen, lambda: verify(frozen))
-                verified = check.score
-                if check.within_budget or not current.within_budget or not pending or not steps_left():
-                    break
-                group = pending.pop(0)  # the real build missed: one more group out, then build again
-                excluded.append(group)
-                current = run("add", group, excluded)
-                accepted.append(current)
+    def _forward_greedy(self) -> int:
+        taken = 0
+        while not self.current.within_budget and taken < len(self.sequence) and self.steps_left():
+            taken += 1
+            self.accept(self.run("add", self.sequence[taken - 1], self.sequence[:taken]))
+        return taken
 
-    accepted_ids = {s.step for s in accepted}
-    steps = tuple(dataclasses.replace(s, accepted=s.step in accepted_ids) for s in ledger.steps)
-    final_excluded = graph_order(excluded)
-    # The real build, where there is one, has the last word: the simulation only predicts it.
-    final_score = verified if verified is not None else current.score
-    return SearchOutcome(
-        reference_score=reference_score, budget=budget, excluded=final_excluded, score=current.score,
-        verified_score=verified, met_budget=reference_score - final_score <= budget + 1e-12,
-        int8_flop_share=qdq.int8_flop_share(final_excluded), steps=steps,
-    )
+    def _forward_bisect(self) -> int:
+        """Bisection on the prefix length, assuming more groups out never scores worse."""
+        sequence = self.sequence
+        failing, passing = 0, len(sequence)
+        top = self.run("prefix", sequence[-1], sequence)
+        if not top.within_budget:
+            self.accept(top)  # out of reach: report the best effort
+            return len(sequence)
+        best = top
+        while passing - failing > 1 and self.steps_left():
+            mid = (failing + passing) // 2
+            step = self.run("prefix", sequence[mid - 1], sequence[:mid])
+            if step.within_budget:
+                passing, best = mid, step
+            else:
+                failing = mid
+        self.accept(best)
+        return passing
+
+    def trim(self) -> None:
+        """Give each large linear group back to INT8, the costliest first, where the budget still holds."""
+        if not (self.current.within_budget and self.config.trim):
+            return
+        total = self.qdq.linear_flops_total or 1
+        worth = [n for n in self.excluded
+                 if self.qdq.group(n).is_linear and self.qdq.group(n).flops / total >= self.config.trim_min_flop_share]
+        for group in sorted(worth, key=lambda n: -self.cost.cost(self.qdq.group(n))):
+            if not self.steps_left():
+                break
+            trial = [n for n in self.excluded if n != group]
+            step = self.run("trim", group, trial)
+            if step.within_budget:
+                self.excluded = trial
+                self.accept(step)
+
+    def verify_split(self) -> None:
+        """Build the split for real; while the build misses, take one more group out and build again.
+
+        A split out of reach (best effort) is built and scored too, but not extended further.
+        """
+        if self.verify is None or self.config.max_verify == 0:
+            return
+        verify = self.verify
+        for _ in range(self.config.max_verify):
+            frozen = self.graph_order(self.excluded)
+            check = self.run("verify", None, frozen, lambda: verify(frozen))
+            self.verified = check.score
+            if check.within_budget or not self.current.within_budget or not self.pending or not self.steps_left():
+                break
+            group = self.pending.pop(0)
+            self.excluded.append(group)
+            self.accept(self.run("add", group, self.excluded))
+
+    def outcome(self) -> SearchOutcome:
+        accepted_ids = {s.step for s in self.accepted}
+        steps = tuple(dataclasses.replace(s, accepted=s.step in accepted_ids) for s in self.ledger.steps)
+        final_excluded = self.graph_order(self.excluded)
+        # The real build, where there is one, has the last word: the simulation only predicts it.
+        final_score = self.verified if self.verified is not None else self.current.score
+        return SearchOutcome(
+            reference_score=self.reference, budget=self.budget, excluded=final_excluded, score=self.current.score,
+            verified_score=self.verified, met_budget=self.reference - final_score <= self.budget + 1e-12,
+            int8_flop_share=self.qdq.int8_flop_share(final_excluded), steps=steps,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # The variant entry and the report
 
 
-def variant_toml(variant: Any) -> str:
+def variant_toml(variant: Variant) -> str:
     """One ``[[variant]]`` table for bench/variants.toml from a `variants.Variant` (defaults left out)."""
     defaults = {f.name: f.default for f in dataclasses.fields(variant)}
     lines = ["[[variant]]", f"name = {json.dumps(variant.name)}"]
@@ -373,8 +416,6 @@ def variant_toml(variant: Any) -> str:
 
 def excluded_patterns(excluded: Sequence[str]) -> tuple[str, ...]:
     """ModelOpt ``nodes_to_exclude`` patterns that match exactly these node names."""
-    from .quantize import exact_name_pattern
-
     return tuple(exact_name_pattern(n) for n in excluded)
 
 
@@ -387,7 +428,7 @@ class SearchResult:
     probe: str
     cost_model: str
     files: dict[str, str] = field(default_factory=dict)
-    build: Any = None  # records.VariantBuild of the verified variant, where built
+    build: VariantBuild | None = None  # the verified variant, where built
 
 
 def search_markdown(result: SearchResult, qdq: QdqModel) -> str:
@@ -472,11 +513,6 @@ def write_search(result: SearchResult, qdq: QdqModel, out_dir: Path) -> SearchRe
     return dataclasses.replace(result, files={k: str(v) for k, v in files.items()})
 
 
-def trace_key(outcome: SearchOutcome) -> str:
-    """A short id of a search's path (tests compare resumed and uninterrupted runs with it)."""
-    return hash_key([(s.action, s.group, s.excluded, round(s.score, 9)) for s in outcome.steps])
-
-
 # ---------------------------------------------------------------------------------------------
 # Library entry point (what `quantbench search` calls)
 
@@ -487,7 +523,7 @@ def run_search(
     probe_folder: Path,
     out_dir: Path,
     *,
-    cache: Any,
+    cache: ArtifactCache,
     budget: float | None = None,
     thresholds: Path | None = None,
     options: AnalysisOptions = AnalysisOptions(),
@@ -507,59 +543,75 @@ def run_search(
     resumable search_state.json.
 
     The trials are scored on graphs derived from the analysis graph (FP32 outside INT8, see
-    `sensitivity.prepare_analysis`); the verifying build is the emitted variant itself, with
+    `setup.prepare_analysis`); the verifying build is the emitted variant itself, with
     ``options.high_precision_dtype`` outside INT8 (FP16 by default, what TensorRT deploys), so the
     verdict is about the split as deployed. ONNX Runtime scores it with its float16
     QuantizeLinear nodes computed in fp32, as TensorRT does (`OrtBackend.open_onnx`).
     """
-    from .quantize import quantize_variant
-    from .sensitivity import layer_sensitivity, open_meter, prepare_analysis, write_sensitivity
-    from .thresholds import Thresholds
-
-    # Both sources of the budget are checked before any work.
-    if budget is None and thresholds is None:
-        raise ConfigError("no search budget given; pass budget= (e.g. 0.003) or a thresholds.toml.")
-    limits = Thresholds.load(Path(thresholds)) if budget is None else None
-    given = None if budget is None else check_budget(budget)
+    budget_for = _budget_source(budget, thresholds)  # both sources are checked before any work
     setup = prepare_analysis(model, calib_folder, probe_folder, cache, options)
-    budget = given if limits is None else limits.for_model(setup.model.name).max_abs_drop
+    model_budget = budget_for(setup.model.name)
     out_dir = Path(out_dir)
-    qdq, meter = open_meter(setup, cache)
+    qdq, meter = open_meter(setup)
     with meter:
         report = layer_sensitivity(meter, model=setup.model.name, top_k=options.top_k, groups=options.groups,
                                    fp32_onnx=Path(setup.model.path), progress=progress)
         write_sensitivity(report, out_dir)
-        cost = FlopCost.for_model(qdq)
-        reference = meter.probe_score_of_file(Path(setup.model.path))
-        builds: dict[tuple[str, ...], Any] = {}
-
-        def variant_for(excluded: Sequence[str]) -> Any:
-            share = qdq.int8_flop_share(excluded)
-            return dataclasses.replace(
-                setup.template, nodes_to_exclude=excluded_patterns(excluded),
-                description=(f"Found by quantbench search: {len(excluded)} of {len(qdq.groups)} layer groups out of "
-                             f"INT8, {100 * share:.1f} % of linear-op FLOPs INT8; probe drop budget {budget:.4f} "
-                             f"({meter.probe.description if meter.probe else 'no probe'})."),
-            )
-
-        def build_and_score(excluded: tuple[str, ...]) -> float:
-            build = quantize_variant(setup.model, variant_for(excluded), setup.calib, cache)
-            builds[excluded] = build
-            return meter.probe_score_of_file(Path(build.onnx_path))
-
-        verify = config.max_verify > 0
-        outcome = search_split(meter, search_order(report, qdq, cost), reference_score=reference, budget=budget,
-                               config=config, cost=cost, verify=build_and_score if verify else None,
-                               state_path=out_dir / STATE_FILE, progress=progress)
-        variant = variant_for(outcome.excluded)
-        build = builds.get(outcome.excluded)
-        if verify and build is None and outcome.verified_score is not None:
-            build_and_score(outcome.excluded)  # a resumed search: build and score come from the cache
-            build = builds[outcome.excluded]
-        result = SearchResult(
-            model=setup.model.name, variant_name=options.variant_name, outcome=outcome,
-            variant_toml=variant_toml(variant), probe=meter.probe.description if meter.probe else "",
-            cost_model=f"{cost.name} (FP16 layers weighted by FLOPs: 1 + FLOPs / mean linear-layer FLOPs)",
-            build=build,
-        )
+        result = _search(setup, qdq, meter, report, model_budget, config, out_dir, progress)
         return write_search(result, qdq, out_dir)
+
+
+def _budget_source(budget: float | None, thresholds: Path | None) -> Callable[[str], float]:
+    """Model name -> its budget: ``budget`` itself, else ``max_abs_drop`` of ``thresholds`` (read now)."""
+    if budget is not None:
+        given = check_budget(budget)
+        return lambda model: given
+    if thresholds is None:
+        raise ConfigError("no search budget given; pass budget= (e.g. 0.003) or a thresholds.toml.")
+    limits = Thresholds.load(Path(thresholds))
+    return lambda model: limits.for_model(model).max_abs_drop
+
+
+class _SplitBuilder:
+    """Real ModelOpt builds of found splits through the analysis' pipeline, scored on the probe."""
+
+    def __init__(self, setup: AnalysisSetup, qdq: QdqModel, meter: GraphMeter, budget: float):
+        self.setup, self.qdq, self.meter, self.budget = setup, qdq, meter, budget
+        self.builds: dict[tuple[str, ...], VariantBuild] = {}
+
+    def variant(self, excluded: Sequence[str]) -> Variant:
+        """The emitted variant: the template with ``excluded`` kept out of INT8."""
+        share = self.qdq.int8_flop_share(excluded)
+        probe = self.meter.probe.description if self.meter.probe else "no probe"
+        return dataclasses.replace(
+            self.setup.template, nodes_to_exclude=excluded_patterns(excluded),
+            description=(f"Found by quantbench search: {len(excluded)} of {len(self.qdq.groups)} layer groups out "
+                         f"of INT8, {100 * share:.1f} % of linear-op FLOPs INT8; probe drop budget {self.budget:.4f} "
+                         f"({probe})."),
+        )
+
+    def build_and_score(self, excluded: tuple[str, ...]) -> float:
+        build = self.setup.pipeline.build(self.setup.model, self.variant(excluded))
+        self.builds[excluded] = build
+        return self.meter.probe_score_of_file(Path(build.onnx_path))
+
+
+def _search(setup: AnalysisSetup, qdq: QdqModel, meter: GraphMeter, report: SensitivityReport, budget: float,
+            config: SearchConfig, out_dir: Path, progress: bool) -> SearchResult:
+    """Search the split from the sensitivity ranking, verify it with a real build, describe the result."""
+    cost = FlopCost.for_model(qdq)
+    reference = meter.probe_score_of_file(Path(setup.model.path))
+    builder = _SplitBuilder(setup, qdq, meter, budget)
+    verify = config.max_verify > 0
+    outcome = search_split(meter, search_order(report, qdq, cost), reference_score=reference, budget=budget,
+                           config=config, cost=cost, verify=builder.build_and_score if verify else None,
+                           state_path=out_dir / STATE_FILE, progress=progress)
+    if verify and outcome.excluded not in builder.builds and outcome.verified_score is not None:
+        builder.build_and_score(outcome.excluded)  # a resumed search: build and score come from the cache
+    return SearchResult(
+        model=setup.model.name, variant_name=setup.options.variant_name, outcome=outcome,
+        variant_toml=variant_toml(builder.variant(outcome.excluded)),
+        probe=meter.probe.description if meter.probe else "",
+        cost_model=f"{cost.name} (FP16 layers weighted by FLOPs: 1 + FLOPs / mean linear-layer FLOPs)",
+        build=builder.builds.get(outcome.excluded),
+    )

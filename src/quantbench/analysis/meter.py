@@ -1,0 +1,278 @@
+"""Measuring graphs derived from one Q/DQ model: output agreement with FP32 and probe scores, cached.
+
+The cheap proxies (`output_agreement`): SQNR in dB and cosine similarity of a graph's raw output
+against the FP32 model's, plus the SQNR of the class-score rows alone (the raw output's box rows
+are in pixels and dominate the whole-output SQNR) and of the box rows weighted by confidence. The
+real score (`Probe`): mAP50-95 on a probe split (`CocoProbe`), or a label-free output error
+(`OutputErrorProbe`). `GraphMeter` names each derived graph by the set of groups left INT8 and
+caches every measurement by content, so an interrupted analysis resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import tempfile
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+
+from ..backends.base import BuildOptions
+from ..backends.ort import OrtBackend
+from ..cache import ArtifactCache, hash_key, sha256_file
+from ..dataset import CocoDataset
+from ..detections import NmsConfig
+from ..errors import ConfigError, DataError
+from ..evaluate import evaluate
+from .qdq_graph import QdqModel
+
+CACHE_KIND = "sensitivity"
+_FORMAT_VERSION = 1  # of cached probe scores
+_AGREEMENT_VERSION = 2  # of cached output agreements (2: confidence-weighted box SQNR)
+_SCORE_ROW = 4  # YOLO output rows 0-3 are the box, 4.. the class scores
+
+
+# ---------------------------------------------------------------------------------------------
+# Output agreement with FP32 (the cheap proxies)
+
+
+@dataclass(frozen=True)
+class OutputAgreement:
+    """How closely one graph's raw output follows the FP32 reference on the proxy images."""
+
+    sqnr_db: float  # 10 log10(sum ref^2 / sum (out - ref)^2) over the whole raw output
+    cosine: float  # mean over images of the cosine similarity of the flattened raw output
+    score_sqnr_db: float  # SQNR of the class-score rows only (what NMS ranks)
+    # SQNR of the box rows, each anchor weighted by its FP32 confidence (max class score): box
+    # errors of anchors no detection comes from do not matter, those of confident ones decide
+    # mAP at the high IoU thresholds of mAP50-95.
+    box_sqnr_db: float
+
+
+def _sqnr_db(signal: float, noise: float) -> float:
+    if noise <= 0.0:
+        return math.inf
+    return 10.0 * math.log10(max(signal, 1e-30) / noise)
+
+
+def error_power(sqnr_db: float) -> float:
+    """Error power relative to the signal, from an SQNR in dB (0 for an exact output)."""
+    return 10.0 ** (-sqnr_db / 10.0)
+
+
+def sqnr_gain(after_db: float, before_db: float) -> float:
+    """SQNR gained, in dB; 0 when nothing changed (both may be infinite: an exact output)."""
+    return 0.0 if after_db == before_db else after_db - before_db
+
+
+def output_agreement(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> OutputAgreement:
+    """Proxies of ``outputs`` against ``reference``: equal-shaped batches, in the same order."""
+    signal = noise = score_signal = score_noise = box_signal = box_noise = 0.0
+    cosines: list[float] = []
+    for ref, out in zip(reference, outputs, strict=True):
+        ref = ref.astype(np.float64, copy=False)
+        err = out.astype(np.float64) - ref
+        signal += float(np.square(ref).sum())
+        noise += float(np.square(err).sum())
+        if ref.ndim == 3 and ref.shape[1] > _SCORE_ROW:
+            score_signal += float(np.square(ref[:, _SCORE_ROW:]).sum())
+            score_noise += float(np.square(err[:, _SCORE_ROW:]).sum())
+            confidence = ref[:, _SCORE_ROW:].max(axis=1)  # (batch, anchors)
+            box_signal += float((np.square(ref[:, :_SCORE_ROW]).sum(axis=1) * confidence).sum())
+            box_noise += float((np.square(err[:, :_SCORE_ROW]).sum(axis=1) * confidence).sum())
+        flat_ref = ref.reshape(len(ref), -1)
+        flat_out = out.reshape(len(out), -1).astype(np.float64)
+        norms = np.linalg.norm(flat_ref, axis=1) * np.linalg.norm(flat_out, axis=1)
+        cosines.extend((np.einsum("ij,ij->i", flat_ref, flat_out) / np.maximum(norms, 1e-30)).tolist())
+    if score_signal == 0.0 and box_signal == 0.0:  # not a YOLO output: the whole output is both
+        score_signal, score_noise = box_signal, box_noise = signal, noise
+    return OutputAgreement(_sqnr_db(signal, noise), float(np.mean(cosines)), _sqnr_db(score_signal, score_noise),
+                           _sqnr_db(box_signal, box_noise))
+
+
+# ---------------------------------------------------------------------------------------------
+# Probes: a whole-model score on held-out data, higher is better
+
+
+class Probe(Protocol):
+    """Scores a whole model (higher is better); the accuracy the search must keep."""
+
+    description: str  # e.g. "mAP50-95 on calib500 (probe, 200 images)"
+
+    def fingerprint(self) -> str:
+        """Changes whenever a score could change (data, settings)."""
+
+    def score(self, onnx_path: Path) -> float: ...
+
+
+class CocoProbe:
+    """mAP50-95 of a model on a COCO folder subset, through ONNX Runtime and `evaluate`."""
+
+    def __init__(self, dataset: CocoDataset, *, imgsz: int = 640, batch_size: int = 8,
+                 nms: NmsConfig = NmsConfig(), threads: int | None = None):
+        if len(dataset) == 0:
+            raise DataError(f"probe dataset {dataset.name} has no images; give the probe at least one image.")
+        self.dataset, self.imgsz, self.batch_size, self.nms = dataset, imgsz, batch_size, nms
+        self.options = BuildOptions(batch_sizes=(batch_size,), threads=threads)
+        self.description = f"mAP50-95 on {dataset.name} ({len(dataset)} images)"
+
+    def fingerprint(self) -> str:
+        return hash_key("coco-probe", self.dataset.fingerprint(), self.imgsz, dataclasses.asdict(self.nms))
+
+    def score(self, onnx_path: Path) -> float:
+        with OrtBackend().open_onnx(onnx_path, self.options) as runner:
+            result = evaluate(runner, self.dataset, model=onnx_path.stem, variant="probe",
+                              batch_size=self.batch_size, nms=self.nms, progress=False, imgsz=self.imgsz)
+        return result.metrics.map50_95
+
+
+class OutputErrorProbe:
+    """Label-free probe: minus the class-score error power relative to a reference model's output.
+
+    ``score = -sum (out - ref)^2 / sum ref^2`` over the class rows on fixed images: 0 for the
+    reference itself, so a budget reads as the relative error power allowed (1e-3 = 30 dB SQNR).
+    For models whose mAP means nothing (random weights from a YAML) or data without labels.
+    """
+
+    def __init__(self, images: np.ndarray, reference_onnx: Path, *, batch_size: int = 8):
+        self.images, self.batch_size = images, batch_size
+        self.reference_onnx = Path(reference_onnx)
+        self.description = f"-relative class-score error power vs {self.reference_onnx.name} on {len(images)} images"
+        self._reference: list[np.ndarray] | None = None
+
+    def fingerprint(self) -> str:
+        return hash_key("error-probe", _array_hash(self.images), sha256_file(self.reference_onnx), self.batch_size)
+
+    def score(self, onnx_path: Path) -> float:
+        if self._reference is None:
+            self._reference = run_batches(self.reference_onnx, self.images, self.batch_size)
+        sqnr = output_agreement(self._reference, run_batches(onnx_path, self.images, self.batch_size)).score_sqnr_db
+        return -(10.0 ** (-sqnr / 10.0))
+
+
+def run_batches(onnx_path: Path, images: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Raw outputs of ``onnx_path`` (ONNX Runtime) on ``images``, one array per batch.
+
+    Derived graphs are opened once each, so float16 QuantizeLinear nodes are repaired in memory
+    (`OrtBackend.open_onnx`) rather than through `OrtBackend.build`'s cached copy: same numerics.
+    """
+    with OrtBackend().open_onnx(onnx_path, BuildOptions(batch_sizes=(batch_size,))) as runner:
+        return [np.array(runner.infer(images[i:i + batch_size]), copy=True) for i in range(0, len(images), batch_size)]
+
+
+def _array_hash(array: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(str((array.shape, array.dtype.str)).encode())
+    h.update(np.ascontiguousarray(array).data)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring derived graphs, cached
+
+
+class GraphMeter:
+    """Measures graphs derived from one Q/DQ model: output agreement and probe score, cached.
+
+    A derived graph is named by the set of groups left INT8; its ONNX is written to a private
+    scratch folder only when a measurement is not in the cache. Use as a context manager.
+    """
+
+    def __init__(self, qdq: QdqModel, cache: ArtifactCache, *, proxy_images: np.ndarray | None = None,
+                 reference_onnx: Path | None = None, probe: Probe | None = None, batch_size: int = 8):
+        if proxy_images is not None and reference_onnx is None:
+            raise ConfigError("proxy images were given without the FP32 reference model; pass reference_onnx.")
+        self.qdq, self.cache, self.probe, self.batch_size = qdq, cache, probe, batch_size
+        self.proxy_images, self.reference_onnx = proxy_images, reference_onnx
+        self.qdq_hash = hashlib.sha256(qdq.model.SerializeToString()).hexdigest()
+        self._scratch = tempfile.TemporaryDirectory(prefix="qb-graphs-")
+        self._reference: list[np.ndarray] | None = None
+        self._proxy_key = (
+            hash_key(_array_hash(proxy_images), sha256_file(reference_onnx), batch_size)
+            if proxy_images is not None and reference_onnx is not None else None
+        )
+        self.measured = 0  # graphs actually run by this meter (not found in the cache)
+
+    def __enter__(self) -> GraphMeter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._scratch.cleanup()
+
+    @contextlib.contextmanager
+    def _written(self, quantized: frozenset[str]) -> Iterator[Path]:
+        """The derived graph as a scratch file, deleted after use (each is a full copy of the weights)."""
+        path = Path(self._scratch.name) / f"{hash_key(sorted(quantized))}.onnx"
+        onnx.save(self.qdq.materialize(quantized), str(path))
+        try:
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _cached(self, key: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        def build(tmp: Path) -> dict[str, Any]:
+            values = measure()
+            tmp.write_text(json.dumps(values))  # the cache publishes it with its metadata sidecar
+            return values
+
+        meta = self.cache.get_or_build(CACHE_KIND, key, ".txt", build).meta
+        return {k: v for k, v in meta.items() if k != "key"}
+
+    def agreement(self, quantized: Collection[str]) -> OutputAgreement:
+        """Proxies of the graph with only ``quantized`` groups INT8, against FP32."""
+        if self._proxy_key is None:
+            raise ConfigError("no proxy images were given to this meter; pass proxy_images and reference_onnx.")
+        keep = self.qdq.check_names(quantized)
+        key = hash_key("agreement", _AGREEMENT_VERSION, self.qdq_hash, sorted(keep), self._proxy_key)
+
+        images, reference_onnx = self.proxy_images, self.reference_onnx
+        assert images is not None and reference_onnx is not None  # _proxy_key is set only with both
+
+        def measure() -> dict[str, Any]:
+            if self._reference is None:
+                self._reference = run_batches(reference_onnx, images, self.batch_size)
+            self.measured += 1
+            with self._written(keep) as path:
+                outputs = run_batches(path, images, self.batch_size)
+            return dataclasses.asdict(output_agreement(self._reference, outputs))
+
+        return OutputAgreement(**self._cached(key, measure))
+
+    def probe_score(self, quantized: Collection[str]) -> float:
+        """The probe's score of the graph with only ``quantized`` groups INT8."""
+        probe = self._require_probe()
+        keep = self.qdq.check_names(quantized)
+        key = hash_key("probe", _FORMAT_VERSION, self.qdq_hash, sorted(keep), probe.fingerprint())
+
+        def measure() -> dict[str, Any]:
+            self.measured += 1
+            with self._written(keep) as path:
+                return {"score": float(probe.score(path))}
+
+        return float(self._cached(key, measure)["score"])
+
+    def probe_score_of_file(self, onnx_path: Path) -> float:
+        """The probe's score of any ONNX (the FP32 model, a real ModelOpt build)."""
+        probe = self._require_probe()
+        key = hash_key("probe-file", _FORMAT_VERSION, sha256_file(onnx_path), probe.fingerprint())
+
+        def measure() -> dict[str, Any]:
+            self.measured += 1
+            return {"score": float(probe.score(Path(onnx_path)))}
+
+        return float(self._cached(key, measure)["score"])
+
+    def _require_probe(self) -> Probe:
+        if self.probe is None:
+            raise ConfigError("no probe was given to this meter; pass a probe (e.g. a CocoProbe) to score models.")
+        return self.probe
