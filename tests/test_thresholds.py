@@ -91,6 +91,9 @@ def test_empty_file_gives_the_dataclass_defaults(tmp_path: Path):
         ("model = 3", r"'model' must be tables like \[model.yolo11n\]"),
         ("[model]\nyolo11n = 1", r"model.yolo11n must be a table"),
         ("baseline = [", r"is not valid TOML"),
+        ("verdicts = 'median'", r"verdicts = 'median' must be one of 'interval', 'point'"),
+        ("[model.yolo11n]\nconfidence = 95", r"model.yolo11n.confidence = 95 must be a level from 0.5 to below 1"),
+        ("confidence = 1.0", r"confidence = 1.0 must be a level"),
     ],
 )
 def test_bad_entries_are_one_sentence_naming_file_and_key(tmp_path: Path, text: str, expected: str):
@@ -219,3 +222,10 @@ def test_model_tables_for_other_runs_are_a_warning_naming_the_models_of_the_run(
         "(a table for other runs is fine; check the name if not)."]
     assert len(thresholds.check_models(["yolov5n-coco"])) == 2
     assert thresholds.check_models(["yolo11n", "yolo11s"]) == []
+
+
+def test_verdict_mode_and_confidence_are_inherited_and_overridden(tmp_path: Path):
+    t = Thresholds.load(_write(tmp_path, "confidence = 0.9\n[model.m]\nverdicts = 'point'\n"))
+    assert (t.for_model("other").verdicts, t.for_model("other").confidence) == ("interval", 0.9)
+    assert (t.for_model("m").verdicts, t.for_model("m").confidence) == ("point", 0.9)
+    assert Thresholds.load(REPO_THRESHOLDS).for_model("yolo11n-coco").verdicts == "interval"

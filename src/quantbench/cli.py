@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import shlex
@@ -17,8 +18,22 @@ from pathlib import Path
 
 from . import __version__
 from .analysis import cli as analysis_cli
-from .argtypes import latency_check, positive_int
+from .argtypes import backend_name, latency_check, non_negative_int, positive_int
+from .assets import cache_root, default_model
+from .backends import BuildOptions
+from .cache import ArtifactCache, atomic_write_json, atomic_write_text, check_output_file, remove_stale_scratch
+from .compare import compare_runs, comparison_markdown
 from .errors import BackendError, ConfigError, OutputError, QuantbenchError
+from .history import build_history, history_markdown, load_run, load_runs, write_history
+from .pipeline import Pipeline, PipelineSettings
+from .provenance import cache_key, collect_provenance
+from .quantize import SCRATCH_PREFIX, ModelOptEcho
+from .records import to_dict
+from .report import format_selection_table, write_report
+from .results_store import EvalSettings, RunLedger
+from .selection import failures_from_benchmark_json, records_from_benchmark_json, select
+from .thresholds import Thresholds
+from .variants import DEFAULT_VARIANTS, Variant, VariantKind, load_variants
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -30,10 +45,6 @@ def _emit(args: argparse.Namespace, text: str) -> None:
 
 def _cache(args: argparse.Namespace):
     """The artefact cache; on first use, what killed runs left in it and in the temp dir is removed."""
-    from .assets import cache_root
-    from .cache import ArtifactCache, remove_stale_scratch
-    from .quantize import SCRATCH_PREFIX
-
     cache = ArtifactCache(args.cache_dir or cache_root())
     if not getattr(args, "cache_cleaned", False):
         cache.remove_stale_files()
@@ -77,10 +88,6 @@ class _EvalNote:
 
 def _pipeline(args: argparse.Namespace, observer=None):
     """The one pipeline, set up from this command's options (each sub-command has a subset of them)."""
-    from .backends import BuildOptions
-    from .pipeline import Pipeline, PipelineSettings
-    from .results_store import EvalSettings
-
     given = {name: getattr(args, name, None) for name in ("data", "calib_data", "limit", "batch_size", "batch")}
     batch_size = given["batch_size"] or 1
     settings = PipelineSettings(
@@ -100,9 +107,6 @@ def _pipeline(args: argparse.Namespace, observer=None):
 
 def _variant(args: argparse.Namespace):
     """The --variant of the table, with --calib-images applied (so its record says what was used)."""
-    import dataclasses
-
-    from .variants import DEFAULT_VARIANTS, Variant, VariantKind, load_variants
 
     if not args.variant:
         return Variant(name="base", kind=VariantKind.FP32)  # the base model itself
@@ -119,8 +123,6 @@ def _variant(args: argparse.Namespace):
 
 def _model_and_variant(args: argparse.Namespace, pipeline):
     """The model and the variant meant for it (the table is checked before a model is fetched)."""
-    from .assets import default_model
-
     variant = _variant(args)
     model = pipeline.model(args.model or default_model())
     if not variant.applies_to(model.name):
@@ -129,8 +131,6 @@ def _model_and_variant(args: argparse.Namespace, pipeline):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .assets import default_model
-
     model = _pipeline(args).model(args.model or default_model())
     _emit(args, json.dumps({"name": model.name, "onnx": str(model.path), "sha256": model.sha256,
                       "classes": model.num_classes, "anchors": model.num_anchors,
@@ -146,8 +146,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from .records import to_dict
-
     pipeline = _pipeline(args)
     model, variant = _model_and_variant(args, pipeline)
     _emit(args, json.dumps(to_dict(pipeline.build(model, variant)), indent=2))
@@ -155,9 +153,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .cache import atomic_write_json, check_output_file
-    from .records import to_dict
-
     if args.json:  # checked before the evaluation, which may take minutes
         check_output_file(args.json, what="--json file")
     note = _EvalNote()
@@ -182,11 +177,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from .report import format_selection_table, write_report
-    from .selection import failures_from_benchmark_json, records_from_benchmark_json, select
-    from .thresholds import Thresholds
-
-    from .results_store import RunLedger
 
     ledgers = [Path(p) for p in args.json_files if Path(p).is_dir()]
     files = [Path(p) for p in args.json_files if not Path(p).is_dir()]
@@ -217,9 +207,6 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from .history import build_history, history_markdown, load_runs, write_history
-    from .thresholds import Thresholds
-
     thresholds = Thresholds.load(Path(args.thresholds))
     runs = load_runs([Path(p) for p in args.runs])
     histories = build_history(runs, thresholds, reference_batch=args.reference_batch, mix=args.mix)
@@ -230,11 +217,6 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .cache import atomic_write_text
-    from .compare import compare_runs, comparison_markdown
-    from .history import load_run
-    from .thresholds import Thresholds
-
     thresholds = Thresholds.load(Path(args.thresholds))
     comparison = compare_runs(load_run(Path(args.base)), load_run(Path(args.new)), thresholds, args.fail_latency or ())
     markdown = comparison_markdown(comparison)
@@ -245,9 +227,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_provenance(args: argparse.Namespace) -> int:
-    from .provenance import cache_key, collect_provenance
-    from .records import to_dict
-
     if args.cache_key or args.device_key:
         _emit(args, cache_key(tensorrt=args.cache_key))
     else:
@@ -275,7 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantbench", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"quantbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _stage_commands(sub)
+    _record_commands(sub)
+    analysis_cli.add_commands(sub, analysis_cli.CliHooks(common_options=_common, open_cache=_cache, emit=_emit))
+    return parser
 
+
+def _stage_commands(sub) -> None:
+    """The pipeline's stages, one command each."""
     p = sub.add_parser("export", help="resolve a model source to a validated ONNX (cached)")
     _common(p)
     p.add_argument("--batch", type=positive_int, help="fix the batch axis to this size")
@@ -285,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--calib-data", help="calibration images: a COCO folder or a folder of images")
     p.add_argument("--calib-images", type=positive_int, help="number of images (default 128)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed for choosing calibration images")
     p.set_defaults(handler=cmd_calibrate)
 
     p = sub.add_parser("quantize", help="build one variant ONNX with ModelOpt (cached)")
@@ -299,10 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="COCO folder (images/ + instances.json); default: val500 or COCO val2017 subset")
     p.add_argument("--limit", type=positive_int, help="evaluate only the first N images")
     p.add_argument("--batch-size", type=positive_int, default=1)
-    p.add_argument("--backend", default="auto", help="auto (TensorRT when installed with a GPU, else ONNX Runtime), onnxruntime or tensorrt")
+    p.add_argument("--backend", type=backend_name, default="auto", help="auto (TensorRT when installed with a GPU, else ONNX Runtime), onnxruntime or tensorrt")
     p.add_argument("--json", type=Path, help="write the result record here")
     p.set_defaults(handler=cmd_eval)
 
+
+def _record_commands(sub) -> None:
+    """Commands over saved records: select, history, compare, provenance."""
     p = sub.add_parser("select", help="rank saved pytest-benchmark JSON runs and name the winner")
     p.add_argument("json_files", nargs="+", help="pytest-benchmark --benchmark-json files, or run folders a bench "
                    "session kept in its cache (<cache>/runs/<id>) when it could not write its report")
@@ -340,13 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print only a token naming the GPU (history cache key in CI: it spans TensorRT upgrades)")
     p.set_defaults(handler=cmd_provenance)
 
-    analysis_cli.add_commands(sub, analysis_cli.CliHooks(common_options=_common, open_cache=_cache, emit=_emit))
-    return parser
-
 
 def _quiet_echoes() -> None:
     """ModelOpt prints its log lines itself: the root handler does not print them a second time."""
-    from .quantize import ModelOptEcho
 
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, ModelOptEcho) for f in handler.filters):

@@ -184,24 +184,41 @@ def _holds(path: Path, archive: RemoteArchive) -> bool:
 
 def _fetch_into(archive: RemoteArchive, part: Path, *, progress: bool, timeout: float) -> None:
     """One request: append to ``part`` from where it stops (or start over). Raises _Retryable."""
-    url, expected = archive.url, archive.size
+    expected = archive.size
     offset = part.stat().st_size if part.exists() else 0
     if expected is not None and offset > expected:
         part.unlink()  # longer than the file can be: not a prefix of it
         offset = 0
     if expected is not None and offset == expected:
         return  # every byte is there; the checksum decides
+    response = _open_from(archive.url, offset, part, timeout)
+    if response is None:
+        return
+    with response:
+        total, mode, offset = _body_range(archive, response, offset, part)
+        received = _copy_body(archive, response, part, mode=mode, offset=offset, total=total, progress=progress)
+    if expected is not None and received > expected:
+        part.unlink()
+        raise DownloadError(
+            f"{archive.url} sent more than the {expected} bytes expected; the bytes were deleted: check the URL or "
+            "update the pinned size and checksum."
+        )
+    if total is not None and received < total:
+        raise _Retryable(f"connection closed after {received} of {total} bytes")
+
+
+def _open_from(url: str, offset: int, part: Path, timeout: float):
+    """The response for the bytes from ``offset`` on; None when the .part already holds the whole file."""
     headers = {"User-Agent": f"quantbench/{__version__}"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:
             # The .part reaches (or passes) the end of the file: let the checksum decide, or start over.
-            total = _total_from_unsatisfied_range(exc.headers.get("Content-Range"))
-            if total == offset:
-                return
+            if _total_from_unsatisfied_range(exc.headers.get("Content-Range")) == offset:
+                return None
             part.unlink()
             raise _Retryable(f"HTTP 416 for a range from byte {offset}; starting over") from None
         if exc.code in (408, 425, 429) or exc.code >= 500:
@@ -212,48 +229,46 @@ def _fetch_into(archive: RemoteArchive, part: Path, *, progress: bool, timeout: 
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise _Retryable(f"{type(exc).__name__}: {exc}") from None
 
-    with response:
-        total: int | None
-        if offset and response.status == 206:
-            match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
-            if match is None or int(match[1]) != offset:
-                part.unlink()
-                sent = response.headers.get("Content-Range")
-                raise _Retryable(f"server sent range {sent!r} for bytes={offset}-; starting over")
-            total = None if match[3] == "*" else int(match[3])
-            mode = "ab"
-        else:
-            # 200: the server ignored the Range header (or there was none): the body is the whole file.
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            mode, offset = "wb", 0
-        if expected is not None and total is not None and total != expected:
-            raise DownloadError(
-                f"{url} is {total} bytes but {expected} were expected; the server's file changed: check the URL "
-                "or update the pinned size and checksum."
-            )
-        received = offset
-        with open(part, mode) as out, tqdm(
-            total=total or expected, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=archive.filename, disable=not progress,
-        ) as bar:
-            try:
-                while chunk := response.read(_CHUNK):
-                    out.write(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-                    if expected is not None and received > expected:
-                        break  # bounded: never read past the pinned size
-            except (OSError, http.client.HTTPException) as exc:
-                raise _Retryable(f"connection lost after {received} bytes ({type(exc).__name__})") from None
-    if expected is not None and received > expected:
-        part.unlink()
+
+def _body_range(archive: RemoteArchive, response, offset: int, part: Path) -> tuple[int | None, str, int]:
+    """(total file size or None, file mode, offset) of what the response body holds."""
+    if offset and response.status == 206:
+        match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+        if match is None or int(match[1]) != offset:
+            part.unlink()
+            sent = response.headers.get("Content-Range")
+            raise _Retryable(f"server sent range {sent!r} for bytes={offset}-; starting over")
+        total, mode = (None if match[3] == "*" else int(match[3])), "ab"
+    else:
+        # 200: the server ignored the Range header (or there was none): the body is the whole file.
+        length = response.headers.get("Content-Length")
+        total, mode, offset = (int(length) if length and length.isdigit() else None), "wb", 0
+    if archive.size is not None and total is not None and total != archive.size:
         raise DownloadError(
-            f"{url} sent more than the {expected} bytes expected; the bytes were deleted: check the URL or update "
-            "the pinned size and checksum."
+            f"{archive.url} is {total} bytes but {archive.size} were expected; the server's file changed: check the "
+            "URL or update the pinned size and checksum."
         )
-    if total is not None and received < total:
-        raise _Retryable(f"connection closed after {received} of {total} bytes")
+    return total, mode, offset
+
+
+def _copy_body(archive: RemoteArchive, response, part: Path, *, mode: str, offset: int, total: int | None,
+               progress: bool) -> int:
+    """Write the body to ``part``, never past the pinned size; the byte count reached."""
+    expected, received = archive.size, offset
+    with open(part, mode) as out, tqdm(
+        total=total or expected, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+        desc=archive.filename, disable=not progress,
+    ) as bar:
+        try:
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+                if expected is not None and received > expected:
+                    break  # bounded: never read past the pinned size
+        except (OSError, http.client.HTTPException) as exc:
+            raise _Retryable(f"connection lost after {received} bytes ({type(exc).__name__})") from None
+    return received
 
 
 def _total_from_unsatisfied_range(header: str | None) -> int | None:
@@ -432,47 +447,50 @@ def fetch_coco_subset(
     with FileLock(str(final) + ".lock"):
         if (final / "instances.json").is_file():  # another process published it meanwhile
             return final
-        downloads = Path(root) / "downloads"
-        annotations_zip = fetch_remote(source.annotations, downloads, progress=progress)
         staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
-            (ann_path,) = extract_archive(annotations_zip, staging / "_annotations", [source.annotations_member])
-            coco = _read_instances(ann_path, source)
-            chosen = choose_subset([img["id"] for img in coco["images"]], role, num_images, seed)
-            chosen_set = set(chosen)
-            images = sorted((img for img in coco["images"] if img["id"] in chosen_set), key=lambda img: img["id"])
-
-            images_zip = fetch_remote(source.images, downloads, progress=progress)
-            members = [source.images_prefix + img["file_name"] for img in images]
-            extracted = extract_archive(images_zip, staging / "_images", members)
-            (staging / "images").mkdir()
-            for img, path in zip(images, extracted):
-                os.replace(path, staging / "images" / PurePosixPath(img["file_name"]).name)
-
-            subset = {
-                "info": {
-                    **coco.get("info", {}),
-                    "description": f"{source.name} {role.value} subset: {len(images)} images, seed {seed}",
-                    "quantbench_subset": {
-                        "source": source.name, "role": role.value, "seed": seed, "num_images": len(images),
-                        "images_archive_sha256": source.images.sha256,
-                        "annotations_archive_sha256": source.annotations.sha256,
-                    },
-                },
-                "licenses": coco.get("licenses", []),
-                "categories": coco["categories"],
-                "images": images,
-                "annotations": [a for a in coco["annotations"] if a["image_id"] in chosen_set],
-            }
-            atomic_write_json(staging / "instances.json", subset)
-            shutil.rmtree(staging / "_annotations")
-            shutil.rmtree(staging / "_images")
+            _stage_subset(staging, Path(root) / "downloads", source, role, num_images, seed, progress)
             os.replace(staging, final)
         finally:
             if staging.exists():
                 shutil.rmtree(staging)
     log.info("published %s (%d images)", final, num_images)
     return final
+
+
+def _stage_subset(staging: Path, downloads: Path, source: CocoSource, role: SubsetRole, num_images: int, seed: int,
+                  progress: bool) -> None:
+    """Download (once) and extract the chosen images and their annotations into ``staging``."""
+    annotations_zip = fetch_remote(source.annotations, downloads, progress=progress)
+    (ann_path,) = extract_archive(annotations_zip, staging / "_annotations", [source.annotations_member])
+    coco = _read_instances(ann_path, source)
+    chosen = set(choose_subset([img["id"] for img in coco["images"]], role, num_images, seed))
+    images = sorted((img for img in coco["images"] if img["id"] in chosen), key=lambda img: img["id"])
+
+    images_zip = fetch_remote(source.images, downloads, progress=progress)
+    members = [source.images_prefix + img["file_name"] for img in images]
+    extracted = extract_archive(images_zip, staging / "_images", members)
+    (staging / "images").mkdir()
+    for img, path in zip(images, extracted):
+        os.replace(path, staging / "images" / PurePosixPath(img["file_name"]).name)
+    subset = {
+        "info": {
+            **coco.get("info", {}),
+            "description": f"{source.name} {role.value} subset: {len(images)} images, seed {seed}",
+            "quantbench_subset": {
+                "source": source.name, "role": role.value, "seed": seed, "num_images": len(images),
+                "images_archive_sha256": source.images.sha256,
+                "annotations_archive_sha256": source.annotations.sha256,
+            },
+        },
+        "licenses": coco.get("licenses", []),
+        "categories": coco["categories"],
+        "images": images,
+        "annotations": [a for a in coco["annotations"] if a["image_id"] in chosen],
+    }
+    atomic_write_json(staging / "instances.json", subset)
+    shutil.rmtree(staging / "_annotations")
+    shutil.rmtree(staging / "_images")
 
 
 def _read_instances(path: Path, source: CocoSource) -> dict:
