@@ -14,6 +14,17 @@ Rules (the report repeats them):
 - Latency: the host-clock median at the reference batch; speed-up = baseline / variant latency on
   the same backend and batch size, held to the backend's ``min_speedup`` where one is set; peak
   device memory to ``max_memory_increase``. The baseline's speed-up is 1 by definition.
+- Verdicts (``verdicts`` in thresholds.toml): with ``"interval"`` (the default) a drop is judged by
+  its paired-bootstrap confidence interval (`quantbench.uncertainty`): ``pass`` when the whole
+  interval is within the budget, ``fail`` when the whole interval is beyond it, ``inconclusive``
+  when it straddles the limit; the same for the speed-up interval against ``min_speedup``. The
+  budget of an interval is the tighter of ``max_abs_drop`` and ``max_rel_drop`` x the baseline's
+  mAP50-95 (the relative limit taken at the baseline's measured mAP). An inconclusive variant is
+  reported with the number of evaluation images that would likely decide it; it never wins, and its
+  tests are expected failures (``xfail``), not red: a nightly gate does not flap on sampling noise,
+  and a variant that stops passing still loses the selection. Where no interval exists (records
+  from before intervals, too few timed rounds) and with ``"point"``, the point estimates decide and
+  nothing is inconclusive.
 - A failed build explains its missing records: the outcome says so instead of "no accuracy".
 - A variant passes when nothing fails and nothing is missing. Not-gated (exploratory) variants,
   from ``thresholds.not_gated`` or ``gated = false`` in the variant table, are judged the same way
@@ -26,8 +37,23 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import DataError
 from .records import EvalResult, LatencyResult
 from .thresholds import ModelThresholds, check_accuracy, check_memory, check_speedup, relative_drop
+from .uncertainty import BootstrapInterval, DropInterval, images_needed, latency_interval, speedup_interval
+
+PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
+_TOLERANCE = 1e-9  # as thresholds.py: a drop equal to its limit up to float noise passes
+SPEEDUP_RESAMPLES = 2000  # bootstrap resamples of the speed-up (two medians' ratio; cheap)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What one check found: a failure or an undecided comparison, with its one-sentence reason."""
+
+    verdict: str  # FAIL or INCONCLUSIVE
+    reason: str
+    images_needed: int | None = None  # evaluation images that would likely decide an inconclusive drop
 
 
 @dataclass(frozen=True)
@@ -40,6 +66,7 @@ class Evidence:
     reference_batch: int = 1
     accuracy: EvalResult | None = None
     baseline_accuracy: EvalResult | None = None
+    drop: DropInterval | None = None  # paired bootstrap of the drop vs the baseline, same images
     latency: LatencyResult | None = None  # at the reference batch size
     baseline_latency: LatencyResult | None = None
     build_failure: str | None = None
@@ -51,7 +78,7 @@ class Evidence:
 
 @dataclass(frozen=True)
 class VariantOutcome:
-    """One variant's joined measurements on one (model, backend), and whether it passes."""
+    """One variant's joined measurements on one (model, backend), and the gate's verdict."""
 
     model: str
     variant: str
@@ -64,8 +91,8 @@ class VariantOutcome:
     latency_ms: float | None  # host median per batch at the reference batch size
     images_per_s: float | None
     speedup: float | None  # baseline latency / this latency
-    passed: bool
-    reasons: tuple[str, ...]  # why it fails; empty when it passes
+    passed: bool  # verdict == "pass"
+    reasons: tuple[str, ...]  # why it fails or is inconclusive; empty when it passes
     options: dict[str, Any]
     accuracy_backend: str | None = None  # backend whose EvalResult gave the mAP
     untrained: bool = False  # random weights: the mAP means nothing
@@ -75,19 +102,31 @@ class VariantOutcome:
     latency_min_ms: float | None = None  # fastest timed round at the reference batch size
     accuracy_reasons: tuple[str, ...] = ()  # the accuracy part of ``reasons`` (what the accuracy test asserts)
     latency_reasons: tuple[str, ...] = ()  # the latency part (what the latency test asserts)
+    verdict: str = PASS  # pass | fail | inconclusive
+    accuracy_verdict: str = PASS
+    latency_verdict: str = PASS
+    confidence: float | None = None  # of the intervals below; None: point estimates only
+    drop_interval: tuple[float, float] | None = None  # mAP50-95 drop (fraction), paired bootstrap
+    map50_drop_interval: tuple[float, float] | None = None
+    images: int | None = None  # evaluation images the drop was measured on
+    images_needed: int | None = None  # for an inconclusive drop: images that would likely decide it
+    latency_interval_ms: tuple[float, float] | None = None  # order-statistic interval of the median
+    speedup_interval: tuple[float, float] | None = None  # bootstrap of baseline median / this median
 
 
 def judge(e: Evidence, t: ModelThresholds) -> VariantOutcome:
     """The gate (see the module docstring)."""
     ev, lr = e.accuracy, e.latency
-    drop_abs, drop_rel, accuracy_reasons = _accuracy(e, t)
-    speedup, memory_increase, latency_reasons = _latency(e, t) if e.judge_latency else (None, None, [])
-    failed = [f"build failed: {e.build_failure}"] if e.build_failure else []
+    drop_abs, drop_rel, accuracy = _accuracy(e, t)
+    speedup, memory_increase, speed_ci, latency = _latency(e, t) if e.judge_latency else (None, None, None, [])
+    failed = [Finding(FAIL, f"build failed: {e.build_failure}")] if e.build_failure else []
     if e.build_failure and ev is None:
-        accuracy_reasons = []
+        accuracy = []
     if e.build_failure and lr is None:
-        latency_reasons = []
+        latency = []
     base = e.baseline_accuracy if e.variant != t.baseline else ev
+    interval = e.drop.map50_95 if e.drop is not None and e.variant != t.baseline else None
+    median_ci = _median_interval(lr, t)
     return VariantOutcome(
         model=e.model, variant=e.variant, backend=e.backend,
         gated=t.is_gated(e.variant) and e.options.get("gated", True) is not False,
@@ -98,57 +137,134 @@ def judge(e: Evidence, t: ModelThresholds) -> VariantOutcome:
         latency_min_ms=lr.host.min_ms if lr else None,
         images_per_s=lr.images_per_s if lr else None,
         speedup=speedup,
-        passed=not (failed or accuracy_reasons or latency_reasons),
-        reasons=tuple(failed + accuracy_reasons + latency_reasons),
+        passed=_verdict(failed + accuracy + latency) == PASS,
+        reasons=tuple(f.reason for f in failed + accuracy + latency),
         options=dict(e.options),
         accuracy_backend=ev.backend if ev else None,
         untrained=bool(ev and ev.untrained) or bool(base and base.untrained),
         peak_memory_bytes=lr.peak_memory_bytes if lr else None,
         memory_increase=memory_increase,
-        accuracy_reasons=tuple(failed + accuracy_reasons),
-        latency_reasons=tuple(failed + latency_reasons),
+        accuracy_reasons=tuple(f.reason for f in failed + accuracy),
+        latency_reasons=tuple(f.reason for f in failed + latency),
+        verdict=_verdict(failed + accuracy + latency),
+        accuracy_verdict=_verdict(failed + accuracy), latency_verdict=_verdict(failed + latency),
+        confidence=t.confidence if (interval or speed_ci or median_ci) and t.verdicts == "interval" else None,
+        drop_interval=(interval.lower, interval.upper) if interval else None,
+        map50_drop_interval=(e.drop.map50.lower, e.drop.map50.upper) if interval else None,
+        images=ev.num_images if ev else None,
+        images_needed=next((f.images_needed for f in accuracy if f.images_needed), None),
+        latency_interval_ms=(median_ci.lower, median_ci.upper) if median_ci else None,
+        speedup_interval=(speed_ci.lower, speed_ci.upper) if speed_ci else None,
     )
 
 
-def _accuracy(e: Evidence, t: ModelThresholds) -> tuple[float | None, float | None, list[str]]:
+def _verdict(findings: list[Finding]) -> str:
+    verdicts = {f.verdict for f in findings}
+    return FAIL if FAIL in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
+
+
+def _failures(reasons: list[str | None]) -> list[Finding]:
+    return [Finding(FAIL, r) for r in reasons if r]
+
+
+def _accuracy(e: Evidence, t: ModelThresholds) -> tuple[float | None, float | None, list[Finding]]:
     ev, source = e.accuracy, e.accuracy_backend or e.backend
     if ev is None:
-        return None, None, [f"no accuracy result for {e.variant} on {source}"]
+        return None, None, _failures([f"no accuracy result for {e.variant} on {source}"])
     base = ev if e.variant == t.baseline else e.baseline_accuracy
     untrained = ["untrained model (random weights): its mAP cannot gate accuracy"] if (
         ev.untrained or (base is not None and base.untrained)) else []
     if e.variant == t.baseline:
         floor = check_accuracy(t, e.variant, ev.metrics.map50_95, ev.metrics.map50_95)
-        return 0.0, 0.0, [r for r in (floor,) if r] + untrained
+        return 0.0, 0.0, _failures([floor, *untrained])
     if base is None:
-        return None, None, [f"baseline {t.baseline} has no accuracy result on {source}, so no drop can be computed"]
+        return None, None, _failures([f"baseline {t.baseline} has no accuracy result on {source}, so no drop can "
+                                      "be computed"])
     mine, theirs = ev.metrics.map50_95, base.metrics.map50_95
     drops = (theirs - mine, relative_drop(mine, theirs))
     if (ev.dataset, ev.num_images) != (base.dataset, base.num_images):
-        return *drops, [f"accuracy measured on {ev.dataset} ({ev.num_images} images) but the baseline on "
-                        f"{base.dataset} ({base.num_images} images): not comparable"]
+        return *drops, _failures([f"accuracy measured on {ev.dataset} ({ev.num_images} images) but the baseline on "
+                                  f"{base.dataset} ({base.num_images} images): not comparable"])
     if check_accuracy(t, t.baseline, theirs, theirs):
-        return *drops, [f"baseline {t.baseline} fails its mAP floor, so no drop is trusted"]
-    reason = check_accuracy(t, e.variant, mine, theirs)
-    return *drops, [r for r in (reason,) if r] + untrained
+        return *drops, _failures([f"baseline {t.baseline} fails its mAP floor, so no drop is trusted"])
+    interval = e.drop.map50_95 if e.drop is not None and t.verdicts == "interval" else None
+    if interval is None:
+        return *drops, _failures([check_accuracy(t, e.variant, mine, theirs), *untrained])
+    return *drops, [*_drop_findings(interval, t, theirs), *_failures(untrained)]
 
 
-def _latency(e: Evidence, t: ModelThresholds) -> tuple[float | None, float | None, list[str]]:
+def drop_limit(t: ModelThresholds, baseline_map: float) -> float:
+    """The absolute mAP50-95 drop both limits allow: the tighter of max_abs_drop and max_rel_drop x baseline."""
+    return min(t.max_abs_drop, t.max_rel_drop * baseline_map) if baseline_map > 0 else t.max_abs_drop
+
+
+def _drop_findings(ci: BootstrapInterval, t: ModelThresholds, baseline_map: float) -> list[Finding]:
+    limit = drop_limit(t, baseline_map)
+    if ci.upper <= limit + _TOLERANCE:
+        return []
+    measured = (f"mAP50-95 drop {ci.point * 100:.2f} points ({ci.confidence:.0%} interval "
+                f"{ci.lower * 100:.2f} to {ci.upper * 100:.2f}, {ci.images} images)")
+    budget = (f"the {limit * 100:.2f}-point budget (max_abs_drop {t.max_abs_drop * 100:.2f} points, max_rel_drop "
+              f"{t.max_rel_drop:.1%} of baseline {t.baseline} {baseline_map:.4f})")
+    if ci.lower > limit + _TOLERANCE:
+        return [Finding(FAIL, f"{measured} is beyond {budget}")]
+    needed = images_needed(ci, limit)
+    decide = (f"about {needed} evaluation images would likely decide it" if needed else
+              "its point sits on the limit: no number of images is likely to decide it")
+    return [Finding(INCONCLUSIVE, f"{measured} straddles {budget}; {decide}", needed)]
+
+
+def _latency(e: Evidence, t: ModelThresholds
+             ) -> tuple[float | None, float | None, BootstrapInterval | None, list[Finding]]:
     lr, base, batch = e.latency, e.baseline_latency, e.reference_batch
     if lr is None:
         elsewhere = f" (measured at batch {', '.join(map(str, e.other_batches))})" if e.other_batches else ""
-        return None, None, [f"no latency for {e.variant} on {e.backend} at batch {batch}{elsewhere}"]
+        return None, None, None, _failures([f"no latency for {e.variant} on {e.backend} at batch {batch}{elsewhere}"])
     if e.variant == t.baseline:
-        return 1.0, (0.0 if lr.peak_memory_bytes else None), []
+        return 1.0, (0.0 if lr.peak_memory_bytes else None), None, []
     if base is None:
-        return None, None, [f"baseline {t.baseline} has no latency on {e.backend} at batch {batch}"]
+        return None, None, None, _failures([f"baseline {t.baseline} has no latency on {e.backend} at batch {batch}"])
     ms, base_ms = lr.host.median_ms, base.host.median_ms
     speedup = base_ms / ms if ms > 0 else None
     memory_increase = (lr.peak_memory_bytes / base.peak_memory_bytes - 1.0
                        if lr.peak_memory_bytes is not None and base.peak_memory_bytes else None)
-    reasons = [r for r in (check_speedup(t, e.backend, ms, base_ms),
-                           check_memory(t, lr.peak_memory_bytes, base.peak_memory_bytes)) if r]
-    return speedup, memory_increase, reasons
+    memory = _failures([check_memory(t, lr.peak_memory_bytes, base.peak_memory_bytes)])
+    ci = _speedup_interval(base, lr, t)
+    required = t.min_speedup.get(e.backend)
+    if ci is None or required is None:
+        return speedup, memory_increase, ci, _failures([check_speedup(t, e.backend, ms, base_ms)]) + memory
+    return speedup, memory_increase, ci, _speedup_findings(ci, required, e.backend, t) + memory
+
+
+def _speedup_findings(ci: BootstrapInterval, required: float, backend: str, t: ModelThresholds) -> list[Finding]:
+    if ci.lower + _TOLERANCE >= required:
+        return []
+    measured = (f"speed-up {ci.point:.2f}x ({ci.confidence:.0%} interval {ci.lower:.2f}x to {ci.upper:.2f}x) "
+                f"over baseline {t.baseline}")
+    if ci.upper + _TOLERANCE < required:
+        return [Finding(FAIL, f"{measured} < {required:.2f}x required on {backend}")]
+    return [Finding(INCONCLUSIVE, f"{measured} straddles the {required:.2f}x required on {backend}; time more "
+                                  "rounds (--qb-rounds, --qb-min-time) on an idle machine to decide it")]
+
+
+def _samples(lr: LatencyResult) -> tuple[float, ...]:
+    return tuple(getattr(lr.host, "samples_ms", ()) or ())
+
+
+def _speedup_interval(base: LatencyResult, lr: LatencyResult, t: ModelThresholds) -> BootstrapInterval | None:
+    """The speed-up's bootstrap interval from both raw rounds; None in point mode or without rounds."""
+    if t.verdicts != "interval" or len(_samples(base)) < 2 or len(_samples(lr)) < 2:
+        return None
+    return speedup_interval(_samples(base), _samples(lr), confidence=t.confidence, resamples=SPEEDUP_RESAMPLES)
+
+
+def _median_interval(lr: LatencyResult | None, t: ModelThresholds):
+    if lr is None or t.verdicts != "interval" or not _samples(lr):
+        return None
+    try:
+        return latency_interval(_samples(lr), t.confidence)
+    except DataError:  # too few rounds for the confidence level: the median stands alone
+        return None
 
 
 def median_standard_error(stddev_ms: float, rounds: int) -> float:
