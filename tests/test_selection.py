@@ -388,7 +388,7 @@ def test_latency(benchmark, threads):
     batch = np.random.default_rng(0).random((1, 3, 320, 320), dtype=np.float32)
     with backend.open(engine) as runner:
         benchmark.pedantic(runner.infer, args=(batch,), rounds=3, warmup_rounds=1)
-        device = runner.describe()["device"]
+        device = runner.info().device
     st = benchmark.stats.stats
     latency = LatencyResult(
         model="yolo11n", variant=f"fp32-t{threads}", backend="onnxruntime", device=device, batch_size=1,

@@ -162,7 +162,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .backends import BuildOptions, resolve_backend
     from .cache import atomic_write_json, check_output_file
     from .dataset import CocoDataset
-    from .evaluate import evaluate
+    from .evaluate import EvalSpec, evaluate
     from .records import to_dict
 
     if args.json:  # checked before the evaluation, which may take minutes
@@ -177,9 +177,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         engine = backend.build(onnx_path, BuildOptions(batch_sizes=(args.batch_size,)), _cache(args))
         with backend.open(engine) as runner:
-            result = evaluate(runner, dataset, model=model.name, variant=args.variant or "base",
-                              batch_size=args.batch_size, untrained=model.untrained, imgsz=model.input_size,
-                              progress=not args.quiet)
+            spec = EvalSpec(model.name, args.variant or "base", batch_size=args.batch_size, untrained=model.untrained,
+                            imgsz=model.input_size)
+            result = evaluate(runner, dataset, spec, progress=not args.quiet)
     except BackendError as exc:  # its message names a cache file: say which variant that is
         raise type(exc)(f"{backend.kind.value} cannot run variant {args.variant or 'base'!r} of model "
                         f"{model.name}: {exc}") from None

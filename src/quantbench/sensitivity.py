@@ -137,11 +137,11 @@ class CocoProbe:
         return hash_key("coco-probe", self.dataset.fingerprint(), self.imgsz, dataclasses.asdict(self.nms))
 
     def score(self, onnx_path: Path) -> float:
-        from .evaluate import evaluate
+        from .evaluate import EvalSpec, evaluate
 
         with OrtBackend().open_onnx(onnx_path, self.options) as runner:
-            result = evaluate(runner, self.dataset, model=onnx_path.stem, variant="probe",
-                              batch_size=self.batch_size, nms=self.nms, progress=False, imgsz=self.imgsz)
+            spec = EvalSpec(onnx_path.stem, "probe", batch_size=self.batch_size, nms=self.nms, imgsz=self.imgsz)
+            result = evaluate(runner, self.dataset, spec)
         return result.metrics.map50_95
 
 
