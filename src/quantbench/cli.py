@@ -201,7 +201,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_select(args: argparse.Namespace) -> int:
     from .report import format_selection_table, write_report
-    from .selection import failures_from_benchmark_json, records_from_benchmark_json, select
+    from .benchmark_json import failures_from_benchmark_json, records_from_benchmark_json
+    from .selection import select
     from .thresholds import Thresholds
 
     from .results_store import RunLedger
