@@ -107,10 +107,8 @@ def select(
     variant_options: Mapping[tuple[str, str], dict] | None = None,
     failures: Mapping[FailureKey, str] | None = None,
 ) -> list[Selection]:
-    """Gate and rank every variant, one `Selection` per (model, backend), sorted by model then backend.
-
-    ``variant_options`` are keyed by (model, variant): two models may build a variant of one name differently.
-    """
+    """Gate and rank every variant, one `Selection` per (model, backend), sorted by model then backend;
+    ``variant_options`` are keyed by (model, variant), as two models may build one variant name differently."""
     options = dict(variant_options or {})
     failures = dict(failures or {})
     acc: dict[tuple[str, str, str], EvalResult] = {(e.model, e.backend, e.variant): e for e in evals}
