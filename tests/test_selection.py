@@ -486,8 +486,8 @@ def test_records_from_a_real_pytest_benchmark_run_on_yolo11n(
     raw = json.loads(out.read_text())
     medians = {b["param"]: b["stats"]["median"] * 1e3 for b in raw["benchmarks"]}
     evals, lats, options = records_from_benchmark_json([out])
-    assert evals == [] and options == {"fp32-t1": {"kind": "fp32", "threads": 1},
-                                       "fp32-t2": {"kind": "fp32", "threads": 2}}
+    assert evals == [] and options == {("yolo11n", "fp32-t1"): {"kind": "fp32", "threads": 1},
+                                       ("yolo11n", "fp32-t2"): {"kind": "fp32", "threads": 2}}
     assert {r.variant: r.host.median_ms for r in lats} == medians
 
     t = Thresholds.from_mapping({"baseline": "fp32-t1"})
