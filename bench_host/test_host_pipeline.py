@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from quantbench.dataset import CocoDataset
-from quantbench.evaluate import HostPipeline, evaluate
+from quantbench.evaluate import EvalSpec, HostPipeline, evaluate
 from quantbench.records import EvalResult
 from quantbench.stage_clock import Stage, StageClock
 
@@ -31,8 +31,8 @@ def test_host_pipeline(benchmark, name: str, batch_size: int, replay_runner: Rep
     def one_round() -> None:
         replay_runner.rewind()
         clocks.append(StageClock())
-        results.append(evaluate(replay_runner, host_dataset, model="replay", variant=name, batch_size=batch_size,
-                                progress=False, pipeline=pipeline, clock=clocks[-1]))
+        spec = EvalSpec("replay", name, batch_size=batch_size, pipeline=pipeline)
+        results.append(evaluate(replay_runner, host_dataset, spec, clock=clocks[-1]))
 
     benchmark.pedantic(one_round, rounds=host_rounds, iterations=1, warmup_rounds=0)
     result, times = results[-1], clocks[-1].times()

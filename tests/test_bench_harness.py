@@ -174,6 +174,8 @@ def test_benchmark_json_carries_the_quantbench_records(serial_runs):
     int8 = timed["test_latency[yolov5n-coco-int8-extreme-b1]"]
     info = int8["extra_info"]["quantbench"]
     assert info["latency"]["host"]["rounds"] == 3 == int8["stats"]["rounds"]
+    samples = info["latency"]["host"]["samples_ms"]  # the raw rounds pytest-benchmark timed, kept
+    assert len(samples) == 3 and sorted(samples)[1] == pytest.approx(int8["stats"]["median"] * 1e3)
     assert info["latency"]["host"]["median_ms"] == pytest.approx(int8["stats"]["median"] * 1e3)
     assert info["latency"]["batch_size"] == 1 and info["latency"]["backend"] == "onnxruntime"
     assert info["eval"]["num_images"] == 8 and info["eval"]["variant"] == "int8-extreme"
@@ -185,11 +187,11 @@ def test_benchmark_json_carries_the_quantbench_records(serial_runs):
         info["accuracy"]["baseline_map50_95"] - info["eval"]["metrics"]["map50_95"])
 
     # `quantbench select` reads the same file back into the same selection.
-    from quantbench.selection import records_from_benchmark_json
+    from quantbench.benchmark_json import records_from_benchmark_json
 
     evals, latencies, options = records_from_benchmark_json([first.workdir / "out" / "benchmark.json"])
     assert {e.variant for e in evals} == {l.variant for l in latencies} == {*BUILDABLE.split(","), "int8-extreme-explore"}
-    assert options["int8-extreme"] == info["variant_options"]
+    assert options["yolov5n-coco", "int8-extreme"] == info["variant_options"]
 
 
 def test_a_failing_variant_fails_only_its_own_tests(serial_runs):

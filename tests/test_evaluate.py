@@ -21,7 +21,7 @@ from quantbench.cache import ArtifactCache
 from quantbench.dataset import CocoDataset
 from quantbench.detections import Detections
 from quantbench.errors import BackendError, ConfigError, DataError
-from quantbench.evaluate import HostPipeline, evaluate
+from quantbench.evaluate import EvalSpec, HostPipeline, evaluate
 from quantbench.metrics import Scorer, make_scorer
 from quantbench.records import CocoMetrics, EvalResult
 from quantbench.replay import ReplayRunner, input_fingerprints, record_outputs
@@ -50,10 +50,10 @@ class RecordingScorer:
         return self.scorer.result()
 
 
-def evaluate_recording(monkeypatch, runner, ds, **kwargs):
+def evaluate_recording(monkeypatch, runner, ds, spec: EvalSpec):
     seen: dict[int, Detections] = {}
     monkeypatch.setattr(evaluate_module, "make_scorer", lambda *a: RecordingScorer(make_scorer(*a), seen))
-    return evaluate(runner, ds, progress=False, **kwargs), seen
+    return evaluate(runner, ds, spec), seen
 
 
 @pytest.mark.slow
@@ -67,7 +67,7 @@ def test_yolov5n_map_on_100_images(yolov5n_onnx: Path, val500: Path, session_cac
     """
     ds = CocoDataset.load(val500, limit=100)
     with open_runner(yolov5n_onnx, session_cache) as runner:
-        result = evaluate(runner, ds, model="yolov5n-coco", variant="fp32", progress=False)
+        result = evaluate(runner, ds, EvalSpec("yolov5n-coco", "fp32"))
     assert result.metrics.map50_95 == pytest.approx(0.3022, abs=0.002)
     assert result.metrics.map50 == pytest.approx(0.4834, abs=0.002)
     assert result.num_images == 100 and result.skipped_images == ()
@@ -88,7 +88,7 @@ def test_yolo11n_coco_map_on_100_images(assets_dir: Path, val500: Path, session_
     """
     ds = CocoDataset.load(val500, limit=100)
     with open_runner(assets_dir / "models" / "yolo11n-coco.onnx", session_cache) as runner:
-        result = evaluate(runner, ds, model="yolo11n-coco", variant="fp32", progress=False)
+        result = evaluate(runner, ds, EvalSpec("yolo11n-coco", "fp32"))
     assert result.metrics.map50_95 == pytest.approx(0.4428, abs=0.002)
     assert result.metrics.map50 == pytest.approx(0.5858, abs=0.002)
     assert result.num_images == 100 and result.skipped_images == ()
@@ -98,7 +98,7 @@ def test_yolo11n_graph_runs_end_to_end(yolo11n_onnx: Path, val500: Path, session
     """Random weights: the pipeline must run (dynamic batch, padded last batch), mAP ~ 0."""
     ds = CocoDataset.load(val500, limit=3)
     with open_runner(yolo11n_onnx, session_cache) as runner:
-        result = evaluate(runner, ds, model="yolo11n", variant="fp32", batch_size=2, untrained=True, progress=False)
+        result = evaluate(runner, ds, EvalSpec("yolo11n", "fp32", batch_size=2, untrained=True))
     assert result.num_images == 3 and result.untrained and result.model == "yolo11n"
     values = [result.metrics.map50_95, result.metrics.map50, result.metrics.map75, result.metrics.ar100]
     assert all(math.isfinite(v) for v in values)
@@ -110,8 +110,8 @@ def test_batch_size_two_gives_the_same_detections_as_one(
 ):
     ds = CocoDataset.load(val500, limit=5)  # batches of 2, 2, then 1 padded to 2
     with open_runner(yolov5n_onnx, session_cache) as runner:
-        one, seen_one = evaluate_recording(monkeypatch, runner, ds, model="m", variant="v", batch_size=1)
-        two, seen_two = evaluate_recording(monkeypatch, runner, ds, model="m", variant="v", batch_size=2)
+        one, seen_one = evaluate_recording(monkeypatch, runner, ds, EvalSpec("m", "v", batch_size=1))
+        two, seen_two = evaluate_recording(monkeypatch, runner, ds, EvalSpec("m", "v", batch_size=2))
     assert sorted(seen_one) == sorted(seen_two) == sorted(ds.image_ids)  # NMS threads finish in any order
     for image_id in ds.image_ids:
         a, b = seen_one[image_id], seen_two[image_id]
@@ -134,7 +134,7 @@ def test_corrupt_and_missing_images_are_skipped_and_counted(
     corrupt.write_bytes(b"\x00garbage, not a JPEG" * 64)
     missing.unlink()
     with open_runner(yolov5n_onnx, session_cache) as runner:
-        result = evaluate(runner, ds, model="yolov5n-coco", variant="fp32", batch_size=2, progress=False)
+        result = evaluate(runner, ds, EvalSpec("yolov5n-coco", "fp32", batch_size=2))
     assert result.skipped_images == (str(corrupt), str(missing))
     assert result.num_images == 3
     assert 0 < result.metrics.map50_95 <= 1
@@ -169,19 +169,19 @@ def val2(val500: Path) -> CocoDataset:
 def test_model_with_other_class_count_than_the_dataset(tmp_path: Path, val2: CocoDataset, cache: ArtifactCache):
     with open_runner(conv_model(tmp_path / "six.onnx", 4 + 2, flatten=True), cache) as runner:
         with pytest.raises(DataError, match=r"model predicts 2 classes but dataset val500\[:2\] .* has 80 categories"):
-            evaluate(runner, val2, model="tiny", variant="fp32", progress=False)
+            evaluate(runner, val2, EvalSpec("tiny", "fp32"))
 
 
 def test_engine_output_that_is_not_a_detection_head(tmp_path: Path, val2: CocoDataset, cache: ArtifactCache):
     with open_runner(conv_model(tmp_path / "4d.onnx", 84, flatten=False), cache) as runner:
         with pytest.raises(BackendError, match=r"output of shape \(1, 84, 20, 20\) for a batch of 1"):
-            evaluate(runner, val2, model="tiny", variant="fp32", progress=False)
+            evaluate(runner, val2, EvalSpec("tiny", "fp32"))
 
 
 def test_bad_batch_size(val2: CocoDataset, yolov5n_onnx: Path, session_cache: ArtifactCache):
     with open_runner(yolov5n_onnx, session_cache) as runner:
         with pytest.raises(DataError, match="batch size 0"):
-            evaluate(runner, val2, model="m", variant="v", batch_size=0, progress=False)
+            evaluate(runner, val2, EvalSpec("m", "v", batch_size=0))
 
 
 def test_every_image_unreadable(tmp_path: Path, val500: Path, yolov5n_onnx: Path, session_cache: ArtifactCache):
@@ -193,7 +193,7 @@ def test_every_image_unreadable(tmp_path: Path, val500: Path, yolov5n_onnx: Path
     ds = CocoDataset.load(tmp_path, limit=1)
     with open_runner(yolov5n_onnx, session_cache) as runner:
         with pytest.raises(DataError, match="no images of dataset"):
-            evaluate(runner, ds, model="m", variant="v", progress=False)
+            evaluate(runner, ds, EvalSpec("m", "v"))
 
 
 # --- the host pipeline: every configuration gives the reference's numbers ---------------------------
@@ -232,7 +232,7 @@ def test_default_pipeline_equals_the_reference_on_trained_models(
     results = []
     for pipeline in (HostPipeline.reference(), HostPipeline(), HostPipeline(nms_workers=3, decode_workers=2)):
         runner.rewind()
-        results.append(evaluate(runner, ds, model="m", variant="v", batch_size=4, progress=False, pipeline=pipeline))
+        results.append(evaluate(runner, ds, EvalSpec("m", "v", batch_size=4, pipeline=pipeline)))
     reference = results[0]
     assert reference.metrics.map50_95 > 0.2 and len(reference.metrics.per_class_ap) > 20  # a trained detector
     for result in results[1:]:
@@ -244,9 +244,8 @@ def test_replayed_outputs_score_like_the_engine_itself(
 ):
     ds = CocoDataset.load(val500, limit=6)
     with open_runner(yolov5n_onnx, session_cache) as runner:
-        direct = evaluate(runner, ds, model="m", variant="v", batch_size=2, progress=False)
-    replayed = evaluate(replay_of(yolov5n_onnx, ds, session_cache), ds, model="m", variant="v", batch_size=2,
-                        progress=False)
+        direct = evaluate(runner, ds, EvalSpec("m", "v", batch_size=2))
+    replayed = evaluate(replay_of(yolov5n_onnx, ds, session_cache), ds, EvalSpec("m", "v", batch_size=2))
     assert replayed.metrics.map50_95 > 0.15
     assert_same_metrics(replayed, direct)
     assert replayed.backend == "replay"
@@ -257,15 +256,14 @@ def test_replay_refuses_images_in_another_order(yolov5n_onnx: Path, val500: Path
     runner = replay_of(yolov5n_onnx, ds, session_cache)
     shuffled = dataclasses.replace(ds, files=ds.files[::-1], image_ids=ds.image_ids[::-1])
     with pytest.raises(BackendError, match="replayed input 0 is not the image its output was recorded for"):
-        evaluate(runner, shuffled, model="m", variant="v", progress=False)
+        evaluate(runner, shuffled, EvalSpec("m", "v"))
 
 
 def test_stage_clock_sees_every_stage(yolov5n_onnx: Path, val500: Path, session_cache: ArtifactCache):
     ds = CocoDataset.load(val500, limit=4)
     for pipeline in (HostPipeline(), HostPipeline.reference()):
         clock = StageClock()
-        evaluate(replay_of(yolov5n_onnx, ds, session_cache), ds, model="m", variant="v", batch_size=2,
-                 progress=False, pipeline=pipeline, clock=clock)
+        evaluate(replay_of(yolov5n_onnx, ds, session_cache), ds, EvalSpec("m", "v", batch_size=2, pipeline=pipeline), clock=clock)
         times = clock.times()
         assert times.items == {Stage.DECODE: 4, Stage.INFERENCE: 4, Stage.NMS: 4, Stage.MATCHING: 4, Stage.SCORING: 4}
         assert all(times.cpu_s[s] > 0 for s in (Stage.DECODE, Stage.NMS, Stage.SCORING))

@@ -109,7 +109,8 @@ def _scaled(source: Path, dest: Path, variant: str, factor: float) -> Path:
     for bench in data["benchmarks"]:
         latency = bench["extra_info"]["quantbench"]["latency"]
         if latency["variant"] == variant:
-            latency["host"] = {k: v * factor if k.endswith("_ms") else v for k, v in latency["host"].items()}
+            latency["host"] = {k: ([x * factor for x in v] if isinstance(v, list) else v * factor) if k.endswith("_ms")
+                               else v for k, v in latency["host"].items()}  # the raw rounds scale with their summary
     dest.write_text(json.dumps(data))
     return dest
 
@@ -267,6 +268,7 @@ def test_two_runs_with_nothing_in_common_are_refused(runs: SavedRuns, tmp_path: 
         info = bench["extra_info"]["quantbench"]
         for record in (info["latency"], info["eval"]):
             record["model"] = "yolo11n-coco"  # derived: as if another model had been benchmarked
+        bench["params"]["qb_model_source"] = "yolo11n-coco.onnx"  # its params say so too
     (tmp_path / "other-model.json").write_text(json.dumps(data))
     assert main(["compare", str(runs.first), str(tmp_path / "other-model.json"), "--thresholds", str(runs.thresholds)]) == 2
     assert "share no (model, variant, backend): nothing to compare" in capsys.readouterr().err

@@ -9,19 +9,19 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from quantbench.backends import BackendKind, BuildOptions, Engine, resolve_backend
+from quantbench.backends import BackendKind, BuildOptions, Engine, InputSpec, resolve_backend
 from quantbench.backends.ort import OrtBackend
 from quantbench.errors import BackendError, ConfigError
 
 
-def _tiny_conv_model(path: Path) -> np.ndarray:
-    """A 1x1 conv NCHW model with dynamic batch; returns its weight for a numpy reference."""
+def _tiny_conv_model(path: Path, batch: str | int = "batch") -> np.ndarray:
+    """A 1x1 conv NCHW model with dynamic batch (or a fixed one); returns its weight for a numpy reference."""
     rng = np.random.default_rng(0)
     w = rng.standard_normal((6, 3, 1, 1)).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("Conv", ["images", "w"], ["y"]), helper.make_node("Reshape", ["y", "shape"], ["f"])],
         "tiny",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, 8, 8])],
         [helper.make_tensor_value_info("f", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([0, 6, -1], np.int64), "shape")],
     )
@@ -32,6 +32,8 @@ def _tiny_conv_model(path: Path) -> np.ndarray:
 
 
 def test_ort_runner_infers_times_and_describes(tmp_path: Path, cache):
+    import onnxruntime
+
     w = _tiny_conv_model(tmp_path / "tiny.onnx")
     backend = OrtBackend(use_cuda=False)
     engine = backend.build(tmp_path / "tiny.onnx", BuildOptions(threads=1), cache)
@@ -39,11 +41,46 @@ def test_ort_runner_infers_times_and_describes(tmp_path: Path, cache):
     with backend.open(engine) as runner:
         out = runner.infer(batch)
         timing = runner.time(batch, warmup=1, iterations=3)
-        info = runner.describe()
+        info = runner.info()
+    assert runner.info() == info  # still there after close()
     expected = np.einsum("oc,nchw->nohw", w[:, :, 0, 0], batch).reshape(2, 6, 64)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
     assert len(timing.host_ms) == 3 and all(t > 0 for t in timing.host_ms)
-    assert info["backend"] == "onnxruntime" and info["providers"] == ["CPUExecutionProvider"]
+    assert info.backend == "onnxruntime" and info.providers == ("CPUExecutionProvider",)
+    assert info.runtime_version == onnxruntime.__version__ and info.threads == 1
+    assert info.device.startswith("CPU ") and info.gpu is None and info.engine_memory_bytes is None
+    assert info.input == InputSpec("images", (3, 8, 8)) and info.simulated is None
+
+
+@pytest.mark.parametrize(("bad", "sentence"), [
+    ([[0.0]], r"input 'images' must be a numpy array, got a list; pass np\.asarray\(batch, dtype=np\.float32\)\."),
+    (np.zeros((1, 3, 8, 8), np.float64), r"input 'images' must be float32, got float64; pass batch\.astype"),
+    (np.zeros((3, 8, 8), np.float32), r"takes batches of shape \(N, 3, 8, 8\), got 3 axes \(3, 8, 8\); add the batch axis"),
+    (np.zeros((1, 3, 8, 9), np.float32), r"takes batches of shape \(N, 3, 8, 8\), got \(1, 3, 8, 9\); letterbox"),
+    (np.zeros((1, 1, 8, 8), np.float32), r"takes batches of shape \(N, 3, 8, 8\), got \(1, 1, 8, 8\)"),
+], ids=["list", "float64", "no-batch-axis", "width", "channels"])
+def test_infer_and_time_reject_a_bad_batch_with_one_sentence(tmp_path: Path, bad, sentence: str):
+    _tiny_conv_model(tmp_path / "tiny.onnx")
+    with OrtBackend(use_cuda=False).open_onnx(tmp_path / "tiny.onnx", BuildOptions(threads=1)) as runner:
+        with pytest.raises(BackendError, match=sentence) as raised:
+            runner.infer(bad)
+        assert str(raised.value).count(". ") == 0 and str(raised.value).endswith(".")  # one sentence
+        with pytest.raises(BackendError, match=sentence):
+            runner.time(bad, warmup=0, iterations=1)
+
+
+def test_a_fixed_batch_engine_refuses_other_batch_sizes(tmp_path: Path):
+    _tiny_conv_model(tmp_path / "fixed.onnx", batch=2)
+    with OrtBackend(use_cuda=False).open_onnx(tmp_path / "fixed.onnx", BuildOptions(threads=1)) as runner:
+        assert runner.infer(np.zeros((2, 3, 8, 8), np.float32)).shape == (2, 6, 64)
+        with pytest.raises(BackendError, match=r"^a batch of 1 does not fit input 'images', built for batches of 2; "
+                                               r".*fixed\.onnx has a fixed batch of 2: export it with a dynamic "
+                                               r"batch axis to run 1\.$"):
+            runner.infer(np.zeros((1, 3, 8, 8), np.float32))
+        with pytest.raises(ConfigError, match="iterations >= 1"):
+            runner.time(np.zeros((2, 3, 8, 8), np.float32), warmup=0, iterations=0)
+        spec = runner.info().input
+    assert (spec.image_shape, spec.min_batch, spec.max_batch) == ((3, 8, 8), 2, 2)
 
 
 def test_ort_runner_names_the_file_it_cannot_load(tmp_path: Path, cache):

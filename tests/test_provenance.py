@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from quantbench import provenance
+from quantbench.backends.base import InputSpec, RunnerInfo
 from quantbench.records import LatencyResult, LatencyStats, Provenance, from_dict, to_dict
 
 # /proc/driver/nvidia/version as the 580 driver writes it.
@@ -53,10 +54,11 @@ def test_versions_come_from_package_metadata_and_missing_ones_are_none():
 
 
 def test_collect_takes_the_runners_own_tensorrt_and_gpu():
-    plain = provenance.collect_provenance({"backend": "onnxruntime", "onnxruntime": "1.24.4"})
+    spec = InputSpec("images", (3, 640, 640))
+    plain = provenance.collect_provenance(RunnerInfo("onnxruntime", "CPU", spec, runtime_version="1.24.4"))
     assert plain.tensorrt is None and plain.onnxruntime == "1.24.4" and plain.python
-    trt = provenance.collect_provenance({"backend": "tensorrt", "tensorrt": "10.13.3.9", "gpu": "NVIDIA H200",
-                                         "compute_capability": "9.0"})
+    trt = provenance.collect_provenance(RunnerInfo("tensorrt", "H200", spec, runtime_version="10.13.3.9",
+                                                   gpu="NVIDIA H200", compute_capability="9.0"))
     assert (trt.tensorrt, trt.gpu, trt.compute_capability) == ("10.13.3.9", "NVIDIA H200", "9.0")
     assert trt.modelopt == plain.modelopt == provenance.distribution_version(("nvidia-modelopt",))
 
@@ -71,7 +73,7 @@ def test_cache_keys_name_the_gpu_and_the_tensorrt_version(monkeypatch: pytest.Mo
 
 
 def test_latency_records_round_trip_with_provenance_and_read_without_it():
-    facts = provenance.collect_provenance({})
+    facts = provenance.collect_provenance()
     record = LatencyResult(model="m", variant="fp16", backend="onnxruntime", device="CPU", batch_size=1,
                            host=LatencyStats(1.0, 1.0, 1.0, 1.0, 0.0, 3), images_per_s=1000.0, provenance=facts)
     data = json.loads(json.dumps(to_dict(record)))

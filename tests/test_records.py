@@ -62,3 +62,27 @@ def test_unknown_key_is_rejected_with_its_name():
     data["metrics"]["map_typo"] = 1.0
     with pytest.raises(RecordError, match="map_typo"):
         from_dict(EvalResult, data)
+
+
+def test_latency_stats_keep_their_raw_rounds_through_json():
+    rounds = (3.1, 2.9, 3.0, 4.2, 3.05)
+    stats = LatencyStats.from_samples(rounds)
+    assert stats.samples_ms == rounds and stats.rounds == 5 and stats.median_ms == 3.05 and stats.max_ms == 4.2
+    rec = LatencyResult(model="m", variant="fp16", backend="onnxruntime", device="CPU", batch_size=1, host=stats,
+                        images_per_s=1e3 / stats.median_ms)
+    data = json.loads(json.dumps(to_dict(rec)))
+    assert data["host"]["samples_ms"] == list(rounds)
+    assert from_dict(LatencyResult, data).host.samples_ms == rounds
+
+
+def test_latency_records_written_before_raw_rounds_still_load():
+    data = to_dict(LatencyResult(model="m", variant="fp16", backend="onnxruntime", device="CPU", batch_size=1,
+                                 host=LatencyStats.from_samples([2.0, 4.0]), images_per_s=333.3))
+    del data["host"]["samples_ms"]
+    old = from_dict(LatencyResult, data)
+    assert old.host.samples_ms == () and old.host.rounds == 2 and old.host.median_ms == 3.0
+
+
+def test_latency_stats_refuse_samples_that_are_not_their_rounds():
+    with pytest.raises(RecordError, match="3 samples for 5 rounds"):
+        LatencyStats(1.0, 1.0, 1.0, 1.0, 0.0, 5, samples_ms=(1.0, 1.0, 1.0))

@@ -55,7 +55,8 @@ def selections(tmp_path: Path) -> list[Selection]:
     lats = [_lat("yolov5n-coco", "fp16", 40.0), _lat("yolov5n-coco", "int8-entropy", 30.0),
             _lat("yolov5n-coco", "int8-max", 28.0), _lat("yolov5n-coco", "int8-all", 25.0),
             _lat("yolo11n", "int8-entropy", 0.85, "tensorrt"), _lat("yolo11n", "fp16", 1.0, "tensorrt")]
-    return select(evals, lats, t, variant_options=OPTIONS, failures={("yolo11n", "int8-max"): "ModelOpt crashed"})
+    options = {(model, v): o for model in ("yolov5n-coco", "yolo11n") for v, o in OPTIONS.items()}  # keyed per model
+    return select(evals, lats, t, variant_options=options, failures={("yolo11n", "int8-max"): "ModelOpt crashed"})
 
 
 def test_table_lists_every_variant_ranked_with_its_verdict(selections: list[Selection]):

@@ -39,15 +39,16 @@ def test_the_verdict_comes_first_then_the_table(tmp_path: Path):
 
 def test_a_huge_report_is_cut_under_the_summary_limit_with_a_note():
     # 60 models x 40 variants, each with a long failure reason: far over GitHub's summary limit.
-    evals, lats = [], []
+    evals, lats, options = [], [], {}
     for m in range(60):
         model = f"model-{m:02d}-" + "x" * 40
+        options[model, "fp16"] = {"notes": "n" * 3000}
         evals.append(_eval("fp16", 0.30, model))
         lats.append(_lat("fp16", 40.0, model))
         for v in range(40):
             evals.append(_eval(f"int8-variant-{v:02d}", 0.10, model))
             lats.append(_lat(f"int8-variant-{v:02d}", 30.0, model))
-    selections = select(evals, lats, THRESHOLDS, variant_options={"fp16": {"notes": "n" * 3000}})
+    selections = select(evals, lats, THRESHOLDS, variant_options=options)
     full = report_markdown(selections, rebuild_command="make bench", limit=10**9)
     assert len(full) > 10 * SUMMARY_LIMIT
     md = report_markdown(selections, rebuild_command="make bench")

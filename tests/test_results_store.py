@@ -118,7 +118,7 @@ def test_ledger_joins_the_records_of_every_process(cache: ArtifactCache):
     assert sorted(records.evals_computed) == [("yolov5n-coco", "fp16"), ("yolov5n-coco", "int8-max")]
     assert records.variants_built == (("yolov5n-coco", "fp16"),)
     assert records.failures == {("yolov5n-coco", "int8-per-node"): "ModelOpt failed to build variant 'int8-per-node'"}
-    assert records.variant_options == {"fp16": {"kind": "fp16"}, "int8-max": {"kind": "int8"}}
+    assert records.variant_options == {("yolov5n-coco", "fp16"): {"kind": "fp16"}, ("yolov5n-coco", "int8-max"): {"kind": "int8"}}
     assert [(r.variant, r.host.median_ms) for r in records.latencies] == [("fp16", 31.0)]
 
     ledger.remove()

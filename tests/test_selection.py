@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from quantbench.benchmark_json import records_from_benchmark_json
 from quantbench.errors import ConfigError
 from quantbench.records import (
     CocoMetrics,
@@ -18,7 +20,8 @@ from quantbench.records import (
     RecordError,
     to_dict,
 )
-from quantbench.selection import Selection, records_from_benchmark_json, select
+from quantbench.results_store import ResultsStore
+from quantbench.selection import Selection, select
 from quantbench.thresholds import Thresholds
 
 pytest_plugins = ["pytester"]
@@ -66,7 +69,7 @@ def test_yolov5n_on_cpu_with_measured_numbers(tmp_path: Path):
              _eval("yolov5n-coco", "int8-entropy", 0.2355)]
     lats = [_lat("yolov5n-coco", "fp32", 31.0), _lat("yolov5n-coco", "int8-max", 56.0),
             _lat("yolov5n-coco", "int8-entropy", 86.0)]
-    (s,) = select(evals, lats, t, variant_options={"int8-entropy": {"calibration_method": "entropy"}})
+    (s,) = select(evals, lats, t, variant_options={("yolov5n-coco", "int8-entropy"): {"calibration_method": "entropy"}})
     assert (s.model, s.backend, s.baseline, s.reference_batch) == ("yolov5n-coco", "onnxruntime", "fp32", 1)
     assert [o.variant for o in s.outcomes] == ["fp32", "int8-entropy", "int8-max"]
     assert [o.passed for o in s.outcomes] == [True, True, False]
@@ -177,7 +180,7 @@ def test_not_gated_variants_are_checked_listed_but_never_win(tmp_path: Path):
     lats = [_lat("yolo11n", "fp16", 30.0), _lat("yolo11n", "int8-all", 10.0), _lat("yolo11n", "int8-exp", 11.0),
             _lat("yolo11n", "int8-head", 12.0)]
     # `gated = false` in the variants table counts as well.
-    (s,) = select(evals, lats, t, variant_options={"int8-exp": {"gated": False}})
+    (s,) = select(evals, lats, t, variant_options={("yolo11n", "int8-exp"): {"gated": False}})
     assert [o.variant for o in s.outcomes] == ["int8-all", "int8-exp", "int8-head", "fp16"]
     assert all(o.passed for o in s.outcomes)
     assert [o.gated for o in s.outcomes] == [False, False, True, True]
@@ -329,7 +332,8 @@ def test_records_from_hand_built_benchmark_json(tmp_path: Path):
     assert sorted((e.variant, e.metrics.map50_95) for e in evals) == [("fp16", 0.39), ("int8", 0.388)]
     assert sorted((r.variant, r.batch_size, r.host.median_ms) for r in lats) == [
         ("fp16", 1, 30.0), ("fp16", 8, 200.0), ("int8", 1, 25.0)]
-    assert options == {"fp16": {"kind": "fp16"}, "int8": {"kind": "int8", "calibration_method": "entropy"}}
+    assert options == {("yolo11n", "fp16"): {"kind": "fp16"},
+                       ("yolo11n", "int8"): {"kind": "int8", "calibration_method": "entropy"}}
     (s,) = select(evals, lats, Thresholds.load(REPO_THRESHOLDS), variant_options=options)
     assert s.winner == "int8" and s.outcome("int8").options["calibration_method"] == "entropy"
 
@@ -367,6 +371,73 @@ def test_foreign_record_schema_is_rejected_with_its_place(tmp_path: Path):
         records_from_benchmark_json([])
 
 
+def _with_params(bench: dict, source: str, variant: str, batch: int) -> dict:
+    """The params pytest-benchmark records for a bench-suite benchmark (`fixtures/pipeline.py`'s parameters)."""
+    return {**bench, "params": {"qb_model_source": source, "qb_variant_name": variant, "qb_batch_size": batch}}
+
+
+def test_a_benchmark_whose_params_disagree_with_its_records_is_refused(tmp_path: Path):
+    lat, ev = _lat("yolo11n", "int8", 30.0), _eval("yolo11n", "int8", 0.38)
+    good = _with_params(_bench("test_latency[yolo11n-int8-b1]", lat, ev, {}), "/models/yolo11n.onnx", "int8", 1)
+    path = _benchmark_json(tmp_path / "good.json", [good])
+    assert [r.variant for r in records_from_benchmark_json([path])[1]] == ["int8"]
+    cases = {
+        "variant": (_with_params(good, "/models/yolo11n.onnx", "fp16", 1),
+                    r"params say qb_variant_name='fp16' but its latency record is of variant 'int8'"),
+        "batch": (_with_params(good, "/models/yolo11n.onnx", "int8", 8),
+                  r"params say qb_batch_size=8 but its latency record is of batch_size 1"),
+        "model": (_with_params(good, "yolov5n-coco.onnx", "int8", 1),
+                  r"params say qb_model_source='yolov5n-coco.onnx' but its latency record is of model 'yolo11n'"),
+        "eval of another variant": (_bench("t", lat, _eval("yolo11n", "fp16", 0.39), {}),
+                                    r"its latency record is of variant 'int8' but its eval record of 'fp16'"),
+    }
+    for name, (bench, sentence) in cases.items():
+        bad = _benchmark_json(tmp_path / f"{name}.json", [bench])
+        with pytest.raises(ConfigError, match=sentence) as raised:
+            records_from_benchmark_json([bad])
+        assert str(bad) in str(raised.value) and "re-run the bench" in str(raised.value), name
+
+
+def test_latencies_of_one_model_from_different_devices_are_not_joined(tmp_path: Path):
+    h100 = dataclasses.replace(_lat("yolo11n", "int8", 1.0, backend="tensorrt"), device="NVIDIA H100")
+    h200 = dataclasses.replace(h100, device="NVIDIA H200")
+    first = _benchmark_json(tmp_path / "h100.json", [_bench("test_latency[yolo11n-int8-b1]", h100, None, None)])
+    second = _benchmark_json(tmp_path / "h200.json", [_bench("test_latency[yolo11n-int8-b1]", h200, None, None)])
+    with pytest.raises(ConfigError, match=r"yolo11n on tensorrt was timed on NVIDIA H100 in .*h100\.json.* but on "
+                                          r"NVIDIA H200 in .*h200\.json.*: pass the runs of one device\.$"):
+        records_from_benchmark_json([first, second])
+    # Another variant of the same model on the other device would be joined into one speed-up: refused too.
+    fp16 = dataclasses.replace(h200, variant="fp16")
+    third = _benchmark_json(tmp_path / "fp16.json", [_bench("test_latency[yolo11n-fp16-b1]", fp16, None, None)])
+    with pytest.raises(ConfigError, match=r"timed on NVIDIA H100 in .*h100\.json.* but on NVIDIA H200 in .*fp16\.json"):
+        records_from_benchmark_json([first, third])
+    # Another model on the other device is no join: both are read.
+    other = dataclasses.replace(h200, model="yolov5n-coco")
+    fourth = _benchmark_json(tmp_path / "other.json", [_bench("test_latency[yolov5n-coco-int8-b1]", other, None, None)])
+    assert len(records_from_benchmark_json([first, fourth])[1]) == 2
+
+
+def test_variant_options_are_kept_per_model(tmp_path: Path, cache):
+    """Two models with a variant of one name built differently: neither overwrites the other's options."""
+    t = _thresholds(tmp_path, 'baseline = "fp16"')
+    benches, options_of = [], {"yolo11n": {"kind": "int8", "calibration_method": "max"},
+                               "yolov5n-coco": {"kind": "int8", "calibration_method": "entropy"}}
+    ledger = ResultsStore(cache).ledger("two-models")
+    for model, opts in options_of.items():
+        for variant, ms, acc in (("fp16", 30.0, 0.39), ("int8", 20.0, 0.389)):
+            ev, variant_opts = _eval(model, variant, acc), opts if variant == "int8" else {"kind": "fp16"}
+            benches.append(_bench(f"test_latency[{model}-{variant}-b1]", _lat(model, variant, ms), ev, variant_opts))
+            ledger.add_eval(ev, computed=True, variant_options=variant_opts, process="serial")
+    evals, lats, options = records_from_benchmark_json([_benchmark_json(tmp_path / "two.json", benches)])
+    assert options["yolo11n", "int8"] == options_of["yolo11n"]
+    assert options["yolov5n-coco", "int8"] == options_of["yolov5n-coco"]
+    assert ledger.read().variant_options == options
+    by_model = {s.model: s for s in select(evals, lats, t, variant_options=options)}
+    for model, opts in options_of.items():
+        assert by_model[model].winner == "int8"
+        assert by_model[model].outcome("int8").options["calibration_method"] == opts["calibration_method"]
+
+
 _REAL_BENCH = '''
 import os
 from pathlib import Path
@@ -388,7 +459,7 @@ def test_latency(benchmark, threads):
     batch = np.random.default_rng(0).random((1, 3, 320, 320), dtype=np.float32)
     with backend.open(engine) as runner:
         benchmark.pedantic(runner.infer, args=(batch,), rounds=3, warmup_rounds=1)
-        device = runner.describe()["device"]
+        device = runner.info().device
     st = benchmark.stats.stats
     latency = LatencyResult(
         model="yolo11n", variant=f"fp32-t{threads}", backend="onnxruntime", device=device, batch_size=1,
@@ -415,8 +486,8 @@ def test_records_from_a_real_pytest_benchmark_run_on_yolo11n(
     raw = json.loads(out.read_text())
     medians = {b["param"]: b["stats"]["median"] * 1e3 for b in raw["benchmarks"]}
     evals, lats, options = records_from_benchmark_json([out])
-    assert evals == [] and options == {"fp32-t1": {"kind": "fp32", "threads": 1},
-                                       "fp32-t2": {"kind": "fp32", "threads": 2}}
+    assert evals == [] and options == {("yolo11n", "fp32-t1"): {"kind": "fp32", "threads": 1},
+                                       ("yolo11n", "fp32-t2"): {"kind": "fp32", "threads": 2}}
     assert {r.variant: r.host.median_ms for r in lats} == medians
 
     t = Thresholds.from_mapping({"baseline": "fp32-t1"})

@@ -429,9 +429,10 @@ def test_runner_plumbing_on_a_gpu_with_a_tensorrt_stand_in(tmp_path, cuda_graph)
         assert all(h >= d for h, d in zip(timing.host_ms, timing.device_ms))  # wall clock encloses GPU time
         assert timing.peak_memory_bytes >= 2 * batch.nbytes  # at least the two device buffers
         assert np.array_equal(runner.infer(batch), batch.reshape(8, 3, -1))  # results still right after timing
-        info = runner.describe()
-        assert info["backend"] == "tensorrt" and info["cuda_graph"] is cuda_graph
-        assert info["engine_memory_bytes"] == 12345 and info["profile"]["max"] == [8, 3, 640, 640]
+        info = runner.info()
+        assert info.backend == "tensorrt" and info.cuda_graph is cuda_graph and info.runtime_version == "10.8.0.43"
+        assert info.engine_memory_bytes == 12345 and info.input.max_batch == 8 and info.input.image_shape == (3, 640, 640)
+        assert info.precision == {"int8_layers": 0} and info.engine_path == str(plan)
         print(f"\nstand-in engine, batch 8 ({'graph' if cuda_graph else 'enqueue'}): "
               f"h2d {np.median(timing.h2d_ms):.3f} ms, compute {np.median(timing.device_ms):.3f} ms, "
               f"d2h {np.median(timing.d2h_ms):.3f} ms, host {np.median(timing.host_ms):.3f} ms")

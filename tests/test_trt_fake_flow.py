@@ -61,8 +61,9 @@ def test_whole_flow_on_the_fake(fake_trt, tmp_path, cache, cuda_graph):
         timing = runner.time(batch, warmup=1, iterations=3)
         assert len(timing.device_ms) == len(timing.h2d_ms) == len(timing.d2h_ms) == 3
         np.testing.assert_allclose(runner.infer(batch), conv_reference(w, batch), atol=0.1)
-        info = runner.describe()
-        assert info["simulated"] == engine.meta["simulated"] and info["cuda_graph"] is cuda_graph
+        info = runner.info()
+        assert info.simulated == engine.meta["simulated"] and info.cuda_graph is cuda_graph
+        assert info.runtime_version == fake_trt.__version__ and info.input.min_batch == 1 and info.input.max_batch == 4
         assert runner._context._failure is None  # the fake's host functions all ran cleanly
     used = {(cls, member) for cls, member in fake_trt._qb_state.accessed}
     allowed = {(cls, m) for cls, members in BACKEND_USES.items() for m in members}

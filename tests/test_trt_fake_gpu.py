@@ -94,7 +94,7 @@ def test_fake_engine_on_real_cuda_gives_onnxruntime_outputs(fake_trt_on_real_cud
         assert all(h >= d * 0.9 for h, d in zip(timing.host_ms, timing.device_ms))  # host clock encloses the stream's work
         np.testing.assert_allclose(runner.infer(batch8), expected[8], rtol=1e-5, atol=1e-4)  # right after graph replays
         assert runner._context._failure is None  # every host function ran cleanly
-        assert runner.describe()["cuda_graph"] is cuda_graph
+        assert runner.info().cuda_graph is cuda_graph
         print(f"\nfake engine on {runner.gpu.describe()} ({'graph' if cuda_graph else 'enqueue'}), batch 8: "
               f"stream time {np.median(timing.device_ms):.1f} ms (ONNX Runtime CPU inside), h2d "
               f"{np.median(timing.h2d_ms):.3f} ms, d2h {np.median(timing.d2h_ms):.3f} ms, 12 rounds in {loop_s:.1f} s")
@@ -103,16 +103,16 @@ def test_fake_engine_on_real_cuda_gives_onnxruntime_outputs(fake_trt_on_real_cud
 
 def test_map_on_100_images_equals_the_onnxruntime_backend(fake_trt_on_real_cuda, yolo11n_coco, val_images, cache):
     pytest.importorskip("pycocotools", reason="pycocotools is needed for mAP (carry its wheel to the GPU machine)")
-    from quantbench.evaluate import evaluate
+    from quantbench.evaluate import EvalSpec, evaluate
 
     assert len(val_images.files) == EVAL_IMAGES
     ort = OrtBackend(use_cuda=False)
     with ort.open(ort.build(yolo11n_coco, BuildOptions(batch_sizes=(8,)), None)) as runner:
-        on_ort = evaluate(runner, val_images, model="yolo11n-coco", variant="fp32", batch_size=8, progress=False)
+        on_ort = evaluate(runner, val_images, EvalSpec("yolo11n-coco", "fp32", batch_size=8))
     backend = TensorRTBackend(cuda_graph=True)
     engine = backend.build(yolo11n_coco, BuildOptions(batch_sizes=(8,)), cache)
     with backend.open(engine) as runner:
-        on_fake = evaluate(runner, val_images, model="yolo11n-coco", variant="fp32", batch_size=8, progress=False)
+        on_fake = evaluate(runner, val_images, EvalSpec("yolo11n-coco", "fp32", batch_size=8))
     print(f"\n{EVAL_IMAGES} val500 images: mAP50-95 {on_fake.metrics.map50_95:.4f} through the runner on real CUDA, "
           f"{on_ort.metrics.map50_95:.4f} on ONNX Runtime (mAP50 {on_fake.metrics.map50:.4f} / {on_ort.metrics.map50:.4f})")
     assert on_fake.backend == "tensorrt" and on_fake.simulated and not on_ort.simulated

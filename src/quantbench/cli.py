@@ -20,6 +20,7 @@ from . import __version__
 from .analysis import cli as analysis_cli
 from .argtypes import backend_name, latency_check, non_negative_int, positive_int
 from .assets import cache_root, default_model
+from .benchmark_json import failures_from_benchmark_json, records_from_benchmark_json
 from .backends import BuildOptions
 from .cache import ArtifactCache, atomic_write_json, atomic_write_text, check_output_file, remove_stale_scratch
 from .compare import compare_runs, comparison_markdown
@@ -31,7 +32,7 @@ from .quantize import SCRATCH_PREFIX, ModelOptEcho
 from .records import to_dict
 from .report import format_selection_table, write_report
 from .results_store import EvalSettings, RunLedger
-from .selection import failures_from_benchmark_json, records_from_benchmark_json, select
+from .selection import select
 from .thresholds import Thresholds
 from .variants import DEFAULT_VARIANTS, Variant, VariantKind, load_variants
 

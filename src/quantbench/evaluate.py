@@ -11,7 +11,7 @@ OpenCV, numpy and the inference runtimes release the GIL, so the stages really r
 and both pools have one thread per core: with a fast GPU the host work is what the wall clock
 waits for. The default scorer (hotcoco) matches every image natively after the last batch; the
 reference one (pycocotools) matches each image as it arrives and leaves ``accumulate`` for the end.
-``HostPipeline`` says which; ``HostPipeline.reference()`` is the single-NMS-thread, pycocotools
+``HostPipeline`` (in the `EvalSpec`) says which; ``HostPipeline.reference()`` is the single-NMS-thread, pycocotools
 pipeline of earlier releases, kept to check the numbers against and to measure the speed-up.
 """
 
@@ -70,67 +70,61 @@ class HostPipeline:
         return self.decode_workers or default_workers(), self.nms_workers or default_workers()
 
 
-def evaluate(
-    runner: Runner,
-    dataset: CocoDataset,
-    *,
-    model: str,
-    variant: str,
-    batch_size: int = 1,
-    nms: NmsConfig = NmsConfig(),
-    untrained: bool = False,
-    progress: bool = True,
-    imgsz: int = IMGSZ,
-    pipeline: HostPipeline = HostPipeline(),
-    clock: StageClock | None = None,
-) -> EvalResult:
+@dataclass(frozen=True)
+class EvalSpec:
+    """What one evaluation is of and how it runs; the metrics depend on all but ``pipeline``."""
+
+    model: str
+    variant: str
+    batch_size: int = 1  # the engine's batch: the last, partial batch is padded to it
+    nms: NmsConfig = NmsConfig()
+    untrained: bool = False  # random weights (built from a .yaml): recorded, the mAP means nothing
+    imgsz: int = IMGSZ  # the model's square input side (``ModelInfo.input_size``)
+    pipeline: HostPipeline = HostPipeline()  # scorer and thread counts (the metrics do not depend on it)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise DataError(f"batch size {self.batch_size!r} is not a positive integer; pass 1 or more.")
+
+
+def evaluate(runner: Runner, dataset: CocoDataset, spec: EvalSpec, *, progress: bool = False,
+             clock: StageClock | None = None) -> EvalResult:
     """mAP of ``runner`` on ``dataset``, with the time spent in inference and overall.
 
-    ``imgsz`` is the model's square input side (``ModelInfo.input_size``). ``timing.total_s``
-    runs from this call to the end of COCO scoring (the dataset is loaded by the caller).
-    ``pipeline`` chooses the scorer and the thread counts (the metrics do not depend on it);
-    ``clock``, when given, receives the CPU time of every stage (``stage_clock``).
+    ``timing.total_s`` runs from this call to the end of COCO scoring (the dataset is loaded by
+    the caller). ``clock``, when given, receives the CPU time of every stage (``stage_clock``).
 
     Images that are missing or cannot be decoded are skipped (a warning each) and listed in
     ``EvalResult.skipped_images``; the metrics cover the images that were evaluated.
     """
     start = time.perf_counter()
-    if batch_size < 1:
-        raise DataError(f"batch size {batch_size} is not a positive integer; pass 1 or more.")
     # Built here, not in a worker: reading the ground truth may print (silenced by swapping the
     # process-wide sys.stdout), which must not happen while other threads might write.
-    scorer = _ImageScorer(dataset, nms, pipeline, clock)
+    scorer = _ImageScorer(dataset, spec.nms, spec.pipeline, clock)
     skipped: list[str] = []
-    bar = tqdm(total=len(dataset), desc=f"eval {model}/{variant}", unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=len(dataset), desc=f"eval {spec.model}/{spec.variant}", unit="img", disable=not progress,
+               leave=False)
 
     def on_skip(path: Path, reason: str) -> None:
         skipped.append(str(path))
         bar.update(1)
 
     with bar:
-        decode_workers, _ = pipeline.threads()
         # Reused batch arrays: _infer_and_score is done with a batch (inferred, outputs copied)
         # before it asks for the next one.
-        batches = iter_batches(dataset.files, batch_size, size=imgsz, workers=decode_workers, on_skip=on_skip,
-                               clock=clock, reuse_buffers=True)
-        inference_s = _infer_and_score(runner, batches, batch_size, dataset, scorer, bar)
+        batches = iter_batches(dataset.files, spec.batch_size, size=spec.imgsz, workers=spec.pipeline.threads()[0],
+                               on_skip=on_skip, clock=clock, reuse_buffers=True)
+        inference_s = _infer_and_score(runner, batches, spec.batch_size, dataset, scorer, bar)
     num_images = len(scorer.scorer)
     with clock.measure(Stage.SCORING, num_images, whole_process=True) if clock else contextlib.nullcontext():
         metrics = scorer.scorer.result()
     total_s = time.perf_counter() - start
-    facts = runner.describe()
+    info = runner.info()
     return EvalResult(
-        model=model,
-        variant=variant,
-        backend=str(facts.get("backend", type(runner).__name__)),
-        device=str(facts.get("device", "unknown")),
-        dataset=dataset.name,
-        num_images=num_images,
-        skipped_images=tuple(skipped),
-        untrained=untrained,
-        metrics=metrics,
+        model=spec.model, variant=spec.variant, backend=info.backend, device=info.device, dataset=dataset.name,
+        num_images=num_images, skipped_images=tuple(skipped), untrained=spec.untrained, metrics=metrics,
         timing=EvalTiming(inference_s=inference_s, total_s=total_s, images_per_s=num_images / total_s),
-        simulated=facts.get("simulated"),
+        simulated=info.simulated,
     )
 
 
@@ -178,8 +172,8 @@ def _infer_and_score(
                 score.clock.add(Stage.INFERENCE, elapsed, len(batch))  # wall: runtimes infer in their own threads
             _check_output(output, images, dataset)
             for i, (path, box) in enumerate(zip(batch.paths, batch.letterboxes)):
-                # A copy: a runner may hand out the same host buffer on every call (TensorRT-style
-                # pinned outputs) and the NMS threads read it while the next batch runs.
+                # The one copy of an output: it is valid until the runner's next infer (`Runner`: TensorRT
+                # hands out its pinned buffer) and the NMS threads read it while the next batch runs.
                 pending.append(nms_pool.submit(score, np.array(output[i], copy=True), path, box))
             while len(pending) > max_pending or (pending and pending[0].done()):
                 pending.popleft().result()  # re-raises an NMS failure here, not at the end

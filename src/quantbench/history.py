@@ -32,7 +32,8 @@ from typing import Any
 from .cache import atomic_write_bytes, atomic_write_text
 from .errors import ConfigError
 from .records import EvalResult, LatencyResult, Provenance
-from .selection import Selection, records_from_benchmark_json, select
+from .benchmark_json import VariantOptions, records_from_benchmark_json
+from .selection import Selection, select
 from .thresholds import Thresholds
 
 
@@ -49,7 +50,7 @@ class SavedRun:
     commit: str | None  # the records' provenance commit, else pytest-benchmark's commit_info id
     evals: tuple[EvalResult, ...]
     latencies: tuple[LatencyResult, ...]
-    variant_options: dict[str, dict]
+    variant_options: VariantOptions  # (model, variant) -> its options
 
     @property
     def label(self) -> str:
@@ -123,7 +124,7 @@ class HistoryRow:
     provenance: Provenance | None
     winner: str | None
     points: tuple[VariantPoint, ...]
-    variant_options: dict[str, dict]
+    variant_options: dict[str, dict]  # this row's model's variants -> their options
     changes: tuple[str, ...]
 
     @property
@@ -165,7 +166,7 @@ def build_history(runs: Sequence[SavedRun], thresholds: Thresholds, *, reference
 
 def _row(index: int, run: SavedRun, s: Selection, previous: HistoryRow | None) -> HistoryRow:
     points = tuple(VariantPoint(o.variant, o.map50_95, o.latency_ms, o.passed, o.gated) for o in s.outcomes)
-    options = {p.variant: run.variant_options.get(p.variant, {}) for p in points}
+    options = {p.variant: run.variant_options.get((s.model, p.variant), {}) for p in points}
     row = HistoryRow(run=index, source=str(run.path), label=run.label, backend=s.backend,
                      device=run.device(s.model, s.backend), provenance=run.provenance(s.model, s.backend),
                      winner=s.winner, points=points, variant_options=options, changes=())

@@ -27,7 +27,7 @@ from .cache import ArtifactCache, ArtifactMissing
 from .calibration import CalibrationSet, build_calibration
 from .dataset import CocoDataset
 from .errors import QuantbenchError, QuantizeError
-from .evaluate import evaluate
+from .evaluate import EvalSpec, evaluate
 from .export import DEFAULT_IMGSZ, ModelInfo, resolve_model
 from .quantize import quantize_variant
 from .records import EvalResult, VariantBuild
@@ -213,8 +213,9 @@ class Pipeline:
     def _evaluate(self, model: ModelInfo, variant: Variant) -> EvalResult:
         s = self.settings.evaluation
         with self.open(self.engine(model, variant)) as runner:
-            return evaluate(runner, self.dataset(), model=model.name, variant=variant.name, batch_size=s.batch_size,
-                            nms=s.nms, untrained=model.untrained, progress=self.progress, imgsz=model.input_size)
+            spec = EvalSpec(model.name, variant.name, batch_size=s.batch_size, nms=s.nms, untrained=model.untrained,
+                            imgsz=model.input_size)
+            return evaluate(runner, self.dataset(), spec, progress=self.progress)
 
     def _remember(self, variant: Variant, stored: StoredEval) -> None:
         self._evals[stored.result.model, variant] = stored.result

@@ -5,7 +5,7 @@ cannot be found (no GPU, no git, a package not installed) instead of failing the
 a missing fact is recorded as unknown, never as an error.
 
 Nothing here imports ``tensorrt``: the TensorRT version the engines were built with comes from the
-TensorRT runner's own ``describe()`` (``runner_info``); `installed_tensorrt` reads the installed
+TensorRT runner's own `RunnerInfo` (``Runner.info()``); `installed_tensorrt` reads the installed
 distribution's metadata, for the CI cache key. GPU facts come from ``nvidia-smi`` and, where it is
 missing, from the CUDA runtime through `backends.cuda` (cuda-python, imported lazily there).
 """
@@ -19,11 +19,10 @@ import platform
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from . import __version__
+from .backends.base import BackendKind, RunnerInfo
 from .records import Provenance
 
 # Distributions that install each module (the first one found wins).
@@ -34,16 +33,18 @@ _SUBPROCESS_TIMEOUT_S = 10
 _REPO = Path(__file__).resolve().parents[2]  # the checkout, for an editable install
 
 
-def collect_provenance(runner_info: Mapping[str, Any] | None = None) -> Provenance:
-    """This process's facts, overlaid with what the runner reports about itself (its TensorRT, its GPU)."""
-    info = runner_info or {}
+def collect_provenance(runner: RunnerInfo | None = None) -> Provenance:
+    """This process's facts, overlaid with what the runner reports about itself (its runtime's version, its GPU)."""
     facts = environment_provenance()
-    tensorrt = info.get("tensorrt")  # only the TensorRT runner reports one: other backends do not use it
+    if runner is None:
+        return facts
+    version = runner.runtime_version
     overlay = {
-        "tensorrt": str(tensorrt) if tensorrt else None,
-        "onnxruntime": info.get("onnxruntime") or facts.onnxruntime,
-        "gpu": info.get("gpu") or facts.gpu,
-        "compute_capability": info.get("compute_capability") or facts.compute_capability,
+        # Only a TensorRT runner has a TensorRT: other backends do not use the installed one.
+        "tensorrt": version if runner.backend == BackendKind.TENSORRT.value else None,
+        "onnxruntime": (version if runner.backend == BackendKind.ONNXRUNTIME.value else None) or facts.onnxruntime,
+        "gpu": runner.gpu or facts.gpu,
+        "compute_capability": runner.compute_capability or facts.compute_capability,
     }
     return dataclasses.replace(facts, **overlay)
 

@@ -142,7 +142,12 @@ class VariantBuild:
 
 @dataclass(frozen=True)
 class LatencyStats:
-    """Raw-sample summary of one timed configuration, in milliseconds per batch."""
+    """One timed configuration, in milliseconds per batch: the summary and the raw rounds it summarises.
+
+    ``samples_ms`` keeps every timed round (as pyperf and torch.utils.benchmark keep raw values) so that
+    later statistics (bootstrap intervals, outlier checks) need no re-run; records written before it
+    existed read back with ``()``.
+    """
 
     median_ms: float
     mean_ms: float
@@ -150,6 +155,12 @@ class LatencyStats:
     max_ms: float
     stddev_ms: float
     rounds: int
+    samples_ms: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.samples_ms and len(self.samples_ms) != self.rounds:
+            raise RecordError(f"LatencyStats has {len(self.samples_ms)} samples for {self.rounds} rounds; "
+                              "keep every timed round or none.")
 
     @classmethod
     def from_samples(cls, samples_ms: typing.Sequence[float]) -> LatencyStats:
@@ -163,6 +174,7 @@ class LatencyStats:
             max_ms=max(samples_ms),
             stddev_ms=statistics.stdev(samples_ms) if len(samples_ms) > 1 else 0.0,
             rounds=len(samples_ms),
+            samples_ms=tuple(float(x) for x in samples_ms),
         )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends.base import BuildOptions, Runner, TimingSamples
+from .backends.base import BuildOptions, InputSpec, Runner, RunnerInfo, TimingSamples
 from .backends.ort import OrtBackend
 from .cache import ArtifactCache, hash_key, sha256_file
 from .dataset import CocoDataset
@@ -38,11 +38,12 @@ class ReplayRunner(Runner):
             raise BackendError(f"{len(outputs)} recorded outputs for {len(fingerprints)} fingerprints; record again.")
         self._outputs, self._fingerprints = outputs, fingerprints
         self._next = 0
+        self.input_spec = InputSpec(self.input_name, (3, None, None))  # the fingerprints check the images
 
     def rewind(self) -> None:
         self._next = 0
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
         start, count = self._next, min(len(batch), len(self._outputs) - self._next)
         for i in range(count):
             if fingerprint(batch[i]) != self._fingerprints[start + i]:
@@ -56,11 +57,11 @@ class ReplayRunner(Runner):
             return rows
         return np.concatenate([rows, np.zeros((len(batch) - count, *self._outputs.shape[1:]), np.float32)])
 
-    def time(self, batch: np.ndarray, *, warmup: int, iterations: int) -> TimingSamples:
+    def _time(self, batch: np.ndarray, *, warmup: int, iterations: int) -> TimingSamples:
         raise BackendError("a replay runner has no inference to time; time a real engine.")
 
-    def describe(self) -> dict[str, Any]:
-        return {"backend": "replay", "device": "host (recorded outputs)"}
+    def info(self) -> RunnerInfo:
+        return RunnerInfo(backend="replay", device="host (recorded outputs)", input=self.input_spec)
 
 
 def record_outputs(model: Path, dataset: CocoDataset, cache: ArtifactCache, imgsz: int = 640) -> np.ndarray:

@@ -125,7 +125,7 @@ class RunRecords:
     evals: tuple[EvalResult, ...]  # one per (model, variant, backend)
     evals_computed: tuple[tuple[str, str], ...]  # (model, variant) evaluated in this run, not read back
     latencies: tuple[LatencyResult, ...]
-    variant_options: dict[str, dict[str, Any]]
+    variant_options: dict[tuple[str, str], dict[str, Any]]  # (model, variant) -> its options
     builds: tuple[BuildNote, ...]
     failures: dict[tuple[str, str], str]  # (model, variant) -> why its build failed
     # A build phase's test errors: node id -> (model, variant, last line of the error).
@@ -196,7 +196,7 @@ class RunLedger:
             if kind == "eval":
                 result = from_dict(EvalResult, data["eval"], where=str(path))
                 evals[result.model, result.variant, result.backend] = result
-                options[result.variant] = data["variant_options"]
+                options[result.model, result.variant] = data["variant_options"]
                 if data["computed"]:
                     computed.append((result.model, result.variant))
             elif kind == "latency":

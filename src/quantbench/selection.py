@@ -34,15 +34,12 @@ Rules (the report and the CLI repeat them to the user):
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .records import EvalResult, LatencyResult, from_dict
+from .records import EvalResult, LatencyResult
 from .gate import Evidence, VariantOutcome, judge, median_standard_error
 from .thresholds import ModelThresholds, Thresholds
 
@@ -82,10 +79,11 @@ def select(
     thresholds: Thresholds,
     *,
     reference_batch: int = 1,
-    variant_options: Mapping[str, dict] | None = None,
+    variant_options: Mapping[tuple[str, str], dict] | None = None,
     failures: Mapping[FailureKey, str] | None = None,
 ) -> list[Selection]:
-    """Gate and rank every variant, one `Selection` per (model, backend), sorted by model then backend."""
+    """Gate and rank every variant, one `Selection` per (model, backend), sorted by model then backend;
+    ``variant_options`` are keyed by (model, variant), as two models may build one variant name differently."""
     records = _Records(
         acc={(e.model, e.backend, e.variant): e for e in evals},
         lat={(r.model, r.backend, r.variant, r.batch_size): r for r in latencies},
@@ -109,7 +107,7 @@ class _Records:
 
     acc: dict[tuple[str, str, str], EvalResult]  # (model, backend, variant)
     lat: dict[tuple[str, str, str, int], LatencyResult]  # (model, backend, variant, batch)
-    options: dict[str, dict]
+    options: dict[tuple[str, str], dict]  # (model, variant) -> build options, plus "gated"
     failures: dict[FailureKey, str]
     reference_batch: int
 
@@ -129,7 +127,7 @@ class _Records:
             accuracy=accuracy.get(v), baseline_accuracy=accuracy.get(t.baseline),
             latency=latency.get(v), baseline_latency=latency.get(t.baseline),
             build_failure=self.failures.get((model, v)) or self.failures.get(v),
-            options=dict(self.options.get(v, {})), accuracy_backend=source,
+            options=dict(self.options.get((model, v), {})), accuracy_backend=source,
             other_batches=tuple(sorted(bs for m, b, vv, bs in self.lat if (m, b, vv) == (model, backend, v) and bs != batch)),
         ), t) for v in variants]
         ranked = tuple(sorted(outcomes, key=_rank_key))
@@ -188,97 +186,3 @@ def _criteria(t: ModelThresholds) -> dict[str, Any]:
         "max_memory_increase": t.max_memory_increase,
         "not_gated": list(t.not_gated),
     }
-
-
-# --- pytest-benchmark JSON --------------------------------------------------------------------
-
-
-def records_from_benchmark_json(
-    paths: Sequence[Path],
-) -> tuple[list[EvalResult], list[LatencyResult], dict[str, dict]]:
-    """EvalResults, LatencyResults and variant options carried by pytest-benchmark JSON files.
-
-    Each benchmark's ``extra_info["quantbench"]`` holds ``{"latency": ..., "eval": ... | None,
-    "variant_options": {...}}`` (records as `records.to_dict` writes them); other keys there are
-    ignored so newer writers stay readable. Later files, and later benchmarks within a file,
-    win for duplicate keys. Benchmarks without ``extra_info["quantbench"]`` are skipped; a file
-    with none at all is an error.
-    """
-    if not paths:
-        raise ConfigError(f"no benchmark JSON files given; {_WRITTEN_BY}")
-    evals: dict[tuple, EvalResult] = {}
-    lats: dict[tuple, LatencyResult] = {}
-    options: dict[str, dict] = {}
-    for path in paths:
-        for where, entry in _quantbench_entries(Path(path)):
-            if not isinstance(entry, dict):
-                raise ConfigError(
-                    f"{where} is a {type(entry).__name__}, not an object; "
-                    "the file was not written by quantbench's bench suite."
-                )
-            if entry.get("latency") is not None:
-                r = from_dict(LatencyResult, entry["latency"], where=f"{where}.latency")
-                lats[r.model, r.variant, r.backend, r.batch_size] = r
-            if entry.get("eval") is not None:
-                e = from_dict(EvalResult, entry["eval"], where=f"{where}.eval")
-                evals[e.model, e.variant, e.backend] = e
-            variant_opts = entry.get("variant_options")
-            if variant_opts is not None:
-                if not isinstance(variant_opts, dict):
-                    raise ConfigError(
-                        f"{where}.variant_options is a {type(variant_opts).__name__}, not an object; "
-                        "re-run the bench suite with this quantbench version."
-                    )
-                variant = _variant_of(entry)
-                if variant is not None:
-                    options[variant] = variant_opts
-    return list(evals.values()), list(lats.values()), options
-
-
-def failures_from_benchmark_json(paths: Sequence[Path]) -> dict[tuple[str, str], str]:
-    """(model, variant) -> reason for the variants a bench run names as failed or not run (its
-    top-level ``quantbench.failures``); files written before it existed give none."""
-    failures: dict[tuple[str, str], str] = {}
-    for path in paths:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))  # read and checked by records_from_benchmark_json
-        entries = data.get("quantbench", {}).get("failures", []) if isinstance(data.get("quantbench"), dict) else []
-        for entry in entries:
-            if isinstance(entry, dict) and {"model", "variant", "reason"} <= set(entry):
-                failures[str(entry["model"]), str(entry["variant"])] = str(entry["reason"])
-    return failures
-
-
-def _variant_of(entry: Mapping[str, Any]) -> str | None:
-    for key in ("latency", "eval"):
-        record = entry.get(key)
-        if isinstance(record, dict) and isinstance(record.get("variant"), str):
-            return record["variant"]
-    return None
-
-
-_WRITTEN_BY = "pass the file that pytest --benchmark-json wrote for quantbench's bench suite."
-
-
-def _quantbench_entries(path: Path) -> list[tuple[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"benchmark JSON {path} does not exist; {_WRITTEN_BY}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"benchmark JSON {path} cannot be read ({exc}); check the path and its permissions.") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc}); {_WRITTEN_BY}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
-        raise ConfigError(f"{path} is not a pytest-benchmark JSON (no 'benchmarks' list); {_WRITTEN_BY}")
-    entries = []
-    for i, bench in enumerate(data["benchmarks"]):
-        extra = bench.get("extra_info") if isinstance(bench, dict) else None
-        if isinstance(extra, dict) and "quantbench" in extra:
-            name = bench.get("name", "?")
-            entries.append((f"{path}: benchmarks[{i}] ({name}) extra_info.quantbench", extra["quantbench"]))
-    if not entries:
-        raise ConfigError(
-            f"{path} has no quantbench records (no benchmark carries extra_info['quantbench']); "
-            "pass the --benchmark-json output of quantbench's bench suite."
-        )
-    return entries

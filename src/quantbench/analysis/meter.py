@@ -30,7 +30,7 @@ from ..cache import ArtifactCache, hash_key, sha256_file
 from ..dataset import CocoDataset
 from ..detections import NmsConfig
 from ..errors import ConfigError, DataError
-from ..evaluate import evaluate
+from ..evaluate import EvalSpec, evaluate
 from .qdq_graph import QdqModel
 
 CACHE_KIND = "sensitivity"
@@ -128,8 +128,8 @@ class CocoProbe:
 
     def score(self, onnx_path: Path) -> float:
         with OrtBackend().open_onnx(onnx_path, self.options) as runner:
-            result = evaluate(runner, self.dataset, model=onnx_path.stem, variant="probe",
-                              batch_size=self.batch_size, nms=self.nms, progress=False, imgsz=self.imgsz)
+            spec = EvalSpec(onnx_path.stem, "probe", batch_size=self.batch_size, nms=self.nms, imgsz=self.imgsz)
+            result = evaluate(runner, self.dataset, spec)
         return result.metrics.map50_95
 
 

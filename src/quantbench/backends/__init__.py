@@ -10,14 +10,16 @@ import importlib
 import logging
 
 from ..errors import BackendUnavailable, ConfigError
-from .base import Backend, BackendKind, BuildOptions, Engine, Runner, TimingSamples
+from .base import Backend, BackendKind, BuildOptions, Engine, InputSpec, Runner, RunnerInfo, TimingSamples
 
 __all__ = [
     "Backend",
     "BackendKind",
     "BuildOptions",
     "Engine",
+    "InputSpec",
     "Runner",
+    "RunnerInfo",
     "TimingSamples",
     "backend_class",
     "resolve_backend",

@@ -30,7 +30,7 @@ import numpy as np
 from .. import onnx_graph
 from ..cache import ArtifactCache, hash_key, sha256_file
 from ..errors import BackendError
-from .base import Backend, BackendKind, BuildOptions, Engine, Runner, TimingSamples
+from .base import Backend, BackendKind, BuildOptions, Engine, InputSpec, Runner, RunnerInfo, TimingSamples
 
 if TYPE_CHECKING:
     import onnx
@@ -181,34 +181,52 @@ class OrtRunner(Runner):
         self.session = _session(str(engine.path) if model_bytes is None else model_bytes, so, providers, engine.path)
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name, self.output_name = inp.name, out.name
+        self.input_spec = _input_spec(inp.name, inp.shape, inp.type, engine.path)
         self.engine = engine
+        self._info: RunnerInfo | None = None
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        # session.run returns a new host array on every call: nothing of the runner's is reused.
         return self.session.run([self.output_name], {self.input_name: batch})[0]
 
-    def time(self, batch: np.ndarray, *, warmup: int, iterations: int) -> TimingSamples:
+    def _time(self, batch: np.ndarray, *, warmup: int, iterations: int) -> TimingSamples:
         for _ in range(warmup):
-            self.infer(batch)
+            self._infer(batch)
         samples = []
         for _ in range(iterations):
             t0 = time.perf_counter()
-            self.infer(batch)  # session.run returns host arrays: the call is synchronous
+            self._infer(batch)  # session.run returns host arrays: the call is synchronous
             samples.append((time.perf_counter() - t0) * 1e3)
         return TimingSamples(host_ms=tuple(samples))
 
-    def describe(self) -> dict[str, Any]:
-        ort = _ort()
-        providers = self.session.get_providers()
-        return {
-            "backend": BackendKind.ONNXRUNTIME.value,
-            "onnxruntime": ort.__version__,
-            "providers": providers,
-            "device": _device_name(providers),
-            "threads": self.engine.options.threads or os.cpu_count(),
-        }
+    def info(self) -> RunnerInfo:
+        if self._info is None:  # fixed once the session is open; kept so that close() loses nothing
+            providers = tuple(self.session.get_providers())
+            self._info = RunnerInfo(
+                backend=BackendKind.ONNXRUNTIME.value, device=_device_name(list(providers)), input=self.input_spec,
+                runtime_version=_ort().__version__, providers=providers,
+                threads=self.engine.options.threads or os.cpu_count(),
+            )
+        return self._info
 
     def close(self) -> None:
+        if self.session is not None:
+            self.info()
         self.session = None  # type: ignore[assignment]
+
+
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
+
+
+def _input_spec(name: str, shape: list[Any], ort_type: str, path: Path) -> InputSpec:
+    """What the session's input takes; ONNX Runtime names dynamic axes by a string or None."""
+    dims = [d if isinstance(d, int) and d > 0 else None for d in shape]
+    n, rest = (dims[0], tuple(dims[1:])) if dims else (None, ())
+    dtype = _ORT_DTYPES.get(ort_type, "float32")
+    if n is None:
+        return InputSpec(name, rest, dtype=dtype)
+    return InputSpec(name, rest, min_batch=n, max_batch=n, dtype=dtype,
+                     batch_fix=f"{path} has a fixed batch of {n}: export it with a dynamic batch axis to run {{n}}")
 
 
 def _device_name(providers: list[str]) -> str:

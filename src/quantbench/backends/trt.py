@@ -36,7 +36,7 @@ from ..cache import ArtifactCache, atomic_write_bytes, atomic_write_text, hash_k
 from ..errors import BackendError, BackendUnavailable, ConfigError, ModelError
 from ..records import to_dict
 from . import cuda
-from .base import Backend, BackendKind, BuildOptions, Engine, Runner, TimingSamples
+from .base import Backend, BackendKind, BuildOptions, Engine, InputSpec, Runner, RunnerInfo, TimingSamples
 from .trt_precision import NoInt8Warning, precision_report, qdq_layers
 from .trt_version import TrtApi
 
@@ -407,6 +407,12 @@ def _build_engine(
     }
 
 
+def _input_spec(name: str, low: tuple[int, ...], high: tuple[int, ...]) -> InputSpec:
+    """The batches an engine's profile (``low`` to ``high``, NCHW) accepts: float32, cast to the engine's type."""
+    image = tuple(lo if lo == hi else None for lo, hi in zip(low[1:], high[1:]))
+    return InputSpec(name, image, min_batch=int(low[0]), max_batch=int(high[0])) if low else InputSpec(name, ())
+
+
 class TensorRTRunner(Runner):
     """An opened engine: pinned and device buffers for the largest batch, one stream, an optional CUDA graph."""
 
@@ -449,6 +455,7 @@ class TensorRTRunner(Runner):
         else:
             low = high = static
         self._min_shape, self._max_shape = low, high
+        self.input_spec = _input_spec(self.input_name, low, high)
         self._set_input_shape(high)
         max_output = tuple(self._context.get_tensor_shape(self.output_name))
 
@@ -486,16 +493,8 @@ class TensorRTRunner(Runner):
                                f"the engine accepts {self._min_shape} to {self._max_shape}.")
 
     def _stage(self, batch: np.ndarray) -> tuple[int, int, tuple[int, ...]]:
-        """Validate ``batch``, set the input shape, copy it into pinned memory; return byte counts and output shape."""
+        """Set the input shape of a checked ``batch``, copy it into pinned memory; return byte counts and output shape."""
         shape = tuple(batch.shape)
-        fits = len(shape) == len(self._max_shape) and all(
-            lo <= s <= hi for s, lo, hi in zip(shape, self._min_shape, self._max_shape)
-        )
-        if not fits:
-            raise BackendError(
-                f"batch of shape {shape} does not fit {self.engine_record.path}, built for {self._min_shape} to "
-                f"{self._max_shape}; rebuild it with BuildOptions.batch_sizes including {shape[0] if shape else '?'}."
-            )
         self._set_input_shape(shape)
         n = shape[0]
         self._host_in.array[:n] = batch  # casts to the engine's input type (float16 for FP16-IO graphs)
@@ -525,12 +524,13 @@ class TensorRTRunner(Runner):
         return capture.graph
 
     def _output(self, out_shape: tuple[int, ...]) -> np.ndarray:
+        """The pinned output buffer itself for a float32 output (no copy: `Runner` says outputs are reused)."""
         n = out_shape[0]
-        return np.array(self._host_out.array[:n].reshape(out_shape), dtype=np.float32, copy=True)
+        return np.asarray(self._host_out.array[:n].reshape(out_shape), dtype=np.float32)
 
     # -- Runner ------------------------------------------------------------------------------------
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
         in_bytes, out_bytes, out_shape = self._stage(batch)
         self._dev_in.copy_from_host(self._host_in, self._stream, in_bytes)
         self._enqueue()
@@ -538,10 +538,8 @@ class TensorRTRunner(Runner):
         self._stream.synchronize()
         return self._output(out_shape)
 
-    def time(self, batch: np.ndarray, *, warmup: int, iterations: int) -> TimingSamples:
+    def _time(self, batch: np.ndarray, *, warmup: int, iterations: int) -> TimingSamples:
         """Per iteration: h2d, compute and d2h on CUDA events; host wall time around compute + sync."""
-        if iterations < 1 or warmup < 0:
-            raise ConfigError(f"time() needs iterations >= 1 and warmup >= 0, got {iterations} and {warmup}.")
         shape = tuple(batch.shape)
         in_bytes, out_bytes, _ = self._stage(batch)
         self._dev_in.copy_from_host(self._host_in, self._stream, in_bytes)
@@ -574,21 +572,16 @@ class TensorRTRunner(Runner):
             peak_memory_bytes=max(0, max(used) - self._used_before),  # added since open(), device-wide count
         )
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "backend": BackendKind.TENSORRT.value,
-            "tensorrt": self._api.version,
-            "device": self.gpu.describe(),
-            "gpu": self.gpu.name,
-            "compute_capability": f"{self.gpu.compute_capability[0]}.{self.gpu.compute_capability[1]}",
-            "cuda_graph": self.cuda_graph,
-            "engine": str(self.engine_record.path),
-            "engine_memory_bytes": getattr(self, "engine_memory_bytes", None),
-            "input_dtype": str(getattr(self, "_input_dtype", "")),
-            "profile": {"min": list(getattr(self, "_min_shape", ())), "max": list(getattr(self, "_max_shape", ()))},
-            "precision": getattr(self, "precision", None),
-            "simulated": getattr(self, "simulated", None),
-        }
+    def info(self) -> RunnerInfo:
+        gpu = self.gpu
+        return RunnerInfo(
+            backend=BackendKind.TENSORRT.value, device=gpu.describe(), input=self.input_spec,
+            runtime_version=self._api.version, gpu=gpu.name,
+            compute_capability=f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}",
+            cuda_graph=self.cuda_graph, engine_path=str(self.engine_record.path),
+            engine_memory_bytes=self.engine_memory_bytes, input_dtype=str(self._input_dtype),
+            precision=self.precision, simulated=self.simulated,
+        )
 
     def close(self) -> None:
         if getattr(self, "_graph", None) is not None:
