@@ -41,6 +41,7 @@ import numpy as np
 from .dataset import CocoDataset, read_instances
 from .detections import Detections
 from .errors import ConfigError, DataError
+from .matches import MatchTable, match_table, match_table_of
 from .records import CocoMetrics
 
 # COCOeval.stats positions (see COCOeval.summarize)
@@ -64,7 +65,13 @@ class Scorer(Protocol):
     def result(self) -> CocoMetrics: ...
 
 
-def make_scorer(dataset: CocoDataset, evaluator: CocoEvaluator) -> Scorer:
+class MatchingScorer(Scorer, Protocol):
+    """A scorer that also hands out its per-image matches (``matches.MatchTable``)."""
+
+    def match_table(self) -> MatchTable: ...
+
+
+def make_scorer(dataset: CocoDataset, evaluator: CocoEvaluator) -> MatchingScorer:
     """A fresh scorer of ``evaluator`` for ``dataset``; ``add`` it every evaluated image."""
     return _SCORERS[evaluator](dataset)
 
@@ -109,6 +116,20 @@ def coco_metrics(
         evaluator.accumulate()
         evaluator.summarize()
     return _metrics(evaluator, dataset)
+
+
+def coco_metrics_and_matches(
+    dataset: CocoDataset, detections: Mapping[int, Detections], evaluator: CocoEvaluator = CocoEvaluator.HOTCOCO
+) -> tuple[CocoMetrics, MatchTable]:
+    """``coco_metrics`` and the evaluation's ``MatchTable`` (for resampling the images, ``uncertainty``).
+
+    Scores through ``make_scorer``, so the metrics equal ``coco_metrics``' (tested); every
+    evaluated image must have an entry, as there.
+    """
+    scorer = make_scorer(dataset, evaluator)
+    for image_id, det in detections.items():
+        scorer.add(image_id, det)
+    return scorer.result(), scorer.match_table()
 
 
 class CocoScorer:
@@ -184,6 +205,19 @@ class CocoScorer:
             ev.summarize()
         return _metrics(ev, self.dataset)
 
+    def match_table(self) -> MatchTable:
+        """The per-image matches of the images added so far (area "all", 100 detections)."""
+        if not self._per_image:
+            raise DataError(
+                f"no images of dataset {self.dataset.name} were evaluated; "
+                f"check the images in {self.dataset.images_dir}."
+            )
+        params = self._eval.params
+        image_ids = sorted(self._per_image)
+        return match_table((rows[0] for i in image_ids for rows in self._per_image[i]), image_ids=image_ids,
+                           category_ids=params.catIds, iou_thresholds=params.iouThrs,
+                           area_all=params.areaRng[0], max_dets=params.maxDets)
+
 
 class HotcocoScorer:
     """hotcoco's ``COCOeval`` over every added image at once: ``add`` collects, ``result()`` scores.
@@ -200,6 +234,7 @@ class HotcocoScorer:
         self._ground_truth = hotcoco.COCO(_instances_with_area(dataset))
         self._tables: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
+        self._last_evaluation: tuple[tuple[int, ...], Any] | None = None  # (image ids, evaluated COCOeval)
 
     def add(self, image_id: int, det: Detections) -> None:
         image_id = _known_image_id(image_id, self._known_ids, self.dataset)
@@ -229,7 +264,19 @@ class HotcocoScorer:
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
+        self._last_evaluation = (tuple(image_ids), evaluator)
         return _metrics(evaluator, self.dataset)
+
+    def match_table(self) -> MatchTable:
+        """The per-image matches of the images added so far (area "all", 100 detections).
+
+        Reuses the matching of the last ``result()`` when no image was added since; scores otherwise.
+        """
+        last = self._last_evaluation
+        if last is None or last[0] != tuple(sorted(self._tables)):
+            self.result()
+            last = self._last_evaluation
+        return match_table_of(last[1])
 
 
 def _hotcoco():
