@@ -167,22 +167,28 @@ def _chunk_maps(prepared: _PreparedTable, weights: np.ndarray) -> tuple[np.ndarr
 def _row_precision_sums(prepared: _PreparedTable, by_image: np.ndarray, npig: np.ndarray) -> np.ndarray:
     """(rows, resamples): the sum of a row's 101 interpolated precisions, as accumulate fills them."""
     starts, lengths = prepared.row_starts, prepared.row_lengths
+    # (points, resamples) arrays of millions of values: computed in place where possible
     tp = np.cumsum(by_image[prepared.tp_images], axis=0)  # weighted true positives so far, exact integers
-    before_row = np.where(starts[:, None] > 0, tp[np.maximum(starts - 1, 0)], 0.0)
+    before_row = tp[np.maximum(starts - 1, 0)]
+    before_row[starts == 0] = 0.0
     tp -= np.repeat(before_row, lengths, axis=0)
     # float32 products of integer counts below 2**24 are exact
-    fp = (prepared.fp_before @ by_image.astype(np.float32)).astype(np.float64)
-    gt = npig[prepared.point_category]
-    recall = tp / np.where(gt > 0, gt, 1.0)
-    precision = tp / (fp + tp + np.spacing(1))  # accumulate's expression, operation for operation
-    passed = np.searchsorted(RECALL_THRESHOLDS, recall, side="right")  # thresholds <= recall
-    newly_passed = passed.copy()
-    newly_passed[1:] -= passed[:-1]
+    precision = (prepared.fp_before @ by_image.astype(np.float32)).astype(np.float64)
+    precision += tp
+    precision += np.spacing(1)
+    np.divide(tp, precision, out=precision)  # accumulate's tp / (fp + tp + eps), operation for operation
+    # a category without ground truth in a resample has no weighted true positive either: any divisor
+    recall = np.where(npig > 0, npig, 1.0)[prepared.point_category]
+    np.divide(tp, recall, out=recall)
+    passed = np.searchsorted(RECALL_THRESHOLDS, recall, side="right").astype(np.int32)  # thresholds <= recall
+    newly_passed = np.empty_like(passed)
+    np.subtract(passed[1:], passed[:-1], out=newly_passed[1:])
     newly_passed[starts] = passed[starts]
     for start, length in zip(starts.tolist(), lengths.tolist()):
         rows = precision[start:start + length]
         rows[:] = np.maximum.accumulate(rows[::-1], axis=0)[::-1]  # the precision envelope
-    return np.add.reduceat(precision * newly_passed, starts, axis=0)
+    np.multiply(precision, newly_passed, out=precision)
+    return np.add.reduceat(precision, starts, axis=0)
 
 
 def resample_weights(images: int, resamples: int, seed: int) -> np.ndarray:
