@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantbench.dataset import CocoDataset
+from quantbench.dataset import CocoDataset, read_instances
 from quantbench.detections import Detections, postprocess
 from quantbench.errors import DataError
 from quantbench.matches import MatchTable
@@ -78,8 +78,6 @@ def test_subset_of_images_and_scorer_reuse(val24: CocoDataset, yolo24: dict[int,
 
 
 def test_crowd_ground_truth_is_not_counted(val24: CocoDataset, yolo24: dict[int, Detections]):
-    from quantbench.dataset import read_instances
-
     _, table = coco_metrics_and_matches(val24, yolo24)
     anns = [a for a in read_instances(val24.annotations)["annotations"] if a["image_id"] in set(yolo24)]
     assert table.gt_counts.sum() == sum(1 for a in anns if not a.get("iscrowd", 0))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 from test_matches import yolo_detections
 
 from quantbench.dataset import CocoDataset, read_instances
@@ -49,9 +51,6 @@ def table16(val16: CocoDataset, yolo16: dict[int, Detections]) -> MatchTable:
 
 def pycocotools_on_copies(ds: CocoDataset, dets: dict[int, Detections], copies: np.ndarray) -> tuple[float, float]:
     """(mAP50-95, mAP50) by pycocotools of a dataset holding ``copies[n]`` copies of the n-th image (new ids)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     data = read_instances(ds.annotations)
     image_of = {image["id"]: image for image in data["images"]}
     anns_of: dict[int, list] = {}
@@ -120,6 +119,8 @@ def test_tables_of_other_images_are_refused(val16: CocoDataset, yolo16: dict[int
         weighted_maps(table16, np.ones(3))
     with pytest.raises(DataError, match="resamples=1 is too few"):
         paired_bootstrap(table16, table16, resamples=1)
+    with pytest.raises(DataError, match="confidence=95 is not a probability"):
+        paired_bootstrap(table16, table16, confidence=95)
 
 
 def synthetic_pair(rng: np.random.Generator, images: int) -> tuple[MatchTable, MatchTable]:

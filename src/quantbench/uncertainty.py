@@ -68,7 +68,7 @@ class DropInterval:
 
 
 @dataclass(frozen=True)
-class _PreparedTable:
+class PreparedTable:
     """A MatchTable reduced to its true positives, row by row (a row = one category, IoU threshold)."""
 
     tp_images: np.ndarray  # (points,) image index of each true positive, rows one after another
@@ -82,7 +82,7 @@ class _PreparedTable:
     thresholds: int  # IoU thresholds
 
 
-def prepare(table: MatchTable) -> _PreparedTable:
+def prepare(table: MatchTable) -> PreparedTable:
     """Sort each category once and keep its true positives (see the module's docstring)."""
     tp_images, fp_images, fp_next_point, row_starts, row_lengths, row_category, row_threshold = \
         [], [], [], [], [], [], []
@@ -118,7 +118,7 @@ def prepare(table: MatchTable) -> _PreparedTable:
     np.add.at(steps, (fp_next_all, fp_images_all), 1.0)
     np.add.at(steps, (row_end, fp_images_all), -1.0)
     row_category_arr = np.asarray(row_category, dtype=np.int64)
-    return _PreparedTable(
+    return PreparedTable(
         tp_images=np.concatenate(tp_images) if tp_images else np.zeros(0, dtype=np.int64),
         fp_before=np.cumsum(steps, axis=0)[:points],
         row_starts=np.asarray(row_starts, dtype=np.int64),
@@ -131,7 +131,7 @@ def prepare(table: MatchTable) -> _PreparedTable:
     )
 
 
-def weighted_maps(table: MatchTable | _PreparedTable, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def weighted_maps(table: MatchTable | PreparedTable, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mAP50-95, mAP50) of each row of ``weights`` (resamples x images: how often each image counts).
 
     A weight w scores the images as a dataset holding w copies of each would score under
@@ -148,7 +148,7 @@ def weighted_maps(table: MatchTable | _PreparedTable, weights: np.ndarray) -> tu
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _chunk_maps(prepared: _PreparedTable, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _chunk_maps(prepared: PreparedTable, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     by_image = np.ascontiguousarray(weights.T)  # (images, resamples): points x resamples below
     npig = prepared.gt_counts @ by_image  # (categories, resamples) non-ignored ground truth
     ap_sums = np.zeros((2, *npig.shape))  # [0.50:0.95, 0.50] sums of the 101 precisions
@@ -164,7 +164,7 @@ def _chunk_maps(prepared: _PreparedTable, weights: np.ndarray) -> tuple[np.ndarr
     return maps[0], maps[1]
 
 
-def _row_precision_sums(prepared: _PreparedTable, by_image: np.ndarray, npig: np.ndarray) -> np.ndarray:
+def _row_precision_sums(prepared: PreparedTable, by_image: np.ndarray, npig: np.ndarray) -> np.ndarray:
     """(rows, resamples): the sum of a row's 101 interpolated precisions, as accumulate fills them."""
     starts, lengths = prepared.row_starts, prepared.row_lengths
     # (points, resamples) arrays of millions of values: computed in place where possible
@@ -206,23 +206,25 @@ def paired_bootstrap(variant: MatchTable, baseline: MatchTable, *, resamples: in
     numbers). DataError when the tables were not scored on the same images and categories.
     """
     _check_paired(variant, baseline)
-    _check_resamples(resamples, confidence)
+    _check_resamples(resamples)
+    _check_confidence(confidence)
     weights = resample_weights(variant.num_images, resamples, seed)
-    var50_95, var50 = weighted_maps(variant, weights)
-    base50_95, base50 = weighted_maps(baseline, weights)
-    full = {"var": (variant.map50_95(), variant.map50()), "base": (baseline.map50_95(), baseline.map50())}
+    variant_50_95, variant_50 = weighted_maps(variant, weights)
+    baseline_50_95, baseline_50 = weighted_maps(baseline, weights)
+    quantiles = [(1 - confidence) / 2, (1 + confidence) / 2]
 
     def interval(point: float, drops: np.ndarray) -> BootstrapInterval:
-        lower, upper = np.quantile(drops, [(1 - confidence) / 2, (1 + confidence) / 2])
+        lower, upper = np.quantile(drops, quantiles)
         return BootstrapInterval(point=float(point), lower=float(lower), upper=float(upper), confidence=confidence,
                                  resamples=resamples, images=variant.num_images)
 
+    point_drop = baseline.map50_95() - variant.map50_95()
     relative = None
-    if full["base"][0] > 0 and np.all(base50_95 > 0):
-        relative = interval((full["base"][0] - full["var"][0]) / full["base"][0], (base50_95 - var50_95) / base50_95)
+    if baseline.map50_95() > 0 and np.all(baseline_50_95 > 0):
+        relative = interval(point_drop / baseline.map50_95(), (baseline_50_95 - variant_50_95) / baseline_50_95)
     return DropInterval(
-        map50_95=interval(full["base"][0] - full["var"][0], base50_95 - var50_95),
-        map50=interval(full["base"][1] - full["var"][1], base50 - var50),
+        map50_95=interval(point_drop, baseline_50_95 - variant_50_95),
+        map50=interval(baseline.map50() - variant.map50(), baseline_50 - variant_50),
         map50_95_relative=relative,
     )
 
@@ -250,9 +252,12 @@ def _check_paired(variant: MatchTable, baseline: MatchTable) -> None:
                         f"({len(only)} image ids in only one, e.g. {only[:3]}); score both on the same images.")
 
 
-def _check_resamples(resamples: int, confidence: float) -> None:
+def _check_resamples(resamples: int) -> None:
     if not isinstance(resamples, int) or resamples < 2:
         raise DataError(f"resamples={resamples!r} is too few for an interval; pass 1000 or more.")
+
+
+def _check_confidence(confidence: float) -> None:
     if not 0 < confidence < 1:
         raise DataError(f"confidence={confidence!r} is not a probability; pass e.g. 0.95.")
 
@@ -275,7 +280,7 @@ def latency_interval(samples_ms: Sequence[float], confidence: float = 0.95) -> M
     Holds for any continuous distribution of independent rounds. DataError when the rounds are
     too few for ``confidence`` (6 for 95 %).
     """
-    _check_resamples(2, confidence)
+    _check_confidence(confidence)
     values = np.sort(np.asarray(samples_ms, dtype=np.float64))
     n = len(values)
     k = _order_statistic_rank(n, confidence)
@@ -316,7 +321,8 @@ def speedup_interval(baseline_samples: Sequence[float], variant_samples: Sequenc
     ``images`` of the result is the smaller number of rounds. DataError on an empty or
     non-positive set of rounds.
     """
-    _check_resamples(resamples, confidence)
+    _check_resamples(resamples)
+    _check_confidence(confidence)
     baseline, variant = (_positive_rounds(s, what) for s, what in
                          ((baseline_samples, "baseline"), (variant_samples, "variant")))
     rng = np.random.default_rng(seed)
