@@ -69,7 +69,7 @@ def test_subset_of_images_and_scorer_reuse(val24: CocoDataset, yolo24: dict[int,
     scorer = make_scorer(val24, CocoEvaluator.HOTCOCO)
     for image_id, det in first.items():
         scorer.add(image_id, det)
-    table = scorer.match_table()  # before result(): scores itself
+    table = scorer.match_table()  # before result() too
     assert table.map50_95() == pytest.approx(scorer.result().map50_95, abs=1e-12)
     assert table.num_images == 10 and table.gt_counts.shape == (80, 10)
     rest = next(i for i in yolo24 if i not in first)

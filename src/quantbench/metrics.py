@@ -41,7 +41,7 @@ import numpy as np
 from .dataset import CocoDataset, read_instances
 from .detections import Detections
 from .errors import ConfigError, DataError
-from .matches import MatchTable, match_table, match_table_of
+from .matches import MAX_DETS, MatchTable, match_table, match_table_of
 from .records import CocoMetrics
 
 # COCOeval.stats positions (see COCOeval.summarize)
@@ -234,7 +234,6 @@ class HotcocoScorer:
         self._ground_truth = hotcoco.COCO(_instances_with_area(dataset))
         self._tables: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
-        self._last_evaluation: tuple[tuple[int, ...], Any] | None = None  # (image ids, evaluated COCOeval)
 
     def add(self, image_id: int, det: Detections) -> None:
         image_id = _known_image_id(image_id, self._known_ids, self.dataset)
@@ -264,19 +263,33 @@ class HotcocoScorer:
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
-        self._last_evaluation = (tuple(image_ids), evaluator)
         return _metrics(evaluator, self.dataset)
 
     def match_table(self) -> MatchTable:
         """The per-image matches of the images added so far (area "all", 100 detections).
 
-        Reuses the matching of the last ``result()`` when no image was added since; scores otherwise.
+        Matches again, for area "all" and 100 detections only: hotcoco's matching takes
+        milliseconds, while handing all four area ranges' per-image results to Python (its
+        ``evalImgs``) takes seconds for 500 images. COCOeval matches each area range on its own,
+        so these are the matches ``result()`` counted (equal to pycocotools', tested).
         """
-        last = self._last_evaluation
-        if last is None or last[0] != tuple(sorted(self._tables)):
-            self.result()
-            last = self._last_evaluation
-        return match_table_of(last[1])
+        hotcoco = _hotcoco()
+        if not self._tables:
+            raise DataError(
+                f"no images of dataset {self.dataset.name} were evaluated; "
+                f"check the images in {self.dataset.images_dir}."
+            )
+        image_ids = sorted(self._tables)
+        table = np.concatenate([self._tables[i] for i in image_ids])
+        evaluator = hotcoco.COCOeval(self._ground_truth, self._ground_truth.load_res(table), "bbox")
+        params = evaluator.params  # the live parameters; whole values must be assigned
+        params.img_ids = image_ids
+        params.area_rng = params.area_rng[:1]  # "all"
+        params.area_rng_lbl = params.area_rng_lbl[:1]
+        params.max_dets = [MAX_DETS]
+        with _quiet():
+            evaluator.evaluate()
+        return match_table_of(evaluator)
 
 
 def _hotcoco():
