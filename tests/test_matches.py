@@ -4,6 +4,7 @@ saved and loaded unchanged."""
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,7 @@ def test_save_and_load_round_trip(val24: CocoDataset, yolo24: dict[int, Detectio
     for field in dataclasses.fields(MatchTable):
         np.testing.assert_array_equal(getattr(loaded, field.name), getattr(table, field.name))
     assert loaded.map50_95() == table.map50_95()
+    assert pickle.loads(pickle.dumps(table)).map50_95() == table.map50_95()  # process pools can ship it
     assert [p.name for p in path.parent.iterdir()] == ["matches.npz"]  # no temporary left behind
 
 
