@@ -19,6 +19,7 @@ from quantbench.detections import Detections
 from quantbench.errors import DataError
 from quantbench.matches import MatchTable
 from quantbench.metrics import CocoEvaluator, coco_metrics_and_matches
+import quantbench.uncertainty as uncertainty
 from quantbench.uncertainty import (
     BootstrapInterval,
     images_needed,
@@ -87,8 +88,8 @@ def test_weighted_maps_equal_pycocotools_on_duplicated_images(val16: CocoDataset
     got50_95, got50 = weighted_maps(table16, weights)
     for row, w in enumerate(weights):
         want50_95, want50 = pycocotools_on_copies(val16, yolo16, w)
-        assert got50_95[row] == pytest.approx(want50_95, abs=1e-9)
-        assert got50[row] == pytest.approx(want50, abs=1e-9)
+        assert got50_95[row] == pytest.approx(want50_95, abs=1e-12)
+        assert got50[row] == pytest.approx(want50, abs=1e-12)
 
 
 def test_all_ones_is_the_table_itself(table16: MatchTable):
@@ -233,3 +234,9 @@ def test_seed_spread():
     assert spread.range == pytest.approx(0.0041)
     with pytest.raises(DataError, match="1 calibration seed"):
         seed_spread([0.35])
+
+
+def test_too_large_a_table_is_refused_in_one_sentence(table16: MatchTable, monkeypatch):
+    monkeypatch.setattr(uncertainty, "_MAX_DENSE_ELEMENTS", 1000)
+    with pytest.raises(DataError, match=r"of 16 images has \d+ true positives.*bootstrap a subset"):
+        paired_bootstrap(table16, table16)

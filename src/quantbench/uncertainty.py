@@ -40,6 +40,9 @@ from .matches import RECALL_THRESHOLDS, MatchTable
 
 _METHOD = "percentile"
 _CHUNK_ELEMENTS = 4_000_000  # true positives x resamples per chunk: ~32 MB per float64 array
+# PreparedTable.fp_before is dense, (true positives x images) float32: 56 MB for yolo11n-coco on 500
+# val500 images, growing with the square of the images (~5 GB for 5000); refused beyond 1 GiB.
+_MAX_DENSE_ELEMENTS = 2**28
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,11 @@ def prepare(table: MatchTable) -> PreparedTable:
             row_threshold.append(t)
             points += tp_at.size
     num_images = table.num_images
+    if points * num_images > _MAX_DENSE_ELEMENTS:
+        raise DataError(
+            f"the match table of {num_images} images has {points} true positives: its bootstrap table "
+            f"(true positives x images) would take {points * num_images * 4 / 2**30:.1f} GiB; "
+            "bootstrap a subset of about 1500 images or fewer.")
     # fp_before[j, i]: a false positive of image i counts at every later point of its row:
     # +1 at its next true positive, -1 at the end of its row, then a running sum down the points.
     steps = np.zeros((points + 1, num_images), dtype=np.float32)
@@ -134,9 +142,9 @@ def prepare(table: MatchTable) -> PreparedTable:
 def weighted_maps(table: MatchTable | PreparedTable, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mAP50-95, mAP50) of each row of ``weights`` (resamples x images: how often each image counts).
 
-    A weight w scores the images as a dataset holding w copies of each would score under
-    pycocotools (equal to 1e-12, tested); all ones gives the table's own mAPs. -1 where no
-    category has ground truth in a resample, as pycocotools reports it.
+    Weights are whole counts (0, 1, 2, ...). A weight w scores the images as a dataset holding w
+    copies of each would score under pycocotools (to 1e-9 and better, tested); all ones gives the
+    table's own mAPs. -1 where no category has ground truth in a resample, as pycocotools reports it.
     """
     prepared = prepare(table) if isinstance(table, MatchTable) else table
     weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
