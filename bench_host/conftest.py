@@ -3,7 +3,8 @@
 ``pytest bench_host`` evaluates ``--host-images`` images of ``--host-data`` with ``--host-model``'s
 real outputs replayed (``replay.ReplayRunner``), once through the reference pipeline of earlier
 releases and once through the default one, at each of ``--host-batch-sizes``, and ends with a
-table of images/s and CPU milliseconds per image and stage. It is its own folder, so ``pytest
+table of images/s and CPU milliseconds per image and stage; ``test_bootstrap.py`` times the paired
+bootstrap of the mAP drop (``--bootstrap-images``, ``--bootstrap-resamples``). It is its own folder, so ``pytest
 bench`` (the product benchmark) never runs it.
 """
 
@@ -13,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from quantbench.assets import assets_root, cache_root
@@ -65,6 +67,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--host-images", type=_positive_int, default=100, help="images evaluated per round (default 100)")
     group.addoption("--host-batch-sizes", type=_batch_sizes, default=(1, 8), help="comma-separated (default 1,8)")
     group.addoption("--host-rounds", type=_positive_int, default=3, help="timed rounds per case (default 3)")
+    group.addoption("--bootstrap-images", type=_positive_int, default=500,
+                    help="images of the paired mAP bootstrap (test_bootstrap.py; default 500)")
+    group.addoption("--bootstrap-resamples", type=_positive_int, default=1000,
+                    help="resamples per timed paired bootstrap (default 1000)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -107,6 +113,26 @@ def replay_runner(host_model: Path, host_dataset: CocoDataset) -> ReplayRunner:
     outputs = record_outputs(host_model, host_dataset, ArtifactCache(cache_root()))
     # Read into memory once: the timed rounds must not wait on the disk.
     return ReplayRunner(outputs[:], input_fingerprints(host_dataset))
+
+
+@pytest.fixture(scope="session")
+def bootstrap_dataset(request: pytest.FixtureRequest) -> CocoDataset:
+    data = _asset(request.config, "--host-data", "coco/val500")
+    try:
+        return CocoDataset.load(data, limit=request.config.getoption("--bootstrap-images"))
+    except QuantbenchError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def bootstrap_outputs(host_model: Path, bootstrap_dataset: CocoDataset) -> np.ndarray:
+    """The model's raw outputs on the bootstrap's images (ONNX Runtime, cached; memory-mapped)."""
+    return record_outputs(host_model, bootstrap_dataset, ArtifactCache(cache_root()))
+
+
+@pytest.fixture(scope="session")
+def bootstrap_resamples(request: pytest.FixtureRequest) -> int:
+    return request.config.getoption("--bootstrap-resamples")
 
 
 @pytest.fixture(scope="session")

@@ -41,6 +41,7 @@ import numpy as np
 from .dataset import CocoDataset, read_instances
 from .detections import Detections
 from .errors import ConfigError, DataError
+from .matches import MAX_DETS, MatchTable, match_table, match_table_of
 from .records import CocoMetrics
 
 # COCOeval.stats positions (see COCOeval.summarize)
@@ -64,7 +65,13 @@ class Scorer(Protocol):
     def result(self) -> CocoMetrics: ...
 
 
-def make_scorer(dataset: CocoDataset, evaluator: CocoEvaluator) -> Scorer:
+class MatchingScorer(Scorer, Protocol):
+    """A scorer that also hands out its per-image matches (``matches.MatchTable``)."""
+
+    def match_table(self) -> MatchTable: ...
+
+
+def make_scorer(dataset: CocoDataset, evaluator: CocoEvaluator) -> MatchingScorer:
     """A fresh scorer of ``evaluator`` for ``dataset``; ``add`` it every evaluated image."""
     return _SCORERS[evaluator](dataset)
 
@@ -109,6 +116,20 @@ def coco_metrics(
         evaluator.accumulate()
         evaluator.summarize()
     return _metrics(evaluator, dataset)
+
+
+def coco_metrics_and_matches(
+    dataset: CocoDataset, detections: Mapping[int, Detections], evaluator: CocoEvaluator = CocoEvaluator.HOTCOCO
+) -> tuple[CocoMetrics, MatchTable]:
+    """``coco_metrics`` and the evaluation's ``MatchTable`` (for resampling the images, ``uncertainty``).
+
+    Scores through ``make_scorer``, so the metrics equal ``coco_metrics``' (tested); every
+    evaluated image must have an entry, as there.
+    """
+    scorer = make_scorer(dataset, evaluator)
+    for image_id, det in detections.items():
+        scorer.add(image_id, det)
+    return scorer.result(), scorer.match_table()
 
 
 class CocoScorer:
@@ -184,6 +205,19 @@ class CocoScorer:
             ev.summarize()
         return _metrics(ev, self.dataset)
 
+    def match_table(self) -> MatchTable:
+        """The per-image matches of the images added so far (area "all", 100 detections)."""
+        if not self._per_image:
+            raise DataError(
+                f"no images of dataset {self.dataset.name} were evaluated; "
+                f"check the images in {self.dataset.images_dir}."
+            )
+        params = self._eval.params
+        image_ids = sorted(self._per_image)
+        return match_table((rows[0] for i in image_ids for rows in self._per_image[i]), image_ids=image_ids,
+                           category_ids=params.catIds, iou_thresholds=params.iouThrs,
+                           area_all=params.areaRng[0], max_dets=params.maxDets)
+
 
 class HotcocoScorer:
     """hotcoco's ``COCOeval`` over every added image at once: ``add`` collects, ``result()`` scores.
@@ -230,6 +264,32 @@ class HotcocoScorer:
             evaluator.accumulate()
             evaluator.summarize()
         return _metrics(evaluator, self.dataset)
+
+    def match_table(self) -> MatchTable:
+        """The per-image matches of the images added so far (area "all", 100 detections).
+
+        Matches again, for area "all" and 100 detections only: hotcoco's matching takes
+        milliseconds, while handing all four area ranges' per-image results to Python (its
+        ``evalImgs``) takes seconds for 500 images. COCOeval matches each area range on its own,
+        so these are the matches ``result()`` counted (equal to pycocotools', tested).
+        """
+        hotcoco = _hotcoco()
+        if not self._tables:
+            raise DataError(
+                f"no images of dataset {self.dataset.name} were evaluated; "
+                f"check the images in {self.dataset.images_dir}."
+            )
+        image_ids = sorted(self._tables)
+        table = np.concatenate([self._tables[i] for i in image_ids])
+        evaluator = hotcoco.COCOeval(self._ground_truth, self._ground_truth.load_res(table), "bbox")
+        params = evaluator.params  # the live parameters; whole values must be assigned
+        params.img_ids = image_ids
+        params.area_rng = params.area_rng[:1]  # "all"
+        params.area_rng_lbl = params.area_rng_lbl[:1]
+        params.max_dets = [MAX_DETS]
+        with _quiet():
+            evaluator.evaluate()
+        return match_table_of(evaluator)
 
 
 def _hotcoco():
