@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .records import EvalResult, LatencyResult, from_dict
+from .records import AccuracyComparison, EvalResult, LatencyResult, from_dict
 
 # (model, variant) -> the options the variant was built with (and ``gated``).
 VariantOptions = dict[tuple[str, str], dict]
@@ -89,6 +89,18 @@ def failures_from_benchmark_json(paths: Sequence[Path]) -> dict[tuple[str, str],
             if isinstance(entry, dict) and {"model", "variant", "reason"} <= set(entry):
                 failures[str(entry["model"]), str(entry["variant"])] = str(entry["reason"])
     return failures
+
+
+def comparisons_from_benchmark_json(paths: Sequence[Path]) -> list[AccuracyComparison]:
+    """The paired-bootstrap drops (``extra_info["quantbench"]["comparison"]``) the files carry; files
+    written before intervals existed give none, and their variants are judged on point estimates."""
+    found: dict[tuple[str, str, str], AccuracyComparison] = {}
+    for path in paths:
+        for where, _, qb in _quantbench_entries(Path(path)):
+            if isinstance(qb, dict) and qb.get("comparison") is not None:
+                c = from_dict(AccuracyComparison, qb["comparison"], where=f"{where}.comparison")
+                found[c.model, c.variant, c.backend] = c
+    return list(found.values())
 
 
 def _check_device(timed_on: dict[tuple[str, str], tuple[str, str]], r: LatencyResult, where: str) -> None:

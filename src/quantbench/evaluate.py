@@ -34,6 +34,7 @@ from .backends.base import Runner
 from .dataset import CocoDataset
 from .detections import Detections, NmsConfig, NmsKernel, postprocess
 from .errors import BackendError, ConfigError, DataError
+from .matches import MatchTable
 from .metrics import CocoEvaluator, make_scorer
 from .preprocess import IMGSZ, Batch, Letterbox, default_workers, iter_batches
 from .records import EvalResult, EvalTiming
@@ -89,7 +90,20 @@ class EvalSpec:
 
 def evaluate(runner: Runner, dataset: CocoDataset, spec: EvalSpec, *, progress: bool = False,
              clock: StageClock | None = None) -> EvalResult:
-    """mAP of ``runner`` on ``dataset``, with the time spent in inference and overall.
+    """mAP of ``runner`` on ``dataset``, with the time spent in inference and overall (`evaluate_with_matches`)."""
+    return _evaluate(runner, dataset, spec, progress=progress, clock=clock)[0]
+
+
+def evaluate_with_matches(runner: Runner, dataset: CocoDataset, spec: EvalSpec, *, progress: bool = False,
+                          clock: StageClock | None = None) -> tuple[EvalResult, MatchTable]:
+    """`evaluate`, plus the per-image matches the mAP was accumulated from (for its bootstrap interval)."""
+    result, scorer = _evaluate(runner, dataset, spec, progress=progress, clock=clock)
+    return result, scorer.scorer.match_table()
+
+
+def _evaluate(runner: Runner, dataset: CocoDataset, spec: EvalSpec, *, progress: bool,
+              clock: StageClock | None) -> tuple[EvalResult, _ImageScorer]:
+    """mAP of ``runner`` on ``dataset``, with the time spent in inference and overall, and its scorer.
 
     ``timing.total_s`` runs from this call to the end of COCO scoring (the dataset is loaded by
     the caller). ``clock``, when given, receives the CPU time of every stage (``stage_clock``).
@@ -120,12 +134,13 @@ def evaluate(runner: Runner, dataset: CocoDataset, spec: EvalSpec, *, progress: 
         metrics = scorer.scorer.result()
     total_s = time.perf_counter() - start
     info = runner.info()
-    return EvalResult(
+    result = EvalResult(
         model=spec.model, variant=spec.variant, backend=info.backend, device=info.device, dataset=dataset.name,
         num_images=num_images, skipped_images=tuple(skipped), untrained=spec.untrained, metrics=metrics,
         timing=EvalTiming(inference_s=inference_s, total_s=total_s, images_per_s=num_images / total_s),
         simulated=info.simulated,
     )
+    return result, scorer
 
 
 class _ImageScorer:

@@ -16,6 +16,7 @@ nothing.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,16 +24,21 @@ from typing import Protocol
 
 from .assets import default_calib_data, default_eval_data
 from .backends import Backend, BuildOptions, Engine, Runner, resolve_backend
-from .cache import ArtifactCache, ArtifactMissing
+from .cache import ArtifactCache, ArtifactMissing, atomic_write_json, hash_key
 from .calibration import CalibrationSet, build_calibration
 from .dataset import CocoDataset
 from .errors import QuantbenchError, QuantizeError
-from .evaluate import EvalSpec, evaluate
+from .evaluate import EvalSpec, evaluate_with_matches
 from .export import DEFAULT_IMGSZ, ModelInfo, resolve_model
 from .quantize import quantize_variant
-from .records import EvalResult, VariantBuild
+from .matches import MatchTable
+from .records import AccuracyComparison, EvalResult, VariantBuild, from_dict, to_dict
 from .results_store import EvalSettings, ResultsStore, StoredEval, eval_key
+from .uncertainty import paired_bootstrap
 from .variants import Variant
+
+MATCHES_KIND = "matches"  # cache kind of an evaluation's MatchTable, keyed like the evaluation
+COMPARISON_KIND = "comparison"  # cache kind of a paired-bootstrap drop
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class PipelineSettings:
     backend: str = "auto"  # auto, onnxruntime or tensorrt (`backends.resolve_backend`)
     build: BuildOptions = field(default_factory=BuildOptions)  # what every engine is built with
     evaluation: EvalSettings = field(default_factory=EvalSettings)  # batch size and NMS of every evaluation
+    resamples: int = 1000  # bootstrap resamples of a paired mAP drop (`comparison`)
 
 
 class PipelineObserver(Protocol):
@@ -199,23 +206,73 @@ class Pipeline:
         if (model.name, variant) in self._evals:
             return self._evals[model.name, variant]
         key = self.evaluation_key(model, variant)
+        matched: list[MatchTable] = []
         try:
-            stored = self.store.get_or_evaluate(key, lambda: self._evaluate(model, variant),
+            stored = self.store.get_or_evaluate(key, lambda: self._evaluate(model, variant, matched),
                                                 model=model.name, variant=variant.name)
         except QuantbenchError as exc:
             if exc is not self._engines.get((model.name, variant)):  # an engine failure is noted already
                 self.observer.failed(model.name, variant.name,
                                      f"evaluation of variant {variant.name!r} of model {model.name} failed: {exc}")
             raise
+        if matched:
+            self._keep_matches(key, matched[0])
         self._remember(variant, stored)
         return stored.result
 
-    def _evaluate(self, model: ModelInfo, variant: Variant) -> EvalResult:
+    def _evaluate(self, model: ModelInfo, variant: Variant, matched: list[MatchTable]) -> EvalResult:
         s = self.settings.evaluation
         with self.open(self.engine(model, variant)) as runner:
             spec = EvalSpec(model.name, variant.name, batch_size=s.batch_size, nms=s.nms, untrained=model.untrained,
                             imgsz=model.input_size)
-            return evaluate(runner, self.dataset(), spec, progress=self.progress)
+            result, matches = evaluate_with_matches(runner, self.dataset(), spec, progress=self.progress)
+        matched.append(matches)
+        return result
+
+    def _keep_matches(self, key: str, table: MatchTable) -> None:
+        def write(tmp: Path) -> dict:
+            table.save(tmp)
+            return {"images": table.num_images}
+
+        self.cache.get_or_build(MATCHES_KIND, key, ".npz", write)
+
+    def matches(self, model: ModelInfo, variant: Variant) -> MatchTable:
+        """The per-image matches behind the variant's stored mAP (evaluated again if an older run kept none)."""
+        variant = self.effective(variant)
+        self.evaluation(model, variant)
+        key = self.evaluation_key(model, variant)
+        entry = self.cache.lookup(MATCHES_KIND, key, ".npz")
+        if entry is None:  # evaluated before match tables were kept: the same evaluation, for its matches
+            matched: list[MatchTable] = []
+            self._evaluate(model, variant, matched)
+            self._keep_matches(key, matched[0])
+            return matched[0]
+        return MatchTable.load(entry.path)
+
+    def has_matches(self, model: ModelInfo, variant: Variant) -> bool:
+        return self.cache.lookup(MATCHES_KIND, self.evaluation_key(model, self.effective(variant)), ".npz") is not None
+
+    def comparison(self, model: ModelInfo, variant: Variant, baseline: Variant, *, confidence: float,
+                   seed: int = 0) -> AccuracyComparison:
+        """The variant's mAP drop from ``baseline`` on the same images, with its paired-bootstrap interval (cached)."""
+        resamples = self.settings.resamples
+        key = hash_key(COMPARISON_KIND, self.evaluation_key(model, variant), self.evaluation_key(model, baseline),
+                       confidence, resamples, seed)
+        entry = self.cache.lookup(COMPARISON_KIND, key, ".json")
+        if entry is None:
+            evaluation = self.evaluation(model, variant)
+            drop = paired_bootstrap(self.matches(model, variant), self.matches(model, baseline),
+                                    resamples=resamples, confidence=confidence, seed=seed)
+            found = AccuracyComparison(model=model.name, variant=variant.name, baseline=baseline.name,
+                                       backend=evaluation.backend, dataset=evaluation.dataset,
+                                       num_images=evaluation.num_images, drop=drop, seed=seed)
+
+            def write(tmp: Path) -> None:
+                atomic_write_json(tmp, to_dict(found))
+
+            entry = self.cache.get_or_build(COMPARISON_KIND, key, ".json", write)
+        stored = from_dict(AccuracyComparison, json.loads(entry.path.read_text()), where=str(entry.path))
+        return dataclasses.replace(stored, model=model.name, variant=variant.name, baseline=baseline.name)
 
     def _remember(self, variant: Variant, stored: StoredEval) -> None:
         self._evals[stored.result.model, variant] = stored.result
@@ -239,7 +296,8 @@ class Pipeline:
             try:
                 model = probe.model(source)
                 probe.engine(model, variant)
-                (cached if probe.stored_evaluation(model, variant) is not None else missing).append(pair)
+                done = probe.stored_evaluation(model, variant) is not None and probe.has_matches(model, variant)
+                (cached if done else missing).append(pair)
             except ArtifactMissing:
                 missing.append(pair)
             except QuantbenchError:

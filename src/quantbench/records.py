@@ -122,6 +122,46 @@ class EvalResult:
 
 
 @dataclass(frozen=True)
+class BootstrapInterval:
+    """A statistic on the full sample and its bootstrap interval (`quantbench.uncertainty`)."""
+
+    point: float  # on the full sample (not the resamples' mean)
+    lower: float
+    upper: float
+    confidence: float  # e.g. 0.95
+    resamples: int
+    images: int  # the sample size the interval is for (images; for latency, the fewer rounds)
+    method: str = "percentile"
+
+    def excludes(self, value: float) -> bool:
+        return value < self.lower or value > self.upper
+
+
+@dataclass(frozen=True)
+class DropInterval:
+    """mAP drops of a variant from its baseline (baseline - variant: positive = variant worse)."""
+
+    map50_95: BootstrapInterval
+    map50: BootstrapInterval
+    map50_95_relative: BootstrapInterval | None  # drop / baseline mAP50-95; None when that is not positive
+
+
+@dataclass(frozen=True)
+class AccuracyComparison:
+    """A variant's mAP drop from its baseline, both scored on the same images: the paired bootstrap."""
+
+    model: str
+    variant: str
+    baseline: str
+    backend: str
+    dataset: str
+    num_images: int
+    drop: DropInterval
+    seed: int = 0  # of the resampling
+    schema: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
 class VariantBuild:
     """What building one variant ONNX produced, and how."""
 

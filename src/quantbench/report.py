@@ -20,7 +20,8 @@ from .selection import Selection, VariantOutcome
 # selection.json's "kind": tells a selection file apart from any other JSON.
 SELECTION_KIND = "quantbench.selection"
 
-_COLUMNS = ("variant", "mAP50-95", "drop", "latency ms", "img/s", "speed-up", "result", "reason")
+_COLUMNS = ("variant", "mAP50-95", "drop", "drop interval", "latency ms", "img/s", "speed-up", "speed-up interval",
+            "result", "reason")
 
 
 def simulated_prefix(selection: Selection) -> str:
@@ -81,9 +82,11 @@ def _row(selection: Selection, o: VariantOutcome) -> tuple[str, ...]:
         name,
         _num(o.map50_95, "{:.4f}"),
         _drop(o),
+        _interval(o.drop_interval, "{:+.2f}", scale=100) + (" pt" if o.drop_interval else ""),
         _num(o.latency_ms, "{:.2f}"),
         _num(o.images_per_s, "{:.1f}"),
         _num(o.speedup, "{:.2f}x"),
+        _interval(o.speedup_interval, "{:.2f}x"),
         _verdict(selection, o),
         "; ".join(o.reasons),
     )
@@ -93,8 +96,15 @@ def _verdict(selection: Selection, o: VariantOutcome) -> str:
     if o.variant == selection.winner:
         return "WINNER"
     if not o.gated:
-        return "pass (not gated)" if o.passed else "fail (not gated)"
-    return "pass" if o.passed else "FAIL"
+        return f"{o.verdict} (not gated)"
+    return {"pass": "pass", "inconclusive": "inconclusive"}.get(o.verdict, "FAIL")
+
+
+def _interval(bounds: tuple[float, float] | None, fmt: str, *, scale: float = 1.0) -> str:
+    """``[low, high]`` of a confidence interval, or "-" where none was measured (point estimates)."""
+    if bounds is None:
+        return "-"
+    return f"[{fmt.format(bounds[0] * scale)}, {fmt.format(bounds[1] * scale)}]"
 
 
 def _drop(o: VariantOutcome) -> str:
@@ -123,6 +133,10 @@ def _criteria_text(selection: Selection) -> str:
         parts.append(f"GPU memory <= {c['max_memory_increase'] * 100:+.0f} %")
     if c.get("min_map") is not None:
         parts.append(f"baseline mAP >= {c['min_map']:.4f}")
+    if c.get("verdicts") == "interval":
+        parts.append(f"verdicts from {c.get('confidence', 0.95):.0%} intervals")
+    elif c.get("verdicts") == "point":
+        parts.append("verdicts from point estimates")
     return ", ".join(parts)
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from . import __version__
 from .cache import ArtifactCache, atomic_write_json, atomic_write_text, hash_key, owner_is_gone, owner_tag
 from .detections import NmsConfig
-from .records import SCHEMA_VERSION, EvalResult, LatencyResult, VariantBuild, from_dict, to_dict
+from .records import SCHEMA_VERSION, AccuracyComparison, EvalResult, LatencyResult, VariantBuild, from_dict, to_dict
 
 EVAL_KIND = "eval"
 RUNS_DIR = "runs"
@@ -130,6 +130,7 @@ class RunRecords:
     failures: dict[tuple[str, str], str]  # (model, variant) -> why its build failed
     # A build phase's test errors: node id -> (model, variant, last line of the error).
     phase_errors: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    comparisons: tuple[AccuracyComparison, ...] = ()  # paired-bootstrap drops, one per (model, variant, backend)
 
     @property
     def variants_built(self) -> tuple[tuple[str, str], ...]:
@@ -169,6 +170,10 @@ class RunLedger:
         self._write("eval", (result.model, result.variant, result.backend, process),
                     {"eval": to_dict(result), "computed": computed, "variant_options": dict(variant_options)})
 
+    def add_comparison(self, comparison: AccuracyComparison) -> None:
+        self._write("comparison", (comparison.model, comparison.variant, comparison.backend),
+                    {"comparison": to_dict(comparison)})
+
     def add_latency(self, result: LatencyResult) -> None:
         self._write("latency", (result.model, result.variant, result.backend, result.batch_size),
                     {"latency": to_dict(result)})
@@ -189,6 +194,7 @@ class RunLedger:
     def read(self) -> RunRecords:
         evals, computed, latencies, options, builds, failures = {}, [], [], {}, [], {}
         phase_errors: dict[str, tuple[str, str, str]] = {}
+        comparisons: dict[tuple[str, str, str], AccuracyComparison] = {}
         # "[!.]": atomic writes go through hidden temporary files first.
         for path in sorted(self.root.glob("[!.]*.json")) if self.root.is_dir() else ():
             kind = path.name.split("-", 1)[0]
@@ -208,8 +214,11 @@ class RunLedger:
                 failures[data["model"], data["variant"]] = data["reason"]
             elif kind == "phase_error":
                 phase_errors[data["nodeid"]] = (data["model"], data["variant"], data["message"])
+            elif kind == "comparison":
+                c = from_dict(AccuracyComparison, data["comparison"], where=str(path))
+                comparisons[c.model, c.variant, c.backend] = c
         return RunRecords(tuple(evals.values()), tuple(computed), tuple(latencies), options, tuple(builds), failures,
-                          phase_errors)
+                          phase_errors, tuple(comparisons.values()))
 
     def remove(self) -> None:
         if self.root.is_dir():

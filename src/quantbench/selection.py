@@ -39,7 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .records import EvalResult, LatencyResult
+from .records import AccuracyComparison, EvalResult, LatencyResult
 from .gate import Evidence, VariantOutcome, judge, median_standard_error
 from .thresholds import ModelThresholds, Thresholds
 
@@ -81,6 +81,7 @@ def select(
     reference_batch: int = 1,
     variant_options: Mapping[tuple[str, str], dict] | None = None,
     failures: Mapping[FailureKey, str] | None = None,
+    comparisons: Iterable[AccuracyComparison] = (),
 ) -> list[Selection]:
     """Gate and rank every variant, one `Selection` per (model, backend), sorted by model then backend;
     ``variant_options`` are keyed by (model, variant), as two models may build one variant name differently."""
@@ -88,6 +89,7 @@ def select(
         acc={(e.model, e.backend, e.variant): e for e in evals},
         lat={(r.model, r.backend, r.variant, r.batch_size): r for r in latencies},
         options=dict(variant_options or {}), failures=dict(failures or {}), reference_batch=reference_batch,
+        drops={(c.model, c.backend, c.variant): c for c in comparisons},
     )
     models = sorted({k[0] for k in records.acc} | {k[0] for k in records.lat}
                     | {k[0] for k in records.failures if isinstance(k, tuple)})
@@ -110,6 +112,7 @@ class _Records:
     options: dict[tuple[str, str], dict]  # (model, variant) -> build options, plus "gated"
     failures: dict[FailureKey, str]
     reference_batch: int
+    drops: dict[tuple[str, str, str], AccuracyComparison]  # (model, backend, variant)
 
     def selection(self, model: str, backend: str, eval_backends: list[str], t: ModelThresholds) -> Selection:
         """Judge every variant of (model, backend) with the gate, rank, and name the winner."""
@@ -125,6 +128,7 @@ class _Records:
         outcomes = [judge(Evidence(
             model=model, variant=v, backend=backend, reference_batch=batch,
             accuracy=accuracy.get(v), baseline_accuracy=accuracy.get(t.baseline),
+            drop=self._drop(model, source, v, t.baseline, accuracy),
             latency=latency.get(v), baseline_latency=latency.get(t.baseline),
             build_failure=self.failures.get((model, v)) or self.failures.get(v),
             options=dict(self.options.get((model, v), {})), accuracy_backend=source,
@@ -151,13 +155,18 @@ def _disturbed(o: VariantOutcome) -> bool:
 
 
 def _within_noise(winner: VariantOutcome | None, ranked: Sequence[VariantOutcome]) -> tuple[str, ...]:
+    """Passing gated variants a re-run could rank first: latency intervals that overlap the winner's
+    (where both have one), else a median difference under twice the combined standard error."""
     if winner is None or winner.latency_noise_ms is None:
         return ()
     tied = []
     for o in ranked:
         if o is winner or not (o.passed and o.gated) or o.latency_ms is None or o.latency_noise_ms is None:
             continue
-        if o.latency_ms - winner.latency_ms <= 2 * math.hypot(o.latency_noise_ms, winner.latency_noise_ms):
+        if o.latency_interval_ms and winner.latency_interval_ms:
+            if o.latency_interval_ms[0] <= winner.latency_interval_ms[1]:
+                tied.append(o.variant)
+        elif o.latency_ms - winner.latency_ms <= 2 * math.hypot(o.latency_noise_ms, winner.latency_noise_ms):
             tied.append(o.variant)
     return tuple(tied)
 
@@ -170,6 +179,15 @@ def _accuracy_source(backend: str, eval_backends: list[str], acc: Mapping, model
     with_baseline = [b for b in eval_backends if (model, b, baseline) in acc]
     candidates = with_baseline or eval_backends
     return candidates[0] if candidates else None
+
+
+    def _drop(self, model: str, source: str | None, variant: str, baseline: str, accuracy: Mapping[str, EvalResult]):
+        """The paired drop of ``variant``, when it was measured against this baseline on the judged images."""
+        c = self.drops.get((model, source, variant))
+        ev = accuracy.get(variant)
+        if c is None or ev is None or c.baseline != baseline or (c.dataset, c.num_images) != (ev.dataset, ev.num_images):
+            return None
+        return c.drop
 
 
 def _rank_key(o: VariantOutcome) -> tuple:
@@ -185,4 +203,6 @@ def _criteria(t: ModelThresholds) -> dict[str, Any]:
         "min_speedup": dict(t.min_speedup),
         "max_memory_increase": t.max_memory_increase,
         "not_gated": list(t.not_gated),
+        "verdicts": t.verdicts,
+        "confidence": t.confidence,
     }

@@ -37,37 +37,12 @@ import numpy as np
 
 from .errors import DataError
 from .matches import RECALL_THRESHOLDS, MatchTable
+from .records import BootstrapInterval, DropInterval
 
-_METHOD = "percentile"
 _CHUNK_ELEMENTS = 4_000_000  # true positives x resamples per chunk: ~32 MB per float64 array
 # PreparedTable.fp_before is dense, (true positives x images) float32: 56 MB for yolo11n-coco on 500
 # val500 images, growing with the square of the images (~5 GB for 5000); refused beyond 1 GiB.
 _MAX_DENSE_ELEMENTS = 2**28
-
-
-@dataclass(frozen=True)
-class BootstrapInterval:
-    """A statistic on the full sample and its bootstrap interval."""
-
-    point: float  # on the full sample (not the resamples' mean)
-    lower: float
-    upper: float
-    confidence: float  # e.g. 0.95
-    resamples: int
-    images: int  # the sample size the interval is for
-    method: str = _METHOD
-
-    def excludes(self, value: float) -> bool:
-        return value < self.lower or value > self.upper
-
-
-@dataclass(frozen=True)
-class DropInterval:
-    """mAP drops of a variant from its baseline (baseline - variant: positive = variant worse)."""
-
-    map50_95: BootstrapInterval
-    map50: BootstrapInterval
-    map50_95_relative: BootstrapInterval | None  # drop / baseline mAP50-95; None when that is not positive
 
 
 @dataclass(frozen=True)
