@@ -144,6 +144,14 @@ class _Records:
             simulated=next((r.simulated for r in (*latency.values(), *accuracy.values()) if r.simulated), None),
         )
 
+    def _drop(self, model: str, source: str | None, variant: str, baseline: str, accuracy: Mapping[str, EvalResult]):
+        """The paired drop of ``variant``, when it was measured against this baseline on the judged images."""
+        c = self.drops.get((model, source, variant))
+        ev = accuracy.get(variant)
+        if c is None or ev is None or c.baseline != baseline or (c.dataset, c.num_images) != (ev.dataset, ev.num_images):
+            return None
+        return c.drop
+
 
 # Median above minimum by more than this: ONNX Runtime's CPU provider on an idle machine and
 # TensorRT engines stay well within it (yolov5n here: +7 %); interference from other processes does not.
@@ -179,15 +187,6 @@ def _accuracy_source(backend: str, eval_backends: list[str], acc: Mapping, model
     with_baseline = [b for b in eval_backends if (model, b, baseline) in acc]
     candidates = with_baseline or eval_backends
     return candidates[0] if candidates else None
-
-
-    def _drop(self, model: str, source: str | None, variant: str, baseline: str, accuracy: Mapping[str, EvalResult]):
-        """The paired drop of ``variant``, when it was measured against this baseline on the judged images."""
-        c = self.drops.get((model, source, variant))
-        ev = accuracy.get(variant)
-        if c is None or ev is None or c.baseline != baseline or (c.dataset, c.num_images) != (ev.dataset, ev.num_images):
-            return None
-        return c.drop
 
 
 def _rank_key(o: VariantOutcome) -> tuple:
