@@ -125,7 +125,7 @@ def judge(e: Evidence, t: ModelThresholds) -> VariantOutcome:
     if e.build_failure and lr is None:
         latency = []
     base = e.baseline_accuracy if e.variant != t.baseline else ev
-    interval = e.drop.map50_95 if e.drop is not None and e.variant != t.baseline else None
+    interval = e.drop.map50_95 if e.drop is not None and e.variant != t.baseline and t.verdicts == "interval" else None
     median_ci = _median_interval(lr, t)
     return VariantOutcome(
         model=e.model, variant=e.variant, backend=e.backend,
@@ -148,7 +148,7 @@ def judge(e: Evidence, t: ModelThresholds) -> VariantOutcome:
         latency_reasons=tuple(f.reason for f in failed + latency),
         verdict=_verdict(failed + accuracy + latency),
         accuracy_verdict=_verdict(failed + accuracy), latency_verdict=_verdict(failed + latency),
-        confidence=t.confidence if (interval or speed_ci or median_ci) and t.verdicts == "interval" else None,
+        confidence=t.confidence if interval or speed_ci or median_ci else None,
         drop_interval=(interval.lower, interval.upper) if interval else None,
         map50_drop_interval=(e.drop.map50.lower, e.drop.map50.upper) if interval else None,
         images=ev.num_images if ev else None,

@@ -34,7 +34,7 @@ from .quantize import quantize_variant
 from .matches import MatchTable
 from .records import AccuracyComparison, EvalResult, VariantBuild, from_dict, to_dict
 from .results_store import EvalSettings, ResultsStore, StoredEval, eval_key
-from .uncertainty import paired_bootstrap
+from .uncertainty import DROP_INTERVAL_METHOD, paired_bootstrap
 from .variants import Variant
 
 MATCHES_KIND = "matches"  # cache kind of an evaluation's MatchTable, keyed like the evaluation
@@ -256,8 +256,8 @@ class Pipeline:
                    seed: int = 0) -> AccuracyComparison:
         """The variant's mAP drop from ``baseline`` on the same images, with its paired-bootstrap interval (cached)."""
         resamples = self.settings.resamples
-        key = hash_key(COMPARISON_KIND, self.evaluation_key(model, variant), self.evaluation_key(model, baseline),
-                       confidence, resamples, seed)
+        key = hash_key(COMPARISON_KIND, DROP_INTERVAL_METHOD, self.evaluation_key(model, variant),
+                       self.evaluation_key(model, baseline), confidence, resamples, seed)
         entry = self.cache.lookup(COMPARISON_KIND, key, ".json")
         if entry is None:
             evaluation = self.evaluation(model, variant)

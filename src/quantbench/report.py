@@ -188,12 +188,17 @@ def read_selection_json(path: Path) -> list[Selection]:
 def gate_verdict(selections: Sequence[Selection]) -> str:
     """One line first in report.md: PASS when every (model, backend) has a winner and every gated variant
     passes, else FAIL naming what missed (a CI summary shows this line before any table)."""
-    missed = [f"{o.model} {o.variant} on {o.backend}" for s in selections for o in s.outcomes if o.gated and not o.passed]
+    missed = [f"{o.model} {o.variant} on {o.backend}" for s in selections for o in s.outcomes
+              if o.gated and o.verdict == "fail"]
+    undecided = [f"{o.model} {o.variant} on {o.backend}" for s in selections for o in s.outcomes
+                 if o.gated and o.verdict == "inconclusive"]
     nobody = [f"{s.model} on {s.backend}" for s in selections if s.winner is None]
     # A run on a test fake must not read as a measurement, not even in the one line a CI page shows.
     simulated = next((f"SIMULATED ({s.simulated}), not a measurement: " for s in selections if s.simulated), "")
     if not missed and not nobody:
-        return f"{simulated}**PASS**: every gated variant is within its budget ({len(selections)} model/backend pair(s))."
+        open_ = f"; {len(undecided)} inconclusive (never the winner): {_first_few(undecided)}" if undecided else ""
+        return (f"{simulated}**PASS**: no gated variant is beyond its budget ({len(selections)} model/backend "
+                f"pair(s)){open_}.")
     parts = []
     if nobody:
         parts.append(f"no passing variant for {_first_few(nobody)}")
@@ -227,6 +232,13 @@ def report_markdown(selections: Sequence[Selection], *, rebuild_command: str, pa
         "relative limit, and its speed-up (and GPU memory, where measured) meets the backend's target "
         "where one is set. Only gated variants can win; not-gated (exploratory) ones are listed for "
         "information. Latency is the median host time of one synchronised batch.",
+        "",
+        "Intervals (with `verdicts = \"interval\"` in thresholds.toml): the drop interval is a paired bootstrap "
+        "over the evaluation images (variant and baseline resampled together), the speed-up interval a bootstrap "
+        "of the two medians' ratio over the timed rounds. A variant passes when its whole interval is within the "
+        "budget, fails when its whole interval is beyond it, and is inconclusive otherwise: never the winner, "
+        "not a failed test, and its reason says how many evaluation images would likely decide it. Variants "
+        "whose latency intervals overlap the winner's are named as ties.",
         "",
         f"![latency vs mAP50-95]({pareto_name})",
         "",
@@ -305,12 +317,14 @@ def _pareto_panel(ax, s: Selection) -> None:
     styles = {  # scatter() keywords per verdict
         "pass": {"marker": "o", "color": "tab:green", "label": "pass"},
         "fail": {"marker": "x", "color": "tab:red", "label": "fail"},
+        "inconclusive": {"marker": "D", "color": "tab:purple", "label": "inconclusive"},
         "info": {"marker": "s", "facecolors": "none", "edgecolors": "tab:gray", "label": "not gated"},
     }
     for kind, style in styles.items():
         pts = [o for o in plotted if o.variant != s.winner and _kind(o) == kind]
         if pts:
             ax.scatter([o.latency_ms for o in pts], [o.map50_95 for o in pts], s=40, zorder=3, **style)
+    _error_bars(ax, plotted)
     won = s.winning_outcome
     if won is not None and won in plotted:
         ax.scatter([won.latency_ms], [won.map50_95], marker="*", s=220, color="gold", edgecolors="black",
@@ -341,10 +355,24 @@ def _pareto_panel(ax, s: Selection) -> None:
         ax.text(0.5, 0.5, "nothing measured", ha="center", va="center", transform=ax.transAxes)
 
 
+def _error_bars(ax, plotted: Sequence[VariantOutcome]) -> None:
+    """The intervals: latency (order statistics of the median) across, the paired mAP drop up and down
+    (the variant's mAP as the baseline's minus the drop interval)."""
+    for o in plotted:
+        if o.latency_interval_ms is None and o.drop_interval is None:
+            continue
+        xerr = ([[o.latency_ms - o.latency_interval_ms[0]], [o.latency_interval_ms[1] - o.latency_ms]]
+                if o.latency_interval_ms else None)
+        yerr = ([[o.drop_interval[1] - o.drop_abs], [o.drop_abs - o.drop_interval[0]]]
+                if o.drop_interval and o.drop_abs is not None else None)
+        ax.errorbar([o.latency_ms], [o.map50_95], xerr=xerr, yerr=yerr, fmt="none", ecolor="tab:gray", elinewidth=1,
+                    capsize=3, zorder=1)
+
+
 def _kind(o: VariantOutcome) -> str:
     if not o.gated:
         return "info"
-    return "pass" if o.passed else "fail"
+    return o.verdict
 
 
 def _pareto_front(outcomes: Sequence[VariantOutcome]) -> list[VariantOutcome]:

@@ -39,6 +39,7 @@ from .errors import DataError
 from .matches import RECALL_THRESHOLDS, MatchTable
 from .records import BootstrapInterval, DropInterval
 
+DROP_INTERVAL_METHOD = "percentile"  # of `paired_bootstrap`'s intervals; part of cached comparisons' keys
 _CHUNK_ELEMENTS = 4_000_000  # true positives x resamples per chunk: ~32 MB per float64 array
 # PreparedTable.fp_before is dense, (true positives x images) float32: 56 MB for yolo11n-coco on 500
 # val500 images, growing with the square of the images (~5 GB for 5000); refused beyond 1 GiB.
