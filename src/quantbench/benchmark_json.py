@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .records import AccuracyComparison, EvalResult, LatencyResult, from_dict
+from .records import AccuracyComparison, CalibrationSpread, EvalResult, LatencyResult, from_dict
 
 # (model, variant) -> the options the variant was built with (and ``gated``).
 VariantOptions = dict[tuple[str, str], dict]
@@ -91,16 +91,19 @@ def failures_from_benchmark_json(paths: Sequence[Path]) -> dict[tuple[str, str],
     return failures
 
 
-def comparisons_from_benchmark_json(paths: Sequence[Path]) -> list[AccuracyComparison]:
-    """The paired-bootstrap drops (``extra_info["quantbench"]["comparison"]``) the files carry; files
-    written before intervals existed give none, and their variants are judged on point estimates."""
-    found: dict[tuple[str, str, str], AccuracyComparison] = {}
+def uncertainty_from_benchmark_json(paths: Sequence[Path]) -> tuple[list[AccuracyComparison], list[CalibrationSpread]]:
+    """The paired-bootstrap drops and calibration-seed spreads (``extra_info["quantbench"]["comparison"]``,
+    ``["calibration_spread"]``) the files carry; files written before intervals existed give none, and
+    their variants are judged on point estimates."""
+    found: dict[str, dict[tuple[str, str, str], Any]] = {"comparison": {}, "calibration_spread": {}}
+    kinds = {"comparison": AccuracyComparison, "calibration_spread": CalibrationSpread}
     for path in paths:
         for where, _, qb in _quantbench_entries(Path(path)):
-            if isinstance(qb, dict) and qb.get("comparison") is not None:
-                c = from_dict(AccuracyComparison, qb["comparison"], where=f"{where}.comparison")
-                found[c.model, c.variant, c.backend] = c
-    return list(found.values())
+            for key, cls in kinds.items():
+                if isinstance(qb, dict) and qb.get(key) is not None:
+                    record = from_dict(cls, qb[key], where=f"{where}.{key}")
+                    found[key][record.model, record.variant, record.backend] = record
+    return list(found["comparison"].values()), list(found["calibration_spread"].values())
 
 
 def _check_device(timed_on: dict[tuple[str, str], tuple[str, str]], r: LatencyResult, where: str) -> None:

@@ -20,7 +20,7 @@ from . import __version__
 from .analysis import cli as analysis_cli
 from .argtypes import backend_name, latency_check, non_negative_int, positive_int
 from .assets import cache_root, default_model
-from .benchmark_json import comparisons_from_benchmark_json, failures_from_benchmark_json, records_from_benchmark_json
+from .benchmark_json import failures_from_benchmark_json, records_from_benchmark_json, uncertainty_from_benchmark_json
 from .backends import BuildOptions
 from .cache import ArtifactCache, atomic_write_json, atomic_write_text, check_output_file, remove_stale_scratch
 from .compare import compare_runs, comparison_markdown
@@ -182,7 +182,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     files = [Path(p) for p in args.json_files if not Path(p).is_dir()]
     evals, latencies, options = records_from_benchmark_json(files) if files else ([], [], {})
     failures = failures_from_benchmark_json(files)
-    comparisons = comparisons_from_benchmark_json(files)
+    comparisons, spreads = uncertainty_from_benchmark_json(files) if files else ([], [])
     timed = {(r.model, r.variant) for r in latencies}
     failures = {k: why for k, why in failures.items() if k not in timed}  # a later file timed it after all
     for folder in ledgers:  # a bench run's records kept in the cache (its report could not be written)
@@ -194,11 +194,13 @@ def cmd_select(args: argparse.Namespace) -> int:
         options.update(records.variant_options)
         failures.update(records.failures)
         comparisons += records.comparisons
+        spreads += records.spreads
     thresholds = Thresholds.load(_table_path(args.thresholds, Path("thresholds.toml"), "--thresholds", "thresholds file"))
     for warning in thresholds.check_models(sorted({r.model for r in (*evals, *latencies)})):
         print(f"quantbench: warning: {warning}", file=sys.stderr)
     selections = select(evals, latencies, thresholds, reference_batch=args.reference_batch,
-                        variant_options=options, failures=failures, comparisons=comparisons)
+                        variant_options=options, failures=failures, comparisons=comparisons,
+                        spreads=spreads)
     for selection in selections:
         _emit(args, format_selection_table(selection))
     if args.report_dir:

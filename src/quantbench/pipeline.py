@@ -15,9 +15,10 @@ nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -32,9 +33,9 @@ from .evaluate import EvalSpec, evaluate_with_matches
 from .export import DEFAULT_IMGSZ, ModelInfo, resolve_model
 from .quantize import quantize_variant
 from .matches import MatchTable
-from .records import AccuracyComparison, EvalResult, VariantBuild, from_dict, to_dict
+from .records import AccuracyComparison, CalibrationSpread, EvalResult, VariantBuild, from_dict, to_dict
 from .results_store import EvalSettings, ResultsStore, StoredEval, eval_key
-from .uncertainty import DROP_INTERVAL_METHOD, paired_bootstrap
+from .uncertainty import DROP_INTERVAL_METHOD, paired_bootstrap, seed_spread
 from .variants import Variant
 
 MATCHES_KIND = "matches"  # cache kind of an evaluation's MatchTable, keyed like the evaluation
@@ -142,10 +143,10 @@ class Pipeline:
             return dataclasses.replace(variant, calib_images=cap)
         return variant
 
-    def build(self, model: ModelInfo, variant: Variant, *, calib_seed: int | None = None) -> VariantBuild:
+    def build(self, model: ModelInfo, variant: Variant) -> VariantBuild:
         """The variant ONNX (ModelOpt runs only when the cache has none); a QuantizeError is remembered."""
         variant = self.effective(variant)
-        seed = self.settings.calib_seed if calib_seed is None else calib_seed
+        seed = self.settings.calib_seed if variant.calib_seed is None else variant.calib_seed
         key = (model.name, variant, seed)
         if key not in self._builds:
             calib = self.calibration(variant.calib_images, model.input_size, seed=seed) \
@@ -161,7 +162,9 @@ class Pipeline:
 
     def remember_failure(self, model: str, variant: Variant, reason: str) -> None:
         """Take a build failure another process found, so this one does not run ModelOpt for it again."""
-        self._builds.setdefault((model, self.effective(variant), self.settings.calib_seed), QuantizeError(reason))
+        variant = self.effective(variant)
+        seed = self.settings.calib_seed if variant.calib_seed is None else variant.calib_seed
+        self._builds.setdefault((model, variant, seed), QuantizeError(reason))
 
     def engine(self, model: ModelInfo, variant: Variant) -> Engine:
         """The backend's engine of the variant; a backend failure names the variant and is remembered."""
@@ -252,6 +255,21 @@ class Pipeline:
     def has_matches(self, model: ModelInfo, variant: Variant) -> bool:
         return self.cache.lookup(MATCHES_KIND, self.evaluation_key(model, self.effective(variant)), ".npz") is not None
 
+    def seed_spread(self, model: ModelInfo, variant: Variant, seeds: int) -> CalibrationSpread:
+        """mAP50-95 of ``variant`` built from ``seeds`` seeded calibration subsets (the run's seed and the
+        next ones): how much of its drop is the luck of which images calibrated it."""
+        first = self.settings.calib_seed if variant.calib_seed is None else variant.calib_seed
+        chosen = tuple(range(first, first + seeds))
+        evaluations = [self.evaluation(model, variant)]
+        with self._unobserved():
+            evaluations += [self.evaluation(model, dataclasses.replace(variant, calib_seed=seed))
+                            for seed in chosen[1:]]
+        maps = tuple(e.metrics.map50_95 for e in evaluations)
+        return CalibrationSpread(model=model.name, variant=variant.name, backend=evaluations[0].backend,
+                                 dataset=evaluations[0].dataset, num_images=evaluations[0].num_images,
+                                 calib_images=self.effective(variant).calib_images, seeds=chosen, maps=maps,
+                                 spread=seed_spread(maps))
+
     def comparison(self, model: ModelInfo, variant: Variant, baseline: Variant, *, confidence: float,
                    seed: int = 0) -> AccuracyComparison:
         """The variant's mAP drop from ``baseline`` on the same images, with its paired-bootstrap interval (cached)."""
@@ -277,6 +295,15 @@ class Pipeline:
     def _remember(self, variant: Variant, stored: StoredEval) -> None:
         self._evals[stored.result.model, variant] = stored.result
         self.observer.evaluated(stored.result, computed=stored.computed)
+
+    @contextlib.contextmanager
+    def _unobserved(self) -> Iterator[None]:
+        """Work the observer does not hear of: the extra calibration seeds of `seed_spread` are no variants."""
+        observer, self.observer = self.observer, _NoObserver()
+        try:
+            yield
+        finally:
+            self.observer = observer
 
     # --- planning -------------------------------------------------------------------------
 

@@ -162,6 +162,37 @@ class AccuracyComparison:
 
 
 @dataclass(frozen=True)
+class SeedSpread:
+    """mAPs of one variant built from K seeded calibration subsets: how much the seed alone moves it."""
+
+    mean: float
+    min: float
+    max: float
+    stdev: float  # sample standard deviation (K - 1 in the denominator)
+    count: int  # K
+
+    @property
+    def range(self) -> float:
+        return self.max - self.min
+
+
+@dataclass(frozen=True)
+class CalibrationSpread:
+    """One variant built from several seeded calibration subsets and evaluated on the same images."""
+
+    model: str
+    variant: str
+    backend: str
+    dataset: str
+    num_images: int
+    calib_images: int
+    seeds: tuple[int, ...]
+    maps: tuple[float, ...]  # mAP50-95 per seed, in ``seeds`` order
+    spread: SeedSpread
+    schema: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
 class VariantBuild:
     """What building one variant ONNX produced, and how."""
 

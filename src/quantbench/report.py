@@ -49,6 +49,19 @@ def winner_line(selection: Selection) -> str:
     )
 
 
+def seed_lines(selection: Selection) -> list[str]:
+    """How much of each drop is calibration luck: the mAP range over the seeded calibration subsets."""
+    lines = []
+    for o in selection.outcomes:
+        if o.calib_seed_range is None:
+            continue
+        share = (f"; the seeds alone move it by {100 * o.calib_seed_range / abs(o.drop_abs):.0f} % of its drop"
+                 if o.drop_abs else "")
+        lines.append(f"calibration luck: {o.variant} mAP50-95 spans {o.calib_seed_range * 100:.2f} points over "
+                     f"{o.calib_seeds} calibration seeds (stdev {o.calib_seed_stdev * 100:.2f}){share}")
+    return lines
+
+
 def disturbed_lines(selection: Selection) -> list[str]:
     """A warning when some timings show interference from other load on the machine, else nothing."""
     if not selection.disturbed:
@@ -73,7 +86,7 @@ def format_selection_table(selection: Selection) -> str:
             f"(batch {selection.reference_batch}, {_criteria_text(selection)})")
     body = [line(rows[0]), line(["-" * w for w in widths] + ["-" * len(_COLUMNS[-1])])]
     body += [line(r).rstrip() for r in rows[1:]]
-    return "\n".join([head, *body, winner_line(selection), *disturbed_lines(selection)])
+    return "\n".join([head, *body, winner_line(selection), *seed_lines(selection), *disturbed_lines(selection)])
 
 
 def _row(selection: Selection, o: VariantOutcome) -> tuple[str, ...]:
@@ -278,7 +291,7 @@ def _selection_markdown(s: Selection) -> list[str]:
     for o in s.outcomes:
         cells = [c.replace("|", "\\|") or " " for c in _row(s, o)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"**{winner_line(s)}**", "", *(f"{line}\n" for line in disturbed_lines(s))]
+    lines += ["", f"**{winner_line(s)}**", "", *(f"{line}\n" for line in (*seed_lines(s), *disturbed_lines(s)))]
     won = s.winning_outcome
     if won is not None:
         lines += [

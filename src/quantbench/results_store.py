@@ -29,7 +29,7 @@ from typing import Any
 from . import __version__
 from .cache import ArtifactCache, atomic_write_json, atomic_write_text, hash_key, owner_is_gone, owner_tag
 from .detections import NmsConfig
-from .records import SCHEMA_VERSION, AccuracyComparison, EvalResult, LatencyResult, VariantBuild, from_dict, to_dict
+from .records import SCHEMA_VERSION, AccuracyComparison, CalibrationSpread, EvalResult, LatencyResult, VariantBuild, from_dict, to_dict
 
 EVAL_KIND = "eval"
 RUNS_DIR = "runs"
@@ -131,6 +131,7 @@ class RunRecords:
     # A build phase's test errors: node id -> (model, variant, last line of the error).
     phase_errors: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     comparisons: tuple[AccuracyComparison, ...] = ()  # paired-bootstrap drops, one per (model, variant, backend)
+    spreads: tuple[CalibrationSpread, ...] = ()  # mAP over calibration seeds, one per (model, variant, backend)
 
     @property
     def variants_built(self) -> tuple[tuple[str, str], ...]:
@@ -174,6 +175,9 @@ class RunLedger:
         self._write("comparison", (comparison.model, comparison.variant, comparison.backend),
                     {"comparison": to_dict(comparison)})
 
+    def add_spread(self, spread: CalibrationSpread) -> None:
+        self._write("spread", (spread.model, spread.variant, spread.backend), {"spread": to_dict(spread)})
+
     def add_latency(self, result: LatencyResult) -> None:
         self._write("latency", (result.model, result.variant, result.backend, result.batch_size),
                     {"latency": to_dict(result)})
@@ -195,6 +199,7 @@ class RunLedger:
         evals, computed, latencies, options, builds, failures = {}, [], [], {}, [], {}
         phase_errors: dict[str, tuple[str, str, str]] = {}
         comparisons: dict[tuple[str, str, str], AccuracyComparison] = {}
+        spreads: dict[tuple[str, str, str], CalibrationSpread] = {}
         # "[!.]": atomic writes go through hidden temporary files first.
         for path in sorted(self.root.glob("[!.]*.json")) if self.root.is_dir() else ():
             kind = path.name.split("-", 1)[0]
@@ -217,8 +222,11 @@ class RunLedger:
             elif kind == "comparison":
                 c = from_dict(AccuracyComparison, data["comparison"], where=str(path))
                 comparisons[c.model, c.variant, c.backend] = c
+            elif kind == "spread":
+                sp = from_dict(CalibrationSpread, data["spread"], where=str(path))
+                spreads[sp.model, sp.variant, sp.backend] = sp
         return RunRecords(tuple(evals.values()), tuple(computed), tuple(latencies), options, tuple(builds), failures,
-                          phase_errors, tuple(comparisons.values()))
+                          phase_errors, tuple(comparisons.values()), tuple(spreads.values()))
 
     def remove(self) -> None:
         if self.root.is_dir():

@@ -39,7 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .records import AccuracyComparison, EvalResult, LatencyResult
+from .records import AccuracyComparison, CalibrationSpread, EvalResult, LatencyResult
 from .gate import Evidence, VariantOutcome, judge, median_standard_error
 from .thresholds import ModelThresholds, Thresholds
 
@@ -82,6 +82,7 @@ def select(
     variant_options: Mapping[tuple[str, str], dict] | None = None,
     failures: Mapping[FailureKey, str] | None = None,
     comparisons: Iterable[AccuracyComparison] = (),
+    spreads: Iterable[CalibrationSpread] = (),
 ) -> list[Selection]:
     """Gate and rank every variant, one `Selection` per (model, backend), sorted by model then backend;
     ``variant_options`` are keyed by (model, variant), as two models may build one variant name differently."""
@@ -90,6 +91,7 @@ def select(
         lat={(r.model, r.backend, r.variant, r.batch_size): r for r in latencies},
         options=dict(variant_options or {}), failures=dict(failures or {}), reference_batch=reference_batch,
         drops={(c.model, c.backend, c.variant): c for c in comparisons},
+        spreads={(sp.model, sp.backend, sp.variant): sp for sp in spreads},
     )
     models = sorted({k[0] for k in records.acc} | {k[0] for k in records.lat}
                     | {k[0] for k in records.failures if isinstance(k, tuple)})
@@ -113,6 +115,7 @@ class _Records:
     failures: dict[FailureKey, str]
     reference_batch: int
     drops: dict[tuple[str, str, str], AccuracyComparison]  # (model, backend, variant)
+    spreads: dict[tuple[str, str, str], CalibrationSpread]  # (model, backend, variant)
 
     def selection(self, model: str, backend: str, eval_backends: list[str], t: ModelThresholds) -> Selection:
         """Judge every variant of (model, backend) with the gate, rank, and name the winner."""
@@ -128,7 +131,7 @@ class _Records:
         outcomes = [judge(Evidence(
             model=model, variant=v, backend=backend, reference_batch=batch,
             accuracy=accuracy.get(v), baseline_accuracy=accuracy.get(t.baseline),
-            drop=self._drop(model, source, v, t.baseline, accuracy),
+            drop=self._drop(model, source, v, t.baseline, accuracy), spread=self.spreads.get((model, source, v)),
             latency=latency.get(v), baseline_latency=latency.get(t.baseline),
             build_failure=self.failures.get((model, v)) or self.failures.get(v),
             options=dict(self.options.get((model, v), {})), accuracy_backend=source,

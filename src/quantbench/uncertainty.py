@@ -37,7 +37,7 @@ import numpy as np
 
 from .errors import DataError
 from .matches import RECALL_THRESHOLDS, MatchTable
-from .records import BootstrapInterval, DropInterval
+from .records import BootstrapInterval, DropInterval, SeedSpread
 
 DROP_INTERVAL_METHOD = "percentile"  # of `paired_bootstrap`'s intervals; part of cached comparisons' keys
 _CHUNK_ELEMENTS = 4_000_000  # true positives x resamples per chunk: ~32 MB per float64 array
@@ -324,21 +324,6 @@ def _positive_rounds(samples: Sequence[float], what: str) -> np.ndarray:
         raise DataError(f"the {what} latency rounds ({values.size} values) are empty or hold a value that is "
                         "not a positive time; pass the raw rounds in milliseconds.")
     return values
-
-
-@dataclass(frozen=True)
-class SeedSpread:
-    """mAPs of one variant built from K seeded calibration subsets: how much the seed alone moves it."""
-
-    mean: float
-    min: float
-    max: float
-    stdev: float  # sample standard deviation (K - 1 in the denominator)
-    count: int  # K
-
-    @property
-    def range(self) -> float:
-        return self.max - self.min
 
 
 def seed_spread(maps: Sequence[float]) -> SeedSpread:

@@ -64,6 +64,7 @@ class Variant:
     kind: VariantKind
     calibration_method: str = "max"
     calib_images: int = 128
+    calib_seed: int | None = None  # which calibration images (a seeded choice); None: the run's seed
     op_types_to_exclude: tuple[str, ...] = ()
     op_types_to_quantize: tuple[str, ...] = ()  # empty: ModelOpt's default set
     nodes_to_exclude: tuple[str, ...] = ()  # node-name regexes
@@ -115,15 +116,15 @@ class Variant:
 # Which build options each kind reads; anything else in its table is a mistake worth reporting.
 _KIND_OPTIONS: dict[VariantKind, tuple[str, ...]] = {
     VariantKind.FP32: (),
-    VariantKind.FP16: ("calib_images", "op_types_to_exclude", "nodes_to_exclude", "exclude_head"),
+    VariantKind.FP16: ("calib_images", "calib_seed", "op_types_to_exclude", "nodes_to_exclude", "exclude_head"),
     VariantKind.INT8: (
-        "calibration_method", "calib_images", "op_types_to_exclude", "op_types_to_quantize", "nodes_to_exclude",
+        "calibration_method", "calib_images", "calib_seed", "op_types_to_exclude", "op_types_to_quantize", "nodes_to_exclude",
         "exclude_head", "high_precision_dtype", "calibrate_per_node", "passes",
     ),
 }
 # Options added after the first release: left out of options() while unset, so that adding
 # them kept every earlier cache key (and its ModelOpt build) valid.
-_OMIT_WHEN_EMPTY = ("op_types_to_quantize",)
+_OMIT_WHEN_EMPTY = ("op_types_to_quantize", "calib_seed")
 _COMMON_KEYS = ("name", "kind", "gated", "models", "description")
 _ALL_KEYS = tuple(f.name for f in fields(Variant))
 
@@ -162,6 +163,12 @@ class _TableReader:
         value = self.table[key]
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise self.fail(key, f"{value!r} is not a positive whole number; write e.g. 128.")
+        return value
+
+    def seed(self, key: str) -> int:
+        value = self.table[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.fail(key, f"{value!r} is not a whole number >= 0; write e.g. 0.")
         return value
 
     def strings(self, key: str) -> tuple[str, ...]:
@@ -230,6 +237,7 @@ class _TableReader:
             "description": self.string,
             "calibration_method": lambda k: self.string(k, CALIBRATION_METHODS),
             "calib_images": self.positive_int,
+            "calib_seed": self.seed,
             "op_types_to_exclude": self.op_types,
             "op_types_to_quantize": self.op_types,
             "nodes_to_exclude": self.regexes,
