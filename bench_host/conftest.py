@@ -98,13 +98,17 @@ def host_model(request: pytest.FixtureRequest) -> Path:
     return _asset(request.config, "--host-model", "models/yolo11n-coco.onnx")
 
 
-@pytest.fixture(scope="session")
-def host_dataset(request: pytest.FixtureRequest) -> CocoDataset:
-    data = _asset(request.config, "--host-data", "coco/val500")
+def _dataset(config: pytest.Config, limit_option: str) -> CocoDataset:
+    data = _asset(config, "--host-data", "coco/val500")
     try:
-        return CocoDataset.load(data, limit=request.config.getoption("--host-images"))
+        return CocoDataset.load(data, limit=config.getoption(limit_option))
     except QuantbenchError as exc:
         pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def host_dataset(request: pytest.FixtureRequest) -> CocoDataset:
+    return _dataset(request.config, "--host-images")
 
 
 @pytest.fixture(scope="session")
@@ -117,11 +121,7 @@ def replay_runner(host_model: Path, host_dataset: CocoDataset) -> ReplayRunner:
 
 @pytest.fixture(scope="session")
 def bootstrap_dataset(request: pytest.FixtureRequest) -> CocoDataset:
-    data = _asset(request.config, "--host-data", "coco/val500")
-    try:
-        return CocoDataset.load(data, limit=request.config.getoption("--bootstrap-images"))
-    except QuantbenchError as exc:
-        pytest.fail(str(exc))
+    return _dataset(request.config, "--bootstrap-images")
 
 
 @pytest.fixture(scope="session")

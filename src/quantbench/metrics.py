@@ -250,7 +250,15 @@ class HotcocoScorer:
 
     def result(self) -> CocoMetrics:
         """Match, accumulate and summarise the images added so far (hotcoco's own threads)."""
-        hotcoco = _hotcoco()
+        evaluator = self._evaluator()
+        with _quiet():
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        return _metrics(evaluator, self.dataset)
+
+    def _evaluator(self):
+        """hotcoco's COCOeval over the images added so far (DataError when there are none)."""
         if not self._tables:
             raise DataError(
                 f"no images of dataset {self.dataset.name} were evaluated; "
@@ -258,13 +266,9 @@ class HotcocoScorer:
             )
         image_ids = sorted(self._tables)
         table = np.concatenate([self._tables[i] for i in image_ids])
-        evaluator = hotcoco.COCOeval(self._ground_truth, self._ground_truth.load_res(table), "bbox")
+        evaluator = _hotcoco().COCOeval(self._ground_truth, self._ground_truth.load_res(table), "bbox")
         evaluator.params.img_ids = image_ids
-        with _quiet():
-            evaluator.evaluate()
-            evaluator.accumulate()
-            evaluator.summarize()
-        return _metrics(evaluator, self.dataset)
+        return evaluator
 
     def match_table(self) -> MatchTable:
         """The per-image matches of the images added so far (area "all", 100 detections).
@@ -274,17 +278,8 @@ class HotcocoScorer:
         ``evalImgs``) takes seconds for 500 images. COCOeval matches each area range on its own,
         so these are the matches ``result()`` counted (equal to pycocotools', tested).
         """
-        hotcoco = _hotcoco()
-        if not self._tables:
-            raise DataError(
-                f"no images of dataset {self.dataset.name} were evaluated; "
-                f"check the images in {self.dataset.images_dir}."
-            )
-        image_ids = sorted(self._tables)
-        table = np.concatenate([self._tables[i] for i in image_ids])
-        evaluator = hotcoco.COCOeval(self._ground_truth, self._ground_truth.load_res(table), "bbox")
+        evaluator = self._evaluator()
         params = evaluator.params  # the live parameters; whole values must be assigned
-        params.img_ids = image_ids
         params.area_rng = params.area_rng[:1]  # "all"
         params.area_rng_lbl = params.area_rng_lbl[:1]
         params.max_dets = [MAX_DETS]
