@@ -23,17 +23,18 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import TensorProto, helper, numpy_helper
+from onnx.external_data_helper import load_external_data_for_model
 
 from .. import onnx_graph
 from ..cache import ArtifactCache, hash_key, sha256_file
 from ..errors import BackendError
 from .base import Backend, BackendKind, BuildOptions, Engine, InputSpec, Runner, RunnerInfo, TimingSamples
-
-if TYPE_CHECKING:
-    import onnx
 
 
 def _ort():
@@ -60,8 +61,6 @@ _QUANTIZE_REPAIR_VERSION = 1
 
 def fp16_quantize_nodes(model) -> list:
     """QuantizeLinear nodes whose scale is a float16 initializer (so their input is float16)."""
-    from onnx import TensorProto
-
     inits = onnx_graph.initializers(model.graph)
     return [n for n in model.graph.node if n.op_type == onnx_graph.QUANTIZE
             and n.input[1] in inits and inits[n.input[1]].data_type == TensorProto.FLOAT16]
@@ -73,8 +72,6 @@ def repair_fp16_quantize(model: onnx.ModelProto) -> int:
     Returns how many nodes were rewritten. Zero points, axes and the DequantizeLinear side are
     unchanged, so the integer values and the fp16 dequantized outputs are what TensorRT computes.
     """
-    from onnx import TensorProto, helper, numpy_helper
-
     nodes = fp16_quantize_nodes(model)
     inits = onnx_graph.initializers(model.graph)
     added_scales: dict[str, str] = {}
@@ -104,8 +101,6 @@ def repair_fp16_quantize(model: onnx.ModelProto) -> int:
 
 def quantize_in_fp32(src: Path, dst: Path) -> int:
     """Write ``src`` to ``dst`` with the `repair_fp16_quantize` rewrite; how many nodes it rewrote."""
-    import onnx
-
     model = onnx.load(str(src))
     rewritten = repair_fp16_quantize(model)
     onnx.save(model, str(dst))
@@ -114,8 +109,6 @@ def quantize_in_fp32(src: Path, dst: Path) -> int:
 
 def _model_needing_repair(onnx_path: Path) -> onnx.ModelProto | None:
     """``onnx_path``'s ModelProto (external weights not loaded) if it has float16 QuantizeLinear nodes, else None."""
-    from google.protobuf.message import DecodeError
-
     try:
         model = onnx_graph.load_graph(onnx_path)
     except (DecodeError, OSError):  # not loadable as ONNX: the session reports it, naming the file
@@ -287,7 +280,6 @@ class OrtBackend(Backend):
         model = _model_needing_repair(onnx_path)
         if model is None:
             return self.open(Engine(self.kind, onnx_path, onnx_path, options))
-        from onnx.external_data_helper import load_external_data_for_model
 
         load_external_data_for_model(model, str(onnx_path.parent))  # no-op for single-file models
         rewritten = repair_fp16_quantize(model)
