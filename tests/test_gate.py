@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+from quantbench.benchmark_json import records_from_benchmark_json, uncertainty_from_benchmark_json
 from quantbench.gate import FAIL, INCONCLUSIVE, PASS, Evidence, judge
 from quantbench.records import (
     AccuracyComparison,
@@ -15,6 +18,7 @@ from quantbench.records import (
     EvalTiming,
     LatencyResult,
     LatencyStats,
+    to_dict,
 )
 from quantbench.selection import select
 from quantbench.thresholds import ModelThresholds, Thresholds
@@ -116,3 +120,24 @@ def test_the_accuracy_test_and_the_selection_give_the_same_verdict(tmp_path):
         assert (in_test.accuracy_verdict, in_test.accuracy_reasons) == (selected.accuracy_verdict, selected.accuracy_reasons)
     assert selection.outcome("int8").verdict == INCONCLUSIVE and selection.outcome("int8-bad").verdict == FAIL
     assert selection.winner == "fp16"  # an inconclusive variant never wins, however fast
+
+
+def test_the_benchmark_json_carries_the_intervals_to_quantbench_select(tmp_path):
+    """`quantbench select` on a saved run judges with the same intervals the run's own tests did."""
+    comparison = AccuracyComparison("m", "int8", "fp16", "onnxruntime", "val500", 500, _drop(0.008, 0.004, 0.012))
+    benchmarks = []
+    for variant, map50_95, ms in (("fp16", 0.40, 10.0), ("int8", 0.392, 8.0)):
+        latency = _lat(variant, ms * np.exp(0.01 * np.random.default_rng(0).standard_normal(30)), "onnxruntime")
+        benchmarks.append({"name": f"test_latency[m-{variant}-b1]", "params": {"qb_variant_name": variant},
+                           "extra_info": {"quantbench": {
+                               "latency": to_dict(latency), "eval": to_dict(_eval(variant, map50_95)),
+                               "comparison": to_dict(comparison) if variant == "int8" else None}}})
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"benchmarks": benchmarks}))
+    evals, lats, options = records_from_benchmark_json([path])
+    comparisons, spreads = uncertainty_from_benchmark_json([path])
+    assert comparisons == [comparison] and spreads == []
+    (s,) = select(evals, lats, Thresholds.from_mapping({"baseline": "fp16"}), comparisons=comparisons)
+    int8 = s.outcome("int8")
+    assert int8.verdict == INCONCLUSIVE and int8.drop_interval == (0.004, 0.012)
+    assert int8.latency_interval_ms is not None and s.winner == "fp16"
