@@ -125,19 +125,22 @@ def test_the_accuracy_test_and_the_selection_give_the_same_verdict(tmp_path):
 def test_the_benchmark_json_carries_the_intervals_to_quantbench_select(tmp_path):
     """`quantbench select` on a saved run judges with the same intervals the run's own tests did."""
     comparison = AccuracyComparison("m", "int8", "fp16", "onnxruntime", "val500", 500, _drop(0.008, 0.004, 0.012))
+    from_fp32 = AccuracyComparison("m", "int8", "fp32", "onnxruntime", "val500", 500, _drop(0.009, 0.005, 0.013))
     benchmarks = []
     for variant, map50_95, ms in (("fp16", 0.40, 10.0), ("int8", 0.392, 8.0)):
         latency = _lat(variant, ms * np.exp(0.01 * np.random.default_rng(0).standard_normal(30)), "onnxruntime")
         benchmarks.append({"name": f"test_latency[m-{variant}-b1]", "params": {"qb_variant_name": variant},
                            "extra_info": {"quantbench": {
                                "latency": to_dict(latency), "eval": to_dict(_eval(variant, map50_95)),
-                               "comparison": to_dict(comparison) if variant == "int8" else None}}})
+                               "comparison": to_dict(comparison) if variant == "int8" else None,
+                               "reference_comparison": to_dict(from_fp32) if variant == "int8" else None}}})
     path = tmp_path / "bench.json"
     path.write_text(json.dumps({"benchmarks": benchmarks}))
     evals, lats, options = records_from_benchmark_json([path])
     comparisons, spreads = uncertainty_from_benchmark_json([path])
-    assert comparisons == [comparison] and spreads == []
+    assert comparisons == [comparison, from_fp32] and spreads == []
     (s,) = select(evals, lats, Thresholds.from_mapping({"baseline": "fp16"}), comparisons=comparisons)
     int8 = s.outcome("int8")
     assert int8.verdict == INCONCLUSIVE and int8.drop_interval == (0.004, 0.012)
+    assert (int8.reference_variant, int8.reference_drop_interval) == ("fp32", (0.005, 0.013))  # reported, not gated
     assert int8.latency_interval_ms is not None and s.winner == "fp16"

@@ -66,12 +66,12 @@ def test_table_lists_every_variant_ranked_with_its_verdict(selections: list[Sele
     # No GPU memory was measured (ONNX Runtime on the CPU), so that criterion is not shown.
     assert lines[0] == ("yolov5n-coco on onnxruntime (batch 1, baseline fp16, drop <= 1.00 pt and <= 3.0 %, "
                         "verdicts from 95% intervals)")
-    assert lines[1].split() == ["variant", "mAP50-95", "drop", "drop", "interval", "latency", "ms", "img/s", "speed-up",
-                                "speed-up", "interval", "result", "reason"]
+    assert lines[1].split() == ["variant", "mAP50-95", "drop", "drop", "interval", "vs", "fp32", "latency", "ms", "img/s",
+                                "speed-up", "speed-up", "interval", "result", "reason"]
     rows = lines[3:-1]
     assert [r.split()[0] for r in rows] == ["int8-entropy", "fp16", "int8-all", "int8-max"]
     # Hand-made records carry no match tables or raw rounds: no intervals, point verdicts.
-    assert rows[0].split()[1:9] == ["0.2388", "+0.39", "pt", "/", "1.6%", "-", "30.00", "33.3"] and "WINNER" in rows[0]
+    assert rows[0].split()[1:10] == ["0.2388", "+0.39", "pt", "/", "1.6%", "-", "-", "30.00", "33.3"] and "WINNER" in rows[0]
     assert "(baseline)" in rows[1] and rows[1].endswith(" pass")
     assert "fail (not gated)" in rows[2] and "mAP50-95 drop 1.27 points > 1.00 allowed" in rows[2]
     assert " FAIL " in rows[3] and rows[3].endswith("mAP50-95 drop 1.05 points > 1.00 allowed and 4.3 % > 3.0 % allowed (0.2322 vs baseline fp16 0.2427)")

@@ -95,15 +95,20 @@ def uncertainty_from_benchmark_json(paths: Sequence[Path]) -> tuple[list[Accurac
     """The paired-bootstrap drops and calibration-seed spreads (``extra_info["quantbench"]["comparison"]``,
     ``["calibration_spread"]``) the files carry; files written before intervals existed give none, and
     their variants are judged on point estimates."""
-    found: dict[str, dict[tuple[str, str, str], Any]] = {"comparison": {}, "calibration_spread": {}}
-    kinds = {"comparison": AccuracyComparison, "calibration_spread": CalibrationSpread}
+    comparisons: dict[tuple[str, ...], AccuracyComparison] = {}
+    spreads: dict[tuple[str, ...], CalibrationSpread] = {}
     for path in paths:
         for where, _, qb in _quantbench_entries(Path(path)):
-            for key, cls in kinds.items():
-                if isinstance(qb, dict) and qb.get(key) is not None:
-                    record = from_dict(cls, qb[key], where=f"{where}.{key}")
-                    found[key][record.model, record.variant, record.backend] = record
-    return list(found["comparison"].values()), list(found["calibration_spread"].values())
+            if not isinstance(qb, dict):
+                continue
+            for key in ("comparison", "reference_comparison"):
+                if qb.get(key) is not None:
+                    c = from_dict(AccuracyComparison, qb[key], where=f"{where}.{key}")
+                    comparisons[c.model, c.variant, c.baseline, c.backend] = c
+            if qb.get("calibration_spread") is not None:
+                sp = from_dict(CalibrationSpread, qb["calibration_spread"], where=f"{where}.calibration_spread")
+                spreads[sp.model, sp.variant, sp.backend] = sp
+    return list(comparisons.values()), list(spreads.values())
 
 
 def _check_device(timed_on: dict[tuple[str, str], tuple[str, str]], r: LatencyResult, where: str) -> None:

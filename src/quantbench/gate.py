@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import DataError
-from .records import CalibrationSpread, EvalResult, LatencyResult
+from .records import AccuracyComparison, CalibrationSpread, EvalResult, LatencyResult
 from .thresholds import ModelThresholds, check_accuracy, check_memory, check_speedup, relative_drop
 from .uncertainty import BootstrapInterval, DropInterval, images_needed, latency_interval, speedup_interval
 
@@ -68,6 +68,7 @@ class Evidence:
     baseline_accuracy: EvalResult | None = None
     drop: DropInterval | None = None  # paired bootstrap of the drop vs the baseline, same images
     spread: CalibrationSpread | None = None  # mAP over seeded calibration subsets (reported, not gated)
+    reference: AccuracyComparison | None = None  # the paired drop from the FP32 model (reported, not gated)
     latency: LatencyResult | None = None  # at the reference batch size
     baseline_latency: LatencyResult | None = None
     build_failure: str | None = None
@@ -113,6 +114,9 @@ class VariantOutcome:
     images_needed: int | None = None  # for an inconclusive drop: images that would likely decide it
     latency_interval_ms: tuple[float, float] | None = None  # order-statistic interval of the median
     speedup_interval: tuple[float, float] | None = None  # bootstrap of baseline median / this median
+    reference_variant: str | None = None  # what ``reference_drop`` is measured from (the FP32 model)
+    reference_drop: float | None = None  # mAP50-95 drop from it (fraction), reported only
+    reference_drop_interval: tuple[float, float] | None = None
     calib_seeds: int | None = None  # calibration subsets the variant was also built from (`CalibrationSpread`)
     calib_seed_range: float | None = None  # max - min mAP50-95 over them
     calib_seed_stdev: float | None = None
@@ -159,6 +163,10 @@ def judge(e: Evidence, t: ModelThresholds) -> VariantOutcome:
         images_needed=next((f.images_needed for f in accuracy if f.images_needed), None),
         latency_interval_ms=(median_ci.lower, median_ci.upper) if median_ci else None,
         speedup_interval=(speed_ci.lower, speed_ci.upper) if speed_ci else None,
+        reference_variant=e.reference.baseline if e.reference else None,
+        reference_drop=e.reference.drop.map50_95.point if e.reference else None,
+        reference_drop_interval=((e.reference.drop.map50_95.lower, e.reference.drop.map50_95.upper)
+                                 if e.reference else None),
         calib_seeds=e.spread.spread.count if e.spread else None,
         calib_seed_range=e.spread.spread.range if e.spread else None,
         calib_seed_stdev=e.spread.spread.stdev if e.spread else None,

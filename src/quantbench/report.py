@@ -20,8 +20,8 @@ from .selection import Selection, VariantOutcome
 # selection.json's "kind": tells a selection file apart from any other JSON.
 SELECTION_KIND = "quantbench.selection"
 
-_COLUMNS = ("variant", "mAP50-95", "drop", "drop interval", "latency ms", "img/s", "speed-up", "speed-up interval",
-            "result", "reason")
+_COLUMNS = ("variant", "mAP50-95", "drop", "drop interval", "vs fp32", "latency ms", "img/s", "speed-up",
+            "speed-up interval", "result", "reason")
 
 
 def simulated_prefix(selection: Selection) -> str:
@@ -96,6 +96,7 @@ def _row(selection: Selection, o: VariantOutcome) -> tuple[str, ...]:
         _num(o.map50_95, "{:.4f}"),
         _drop(o),
         _interval(o.drop_interval, "{:+.2f}", scale=100) + (" pt" if o.drop_interval else ""),
+        _reference(o),
         _num(o.latency_ms, "{:.2f}"),
         _num(o.images_per_s, "{:.1f}"),
         _num(o.speedup, "{:.2f}x"),
@@ -111,6 +112,13 @@ def _verdict(selection: Selection, o: VariantOutcome) -> str:
     if not o.gated:
         return f"{o.verdict} (not gated)"
     return {"pass": "pass", "inconclusive": "inconclusive"}.get(o.verdict, "FAIL")
+
+
+def _reference(o: VariantOutcome) -> str:
+    """The paired drop from the FP32 model, with its interval (reported, not gated)."""
+    if o.reference_drop is None:
+        return "-"
+    return f"{o.reference_drop * 100:+.2f} {_interval(o.reference_drop_interval, '{:+.2f}', scale=100)}"
 
 
 def _interval(bounds: tuple[float, float] | None, fmt: str, *, scale: float = 1.0) -> str:

@@ -130,7 +130,7 @@ class RunRecords:
     failures: dict[tuple[str, str], str]  # (model, variant) -> why its build failed
     # A build phase's test errors: node id -> (model, variant, last line of the error).
     phase_errors: dict[str, tuple[str, str, str]] = field(default_factory=dict)
-    comparisons: tuple[AccuracyComparison, ...] = ()  # paired-bootstrap drops, one per (model, variant, backend)
+    comparisons: tuple[AccuracyComparison, ...] = ()  # paired-bootstrap drops per (model, variant, against, backend)
     spreads: tuple[CalibrationSpread, ...] = ()  # mAP over calibration seeds, one per (model, variant, backend)
 
     @property
@@ -172,7 +172,7 @@ class RunLedger:
                     {"eval": to_dict(result), "computed": computed, "variant_options": dict(variant_options)})
 
     def add_comparison(self, comparison: AccuracyComparison) -> None:
-        self._write("comparison", (comparison.model, comparison.variant, comparison.backend),
+        self._write("comparison", (comparison.model, comparison.variant, comparison.baseline, comparison.backend),
                     {"comparison": to_dict(comparison)})
 
     def add_spread(self, spread: CalibrationSpread) -> None:
@@ -198,7 +198,7 @@ class RunLedger:
     def read(self) -> RunRecords:
         evals, computed, latencies, options, builds, failures = {}, [], [], {}, [], {}
         phase_errors: dict[str, tuple[str, str, str]] = {}
-        comparisons: dict[tuple[str, str, str], AccuracyComparison] = {}
+        comparisons: dict[tuple[str, str, str, str], AccuracyComparison] = {}
         spreads: dict[tuple[str, str, str], CalibrationSpread] = {}
         # "[!.]": atomic writes go through hidden temporary files first.
         for path in sorted(self.root.glob("[!.]*.json")) if self.root.is_dir() else ():
@@ -221,7 +221,7 @@ class RunLedger:
                 phase_errors[data["nodeid"]] = (data["model"], data["variant"], data["message"])
             elif kind == "comparison":
                 c = from_dict(AccuracyComparison, data["comparison"], where=str(path))
-                comparisons[c.model, c.variant, c.backend] = c
+                comparisons[c.model, c.variant, c.baseline, c.backend] = c
             elif kind == "spread":
                 sp = from_dict(CalibrationSpread, data["spread"], where=str(path))
                 spreads[sp.model, sp.variant, sp.backend] = sp

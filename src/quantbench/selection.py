@@ -90,7 +90,7 @@ def select(
         acc={(e.model, e.backend, e.variant): e for e in evals},
         lat={(r.model, r.backend, r.variant, r.batch_size): r for r in latencies},
         options=dict(variant_options or {}), failures=dict(failures or {}), reference_batch=reference_batch,
-        drops={(c.model, c.backend, c.variant): c for c in comparisons},
+        drops={(c.model, c.backend, c.variant, c.baseline): c for c in comparisons},
         spreads={(sp.model, sp.backend, sp.variant): sp for sp in spreads},
     )
     models = sorted({k[0] for k in records.acc} | {k[0] for k in records.lat}
@@ -114,7 +114,7 @@ class _Records:
     options: dict[tuple[str, str], dict]  # (model, variant) -> build options, plus "gated"
     failures: dict[FailureKey, str]
     reference_batch: int
-    drops: dict[tuple[str, str, str], AccuracyComparison]  # (model, backend, variant)
+    drops: dict[tuple[str, str, str, str], AccuracyComparison]  # (model, backend, variant, measured against)
     spreads: dict[tuple[str, str, str], CalibrationSpread]  # (model, backend, variant)
 
     def selection(self, model: str, backend: str, eval_backends: list[str], t: ModelThresholds) -> Selection:
@@ -132,6 +132,7 @@ class _Records:
             model=model, variant=v, backend=backend, reference_batch=batch,
             accuracy=accuracy.get(v), baseline_accuracy=accuracy.get(t.baseline),
             drop=self._drop(model, source, v, t.baseline, accuracy), spread=self.spreads.get((model, source, v)),
+            reference=self._reference(model, source, v, t.baseline, accuracy),
             latency=latency.get(v), baseline_latency=latency.get(t.baseline),
             build_failure=self.failures.get((model, v)) or self.failures.get(v),
             options=dict(self.options.get((model, v), {})), accuracy_backend=source,
@@ -149,11 +150,19 @@ class _Records:
 
     def _drop(self, model: str, source: str | None, variant: str, baseline: str, accuracy: Mapping[str, EvalResult]):
         """The paired drop of ``variant``, when it was measured against this baseline on the judged images."""
-        c = self.drops.get((model, source, variant))
+        c = self.drops.get((model, source, variant, baseline))
         ev = accuracy.get(variant)
-        if c is None or ev is None or c.baseline != baseline or (c.dataset, c.num_images) != (ev.dataset, ev.num_images):
+        if c is None or ev is None or (c.dataset, c.num_images) != (ev.dataset, ev.num_images):
             return None
         return c.drop
+
+    def _reference(self, model: str, source: str | None, variant: str, baseline: str,
+                   accuracy: Mapping[str, EvalResult]) -> AccuracyComparison | None:
+        """The variant's paired drop from another variant than the baseline (the FP32 model): reported only."""
+        ev = accuracy.get(variant)
+        return next((c for (m, b, v, against), c in self.drops.items()
+                     if (m, b, v) == (model, source, variant) and against != baseline and ev is not None
+                     and (c.dataset, c.num_images) == (ev.dataset, ev.num_images)), None)
 
 
 # Median above minimum by more than this: ONNX Runtime's CPU provider on an idle machine and
