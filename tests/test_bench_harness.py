@@ -212,8 +212,10 @@ def test_an_accuracy_failure_names_the_measured_drop_and_the_threshold(serial_ru
     name = "test_accuracy[yolov5n-coco-int8-extreme]"
     assert first.outcomes()[name] == "failure" and not passed and map_fp16 - map_int8 > 0.010
     message = first.message(name)
-    assert f"mAP50-95 drop {(map_fp16 - map_int8) * 100:.2f} points > 1.00 allowed" in message
-    assert f"({map_int8:.4f} vs baseline fp16 {map_fp16:.4f})" in message
+    # Interval verdicts (the default): the drop, its paired-bootstrap interval, the budget it is beyond.
+    assert f"mAP50-95 drop {(map_fp16 - map_int8) * 100:.2f} points (95% interval " in message
+    assert "is beyond the 0.71-point budget (max_abs_drop 1.00 points, max_rel_drop 3.0% of baseline fp16 " \
+           f"{map_fp16:.4f})" in message
 
 
 def test_a_not_gated_variant_missing_the_budget_is_an_expected_failure(serial_runs):
