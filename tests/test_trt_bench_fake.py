@@ -25,22 +25,22 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # about a minute on two CPU cores
 
 
-def _thresholds_for_the_asset(tmp_path: Path) -> tuple[Path, float]:
-    """The repository's thresholds and the TensorRT speed-up target they set for yolo11n-coco.
+# A TensorRT speed-up target the fake's CPU kernels cannot come near: fp32 and fp16 run at about the
+# same speed on ONNX Runtime's CPU provider (either may be faster under load), so the gate must fail
+# fp32 outright, whole interval below the target, not call it inconclusive or pass it on noise.
+UNREACHABLE_SPEEDUP = 3.0
 
-    Where they set none for the asset's model name, yolo11n's target is given to it in a copy.
-    """
+
+def _thresholds_for_the_asset(tmp_path: Path) -> tuple[Path, float]:
+    """The repository's thresholds with yolo11n-coco's TensorRT target raised to ``UNREACHABLE_SPEEDUP``."""
     text = (ROOT / "thresholds.toml").read_text()
-    models = tomllib.loads(text).get("model", {})
-    own = models.get("yolo11n-coco", {}).get("min_speedup", {}).get("tensorrt")
-    if own is not None:
-        return ROOT / "thresholds.toml", own
-    target = models["yolo11n"]["min_speedup"]["tensorrt"]
+    own = tomllib.loads(text)["model"]["yolo11n-coco"]["min_speedup"]["tensorrt"]
+    line = f"[model.yolo11n-coco]\nmin_speedup = {{ tensorrt = {own} }}"
+    if line not in text:
+        raise AssertionError(f"thresholds.toml no longer holds {line!r}; update this test's copy of it")
     path = tmp_path / "thresholds.toml"
-    if "yolo11n-coco" in models:
-        raise AssertionError("thresholds.toml has a [model.yolo11n-coco] table without a TensorRT speed-up target")
-    path.write_text(text + f"\n[model.yolo11n-coco]\nmin_speedup = {{ tensorrt = {target} }}\n")
-    return path, target
+    path.write_text(text.replace(line, f"[model.yolo11n-coco]\nmin_speedup = {{ tensorrt = {UNREACHABLE_SPEEDUP} }}"))
+    return path, UNREACHABLE_SPEEDUP
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def bench_run(tmp_path_factory, assets_dir):
         "--qb-backend", "tensorrt", "--qb-model", str(assets_dir / "models" / "yolo11n-coco.onnx"),
         "--qb-data", str(assets_dir / "coco" / "val500"), "--qb-calib-data", str(assets_dir / "coco" / "calib500"),
         "--qb-eval-images", "8", "--qb-calib-images", "8", "--qb-variants", "fp32,int8-max",
-        "--qb-thresholds", str(thresholds), "--qb-warmup", "1", "--qb-rounds", "3", "--qb-min-time", "0",
+        "--qb-thresholds", str(thresholds), "--qb-warmup", "1", "--qb-rounds", "12", "--qb-min-time", "0",
         "--qb-cache-dir", str(tmp / "cache"), "--qb-report-dir", str(tmp / "reports"),
         f"--benchmark-json={tmp / 'benchmark.json'}",
     ]
@@ -70,9 +70,13 @@ def test_the_gate_applies_the_tensorrt_speedup_target(bench_run):
     assert done.returncode == 1, out[-3000:]
     assert "FAILED bench/test_latency.py::test_latency[yolo11n-coco-fp32-b1]" in out
     assert f"{target:.2f}x required on tensorrt" in out
-    assert "XFAIL bench/test_latency.py::test_latency[yolo11n-coco-int8-max-b1] - not gated" in out
+    assert "XFAIL bench/test_latency.py::test_latency[yolo11n-coco-int8-max-b1] - not gated" in out  # fails too
+    # int8-max's accuracy on 8 images: its drop's interval straddles the budget (inconclusive, an xfail)
+    # or the drop passes outright; either way nothing else fails.
     summary = out.strip().splitlines()[-1]
-    assert "1 failed" in summary and "4 passed" in summary and "error" not in summary
+    assert "1 failed" in summary and "error" not in summary
+    assert ("3 passed, 2 xfailed" in summary and "test_accuracy[yolo11n-coco-int8-max] - inconclusive" in out) or \
+        ("4 passed, 1 xfailed" in summary), summary
 
 
 def test_engines_and_the_timing_cache_are_written(bench_run):
