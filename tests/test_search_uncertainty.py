@@ -3,8 +3,7 @@
 yolov5n-coco (real COCO weights) in INT8 from two calib500 images (max calibration, FP32 outside
 INT8: the analysis graph test_cli.py's search builds), probed on 16 other calib500 images, so every
 drop and interval is measured (FP32 scores 0.3227 there, full INT8 0.3157: a drop of 0.70 points,
-+-2.0 at 95 %); the gate's rule itself is also checked
-on hand-made intervals against `gate.judge`.
++-2.0 at 95 %); the gate's rule itself is also checked on hand-made intervals against `gate.judge`.
 """
 
 from __future__ import annotations

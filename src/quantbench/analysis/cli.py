@@ -149,7 +149,8 @@ def add_commands(subparsers: Any, hooks: CliHooks) -> None:
     p.set_defaults(handler=functools.partial(cmd_sensitivity, hooks=hooks))
 
     p = subparsers.add_parser("search", help="find the FP16/INT8 split that fits the mAP budget (resumable); "
-                              "exit status 1 when the budget is not met")
+                              "exit status 1 when the budget is not met by the point drop (the printed verdict "
+                              "says pass, fail or inconclusive by its interval)")
     hooks.common_options(p)
     add_analysis_options(p, "reports/search")
     add_search_options(p)

@@ -640,6 +640,13 @@ def search_curve(result: SearchResult, path: Path) -> Path:
             label = "giving a group back to INT8" if action == "trim" else "real ModelOpt build"
             ax.scatter([s.fp16_groups for s in pts], [s.score for s in pts], marker=marker, s=70, color=color,
                        label=label, zorder=3)
+    with_interval = [s for s in o.steps if s.drop_interval is not None]
+    if with_interval:  # the score's interval is the reference minus the drop's
+        below = [max(0.0, s.drop_interval.upper - s.drop) for s in with_interval]
+        above = [max(0.0, s.drop - s.drop_interval.lower) for s in with_interval]
+        ax.errorbar([s.fp16_groups for s in with_interval], [s.score for s in with_interval], yerr=[below, above],
+                    fmt="none", ecolor="grey", elinewidth=1, capsize=3, zorder=2,
+                    label=f"{100 * with_interval[0].drop_interval.confidence:g} % interval (paired bootstrap)")
     ax.axhline(o.reference_score, color="black", lw=1, label="reference (FP32)")
     ax.axhline(o.reference_score - o.budget, color="tab:green", ls="--", lw=1, label="budget")
     for s in forward:
@@ -687,12 +694,14 @@ def run_search(
     """Find the cheapest FP16/INT8 split of ``model`` whose probe mAP50-95 drop vs FP32 is within ``budget``.
 
     ``budget`` (a fraction: 0.003 = 0.3 mAP points) defaults to ``max_abs_drop`` for the model in
-    ``thresholds`` (a thresholds.toml, read before any work). ``options`` says how the INT8 build
+    ``thresholds`` (a thresholds.toml, read before any work), whose ``confidence`` then also sets the
+    level of the drop intervals unless ``config.confidence`` does. ``options`` says how the INT8 build
     is analysed (``options.groups`` restricts the analysis and the search to those layer groups),
     ``config`` how the split is searched (``strategy``, ``min_int8_flop_share``, ``max_steps``;
     ``max_verify=0`` skips the real build).
     Runs (or reuses from the cache) the sensitivity analysis, searches, builds the found variant
-    with ModelOpt and scores it on the probe, and writes into ``out_dir``:
+    with ModelOpt and scores it on the probe (its verdict: the paired-bootstrap interval of its drop
+    from FP32 against the budget, by the bench gate's rule), and writes into ``out_dir``:
     sensitivity.{md,csv,png}, search.md, search_curve.png, ``<variant_name>.toml`` and the
     resumable search_state.json.
 
