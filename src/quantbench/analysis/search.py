@@ -582,8 +582,9 @@ def search_markdown(result: SearchResult, qdq: QdqModel) -> str:
         f"# FP16/INT8 split search for {result.model}",
         "",
         f"- Probe: {result.probe}; reference (FP32) score {o.reference_score:.5f}, budget: drop <= {o.budget:.5f}",
-        *([f"- Probe resolution: +-{o.resolution.half_width:.5f} ({100 * o.resolution.interval.confidence:g} % "
-           f"interval half-width of the full-INT8 drop on {o.resolution.interval.images} images)"]
+        *([f"- Probe resolution: +-{o.resolution.half_width:.5f} ({100 * o.resolution.half_width:.2f} mAP points: "
+           f"the {100 * o.resolution.interval.confidence:g} % interval half-width of the full-INT8 drop on "
+           f"{o.resolution.interval.images} images)"]
           if o.resolution else []),
         *[f"- **Warning**: {w}" for w in o.warnings],
         f"- Result: {len(o.excluded)} of {len(qdq.groups)} layer groups kept out of INT8; "
@@ -644,9 +645,10 @@ def search_curve(result: SearchResult, path: Path) -> Path:
     if with_interval:  # the score's interval is the reference minus the drop's
         below = [max(0.0, s.drop_interval.upper - s.drop) for s in with_interval]
         above = [max(0.0, s.drop - s.drop_interval.lower) for s in with_interval]
+        level = with_interval[0].drop_interval.confidence
         ax.errorbar([s.fp16_groups for s in with_interval], [s.score for s in with_interval], yerr=[below, above],
                     fmt="none", ecolor="grey", elinewidth=1, capsize=3, zorder=2,
-                    label=f"{100 * with_interval[0].drop_interval.confidence:g} % interval (paired bootstrap)")
+                    label=f"{100 * level:g} % interval of the drop vs FP32 (paired bootstrap)")
     ax.axhline(o.reference_score, color="black", lw=1, label="reference (FP32)")
     ax.axhline(o.reference_score - o.budget, color="tab:green", ls="--", lw=1, label="budget")
     for s in forward:
