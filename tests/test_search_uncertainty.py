@@ -211,3 +211,17 @@ def test_search_config_checks_its_interval_settings() -> None:
             SearchConfig(confidence=bad)
     with pytest.raises(ConfigError, match="resamples=1 "):
         SearchConfig(resamples=1)
+
+
+def test_the_interval_settings_come_from_the_command_line_or_thresholds_toml(tmp_path: Path) -> None:
+    from quantbench.analysis.cli import search_config
+    from quantbench.analysis.search import _budget_source
+    from quantbench.cli import build_parser
+
+    assert search_config(build_parser().parse_args(["search"])) == SearchConfig()  # confidence None, 1000 resamples
+    given = search_config(build_parser().parse_args(["search", "--confidence", "0.9", "--resamples", "500"]))
+    assert (given.confidence, given.resamples) == (0.9, 500)
+    thresholds = tmp_path / "thresholds.toml"
+    thresholds.write_text("max_abs_drop = 0.02\nconfidence = 0.9\n[model.m]\nmax_abs_drop = 0.004\n")
+    assert _budget_source(None, thresholds)("m") == (0.004, 0.9)  # the gate's level for the gate's budget
+    assert _budget_source(0.01, thresholds)("m") == (0.01, 0.95)  # a budget given by hand: the default level
