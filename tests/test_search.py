@@ -241,17 +241,20 @@ def test_search_verifies_with_a_real_modelopt_build(tiny: Tiny, order_and_full_d
     cache = ArtifactCache(tmp_path / "cache")
     builds = []
     with _meter(tiny, cache) as meter:
-        def verify(excluded: tuple[str, ...]) -> float:
+        def verify(excluded: tuple[str, ...]) -> Path:
             variant = dataclasses.replace(tiny.variant, nodes_to_exclude=excluded_patterns(excluded))
             build = quantize_variant(tiny.model, variant, tiny.calib, cache)
             builds.append(build)
-            return meter.probe_score_of_file(Path(build.onnx_path))
+            return Path(build.onnx_path)
 
         outcome = search_split(meter, order, reference_score=0.0, budget=0.25 * full_drop,
                                config=SearchConfig(min_int8_flop_share=0.0), verify=verify, progress=False)
     checks = [s for s in outcome.steps if s.action == "verify"]
     assert checks and len(checks) == len(builds)
-    assert outcome.verified_score == checks[-1].score
+    assert outcome.verified_score == checks[-1].score == meter.probe_score_of_file(Path(builds[-1].onnx_path))
+    # A label-free probe keeps no match tables: point drops, and the point's pass or fail.
+    assert outcome.drop_interval is None and checks[-1].drop_interval is None
+    assert outcome.verdict == ("pass" if checks[-1].within_budget else "fail")
     assert outcome.met_budget == checks[-1].within_budget
     # ModelOpt kept exactly the found groups out of INT8.
     assert set(builds[-1].excluded_nodes) == set(checks[-1].excluded)

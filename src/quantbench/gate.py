@@ -213,15 +213,27 @@ def drop_limit(t: ModelThresholds, baseline_map: float) -> float:
     return min(t.max_abs_drop, t.max_rel_drop * baseline_map) if baseline_map > 0 else t.max_abs_drop
 
 
+def interval_verdict(ci: BootstrapInterval, limit: float) -> str:
+    """The rule for one drop interval against its limit: PASS when the whole interval is within the
+    limit, FAIL when the whole interval is beyond it, INCONCLUSIVE when it straddles the limit.
+
+    Shared with `quantbench search`'s verdict on its verifying build.
+    """
+    if ci.upper <= limit + _TOLERANCE:
+        return PASS
+    return FAIL if ci.lower > limit + _TOLERANCE else INCONCLUSIVE
+
+
 def _drop_findings(ci: BootstrapInterval, t: ModelThresholds, baseline_map: float) -> list[Finding]:
     limit = drop_limit(t, baseline_map)
-    if ci.upper <= limit + _TOLERANCE:
+    verdict = interval_verdict(ci, limit)
+    if verdict == PASS:
         return []
     measured = (f"mAP50-95 drop {ci.point * 100:.2f} points ({ci.confidence:.0%} interval "
                 f"{ci.lower * 100:.2f} to {ci.upper * 100:.2f}, {ci.images} images)")
     budget = (f"the {limit * 100:.2f}-point budget (max_abs_drop {t.max_abs_drop * 100:.2f} points, max_rel_drop "
               f"{t.max_rel_drop:.1%} of baseline {t.baseline} {baseline_map:.4f})")
-    if ci.lower > limit + _TOLERANCE:
+    if verdict == FAIL:
         return [Finding(FAIL, f"{measured} is beyond {budget}")]
     needed = images_needed(ci, limit)
     decide = (f"about {needed} evaluation images would likely decide it" if needed else

@@ -20,7 +20,7 @@ from ..argtypes import non_negative_int, positive_int
 from ..assets import default_calib_data, default_model
 from ..cache import ArtifactCache
 from ..variants import CALIBRATION_METHODS
-from .search import SearchConfig, Strategy, run_search
+from .search import DEFAULT_CONFIDENCE, SearchConfig, Strategy, run_search, verdict_sentence
 from .sensitivity import run_sensitivity
 from .setup import AnalysisOptions
 
@@ -81,6 +81,12 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                    help="probe evaluations, all phases together")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the real ModelOpt build of the found split (the verdict is the simulation's)")
+    # A float, not argtypes.fraction: SearchConfig's own error names the allowed levels (exit status 2).
+    p.add_argument("--confidence", type=float, default=_SEARCH.confidence,
+                   help="level of the drops' paired-bootstrap intervals (default: thresholds.toml's confidence "
+                        f"when the budget comes from it, else {DEFAULT_CONFIDENCE})")
+    p.add_argument("--resamples", type=positive_int, default=_SEARCH.resamples,
+                   help=f"bootstrap resamples of each drop interval (default {_SEARCH.resamples})")
 
 
 def _from_args(cls: type, args: argparse.Namespace) -> dict[str, Any]:
@@ -128,7 +134,8 @@ def cmd_search(args: argparse.Namespace, *, hooks: CliHooks) -> int:
     o = result.outcome
     verdict = "within" if o.met_budget else "NOT within"
     hooks.emit(args, f"{result.variant_name}: {len(o.excluded)} layer groups kept out of INT8, "
-               f"{100 * o.int8_flop_share:.1f} % of linear-op FLOPs INT8; {verdict} the budget on {result.probe}.")
+               f"{100 * o.int8_flop_share:.1f} % of linear-op FLOPs INT8; {verdict} the budget on {result.probe} "
+               f"({verdict_sentence(o)}).")
     hooks.emit(args, result.variant_toml)
     hooks.emit(args, "wrote " + ", ".join(result.files.values()))
     return 0 if o.met_budget else 1
@@ -142,7 +149,8 @@ def add_commands(subparsers: Any, hooks: CliHooks) -> None:
     p.set_defaults(handler=functools.partial(cmd_sensitivity, hooks=hooks))
 
     p = subparsers.add_parser("search", help="find the FP16/INT8 split that fits the mAP budget (resumable); "
-                              "exit status 1 when the budget is not met")
+                              "exit status 1 when the budget is not met by the point drop (the printed verdict "
+                              "says pass, fail or inconclusive by its interval)")
     hooks.common_options(p)
     add_analysis_options(p, "reports/search")
     add_search_options(p)

@@ -6,6 +6,12 @@ are in pixels and dominate the whole-output SQNR) and of the box rows weighted b
 real score (`Probe`): mAP50-95 on a probe split (`CocoProbe`), or a label-free output error
 (`OutputErrorProbe`). `GraphMeter` names each derived graph by the set of groups left INT8 and
 caches every measurement by content, so an interrupted analysis resumes where it stopped.
+
+A probe that keeps its evaluation's per-image matches (`MatchingProbe`: `CocoProbe`) also gives
+each scored graph's `matches.MatchTable` (cached beside its score, as ``.npz``), and from two of
+them the paired-bootstrap interval of the drop between the graphs on the same probe images
+(`GraphMeter.probe_drop`, `uncertainty.paired_bootstrap`, cached too): the bench gate's method.
+Scores cached before tables were kept stay valid; a table asked for later is measured then.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import tempfile
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import onnx
@@ -30,11 +36,17 @@ from ..cache import ArtifactCache, hash_key, sha256_file
 from ..dataset import CocoDataset
 from ..detections import NmsConfig
 from ..errors import ConfigError, DataError
-from ..evaluate import EvalSpec, evaluate
+from ..evaluate import EvalSpec, evaluate_with_matches
+from ..matches import MatchTable
+from ..records import BootstrapInterval
+from ..uncertainty import DROP_INTERVAL_METHOD, paired_bootstrap
 from .qdq_graph import QdqModel
 
 CACHE_KIND = "sensitivity"
 _FORMAT_VERSION = 1  # of cached probe scores
+_MATCHES_VERSION = 1  # of cached probe match tables (MatchTable.save's own format is checked on load)
+_DROP_VERSION = 1  # of cached drop intervals
+DROP_SEED = 0  # of the bootstrap resampling: the same resamples for every pair, so intervals are reproducible
 _AGREEMENT_VERSION = 2  # of cached output agreements (2: confidence-weighted box SQNR)
 _SCORE_ROW = 4  # YOLO output rows 0-3 are the box, 4.. the class scores
 
@@ -112,6 +124,13 @@ class Probe(Protocol):
     def score(self, onnx_path: Path) -> float: ...
 
 
+@runtime_checkable
+class MatchingProbe(Probe, Protocol):
+    """A probe whose score is a COCO mAP50-95: it also gives the matches the mAP was accumulated from."""
+
+    def score_with_matches(self, onnx_path: Path) -> tuple[float, MatchTable]: ...
+
+
 class CocoProbe:
     """mAP50-95 of a model on a COCO folder subset, through ONNX Runtime and `evaluate`."""
 
@@ -127,10 +146,14 @@ class CocoProbe:
         return hash_key("coco-probe", self.dataset.fingerprint(), self.imgsz, dataclasses.asdict(self.nms))
 
     def score(self, onnx_path: Path) -> float:
+        return self.score_with_matches(onnx_path)[0]
+
+    def score_with_matches(self, onnx_path: Path) -> tuple[float, MatchTable]:
+        """mAP50-95 and the per-image matches it was accumulated from (one evaluation)."""
         with OrtBackend().open_onnx(onnx_path, self.options) as runner:
             spec = EvalSpec(onnx_path.stem, "probe", batch_size=self.batch_size, nms=self.nms, imgsz=self.imgsz)
-            result = evaluate(runner, self.dataset, spec)
-        return result.metrics.map50_95
+            result, table = evaluate_with_matches(runner, self.dataset, spec)
+        return result.metrics.map50_95, table
 
 
 class OutputErrorProbe:
@@ -178,6 +201,18 @@ def _array_hash(array: np.ndarray) -> str:
 # Measuring derived graphs, cached
 
 
+@dataclass(frozen=True)
+class _ProbedGraph:
+    """A graph the probe scores: its score's cache key, and how to have it as a file."""
+
+    key: str
+    written: Callable[[], contextlib.AbstractContextManager[Path]]
+
+
+def _matches_key(graph: _ProbedGraph) -> str:
+    return hash_key("probe-matches", _MATCHES_VERSION, graph.key)
+
+
 class GraphMeter:
     """Measures graphs derived from one Q/DQ model: output agreement and probe score, cached.
 
@@ -199,6 +234,7 @@ class GraphMeter:
             if proxy_images is not None and reference_onnx is not None else None
         )
         self.measured = 0  # graphs actually run by this meter (not found in the cache)
+        self._tables: dict[str, MatchTable] = {}  # by score key: loaded once per meter
 
     def __enter__(self) -> GraphMeter:
         return self
@@ -250,27 +286,91 @@ class GraphMeter:
 
     def probe_score(self, quantized: Collection[str]) -> float:
         """The probe's score of the graph with only ``quantized`` groups INT8."""
-        probe = self._require_probe()
-        keep = self.qdq.check_names(quantized)
-        key = hash_key("probe", _FORMAT_VERSION, self.qdq_hash, sorted(keep), probe.fingerprint())
-
-        def measure() -> dict[str, Any]:
-            self.measured += 1
-            with self._written(keep) as path:
-                return {"score": float(probe.score(path))}
-
-        return float(self._cached(key, measure)["score"])
+        return self._score(self._derived(quantized))
 
     def probe_score_of_file(self, onnx_path: Path) -> float:
         """The probe's score of any ONNX (the FP32 model, a real ModelOpt build)."""
+        return self._score(self._file(onnx_path))
+
+    def probe_matches(self, quantized: Collection[str]) -> MatchTable | None:
+        """The probe's match table of the graph with only ``quantized`` groups INT8; None: not a `MatchingProbe`."""
+        return self._matches(self._derived(quantized))
+
+    def probe_matches_of_file(self, onnx_path: Path) -> MatchTable | None:
+        """The probe's match table of any ONNX; None when the probe is not a `MatchingProbe`."""
+        return self._matches(self._file(onnx_path))
+
+    def probe_drop(self, quantized: Collection[str], reference_onnx: Path, *, resamples: int = 1000,
+                   confidence: float = 0.95) -> BootstrapInterval | None:
+        """Paired-bootstrap interval of the probe mAP50-95 drop (reference - graph with only ``quantized``
+        groups INT8), both on the same probe images; None when the probe is not a `MatchingProbe`."""
+        return self._drop(self._derived(quantized), self._file(reference_onnx), resamples, confidence)
+
+    def probe_drop_of_file(self, onnx_path: Path, reference_onnx: Path, *, resamples: int = 1000,
+                           confidence: float = 0.95) -> BootstrapInterval | None:
+        """`probe_drop` of any ONNX (a real ModelOpt build) from ``reference_onnx``."""
+        return self._drop(self._file(onnx_path), self._file(reference_onnx), resamples, confidence)
+
+    def _derived(self, quantized: Collection[str]) -> _ProbedGraph:
+        keep = self.qdq.check_names(quantized)
+        key = hash_key("probe", _FORMAT_VERSION, self.qdq_hash, sorted(keep), self._require_probe().fingerprint())
+        return _ProbedGraph(key, lambda: self._written(keep))
+
+    def _file(self, onnx_path: Path) -> _ProbedGraph:
+        path = Path(onnx_path)
+        key = hash_key("probe-file", _FORMAT_VERSION, sha256_file(path), self._require_probe().fingerprint())
+        return _ProbedGraph(key, lambda: contextlib.nullcontext(path))
+
+    def _score(self, graph: _ProbedGraph) -> float:
         probe = self._require_probe()
-        key = hash_key("probe-file", _FORMAT_VERSION, sha256_file(onnx_path), probe.fingerprint())
 
         def measure() -> dict[str, Any]:
             self.measured += 1
-            return {"score": float(probe.score(Path(onnx_path)))}
+            with graph.written() as path:
+                if not isinstance(probe, MatchingProbe):
+                    return {"score": float(probe.score(path))}
+                score, table = probe.score_with_matches(path)
+            self._store_matches(graph, table)  # the same evaluation: kept for the drop's interval
+            return {"score": float(score)}
 
-        return float(self._cached(key, measure)["score"])
+        return float(self._cached(graph.key, measure)["score"])
+
+    def _matches(self, graph: _ProbedGraph) -> MatchTable | None:
+        probe = self._require_probe()
+        if not isinstance(probe, MatchingProbe):
+            return None
+        if graph.key not in self._tables:
+
+            def build(tmp: Path) -> None:  # a score cached before tables were kept: evaluated again
+                self.measured += 1
+                with graph.written() as path:
+                    probe.score_with_matches(path)[1].save(tmp)
+
+            entry = self.cache.get_or_build(CACHE_KIND, _matches_key(graph), ".npz", build)
+            self._tables[graph.key] = MatchTable.load(entry.path)
+        return self._tables[graph.key]
+
+    def _store_matches(self, graph: _ProbedGraph, table: MatchTable) -> None:
+        def build(tmp: Path) -> None:
+            table.save(tmp)
+
+        self.cache.get_or_build(CACHE_KIND, _matches_key(graph), ".npz", build)
+        self._tables[graph.key] = table
+
+    def _drop(self, graph: _ProbedGraph, reference: _ProbedGraph, resamples: int,
+              confidence: float) -> BootstrapInterval | None:
+        if not isinstance(self._require_probe(), MatchingProbe):
+            return None
+        key = hash_key("probe-drop", _DROP_VERSION, graph.key, reference.key, resamples, confidence, DROP_SEED,
+                       DROP_INTERVAL_METHOD)
+
+        def measure() -> dict[str, Any]:
+            trial, baseline = self._matches(graph), self._matches(reference)
+            assert trial is not None and baseline is not None  # a MatchingProbe always gives tables
+            drop = paired_bootstrap(trial, baseline, resamples=resamples, confidence=confidence, seed=DROP_SEED)
+            return dataclasses.asdict(drop.map50_95)
+
+        return BootstrapInterval(**self._cached(key, measure))
 
     def _require_probe(self) -> Probe:
         if self.probe is None:

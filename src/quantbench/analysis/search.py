@@ -14,6 +14,22 @@ more groups are taken out if that build misses.
 Cost of a split: the groups kept out of INT8, each weighted by its FLOPs (`FlopCost`). The cost
 model is a protocol so that measured TensorRT per-layer latency can replace FLOPs later.
 
+**Uncertainty.** With a COCO probe (`meter.MatchingProbe`) every trial's drop also gets the
+paired-bootstrap interval of the bench gate (`uncertainty.paired_bootstrap` of the trial's and
+the FP32 reference's match tables, the same probe images; ``SearchConfig.confidence`` and
+``resamples``), and a verdict by the gate's rule (`gate.interval_verdict`): pass when the whole
+interval is within the budget, fail when it is all beyond, inconclusive otherwise, with the probe
+images that would likely decide it (`uncertainty.images_needed`).
+
+The trials are still accepted or rejected on their *point* drop: it is the best estimate of each
+split, it is cheap and deterministic, and bisection needs a yes or no (an inconclusive trial says
+neither "more groups out" nor "fewer"). Requiring whole intervals within the budget would instead
+push the search to take groups out until the probe's noise, not the INT8 error, fits the budget.
+The verdict that matters, on the real verifying build, is the interval's; the point decides only
+whether that build takes one more group out (its best estimate misses the budget). Before the
+search, the probe's resolution (the half-width of the full-INT8 trial's interval) is compared with
+the budget, and a budget below it is warned about: such a search is steered by sampling noise.
+
 Every trial is appended to a state file (atomically) before the next starts: a killed search,
 run again with the same inputs, replays the recorded trials and continues from the last one.
 """
@@ -33,11 +49,13 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from ..argtypes import check_counts
-from ..cache import ArtifactCache, atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..cache import ArtifactCache, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 from ..errors import ConfigError, QuantbenchError
+from ..gate import FAIL, INCONCLUSIVE, PASS, interval_verdict
 from ..quantize import exact_name_pattern
-from ..records import VariantBuild
+from ..records import BootstrapInterval, VariantBuild
 from ..thresholds import Thresholds
+from ..uncertainty import images_needed
 from ..variants import Variant
 from .meter import GraphMeter, error_power
 from .qdq_graph import LayerGroup, QdqModel
@@ -47,7 +65,9 @@ from .setup import AnalysisOptions, AnalysisSetup, open_meter, prepare_analysis
 log = logging.getLogger(__name__)
 
 STATE_FILE = "search_state.json"
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: steps carry their drop interval and verdict
+DEFAULT_CONFIDENCE = 0.95  # of drop intervals when neither SearchConfig nor thresholds.toml sets one
+_TOLERANCE = 1e-12  # a drop equal to the budget up to float noise is within it
 
 
 class SearchStateError(QuantbenchError):
@@ -127,19 +147,32 @@ class SearchConfig:
     # (about +-0.3 mAP points on a few hundred COCO images), which a 0.6 % conv cannot repay.
     trim_min_flop_share: float = 0.02
     max_verify: int = 3  # real builds tried (0: no verification); each miss takes one more group out of INT8
+    # Level of the drops' paired-bootstrap intervals. None: thresholds.toml's `confidence` when the
+    # budget comes from there (the bench gate's level), else DEFAULT_CONFIDENCE.
+    confidence: float | None = None
+    resamples: int = 1000  # bootstrap resamples of each drop interval
 
     def __post_init__(self) -> None:
         for name in ("min_int8_flop_share", "trim_min_flop_share"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name}={value!r} is not a fraction between 0 and 1; pass e.g. 0.85 for 85 %.")
-        check_counts(self, {"max_steps": 1, "max_verify": 0})
+        check_counts(self, {"max_steps": 1, "max_verify": 0, "resamples": 2})
+        if self.confidence is not None and (isinstance(self.confidence, bool)
+                                            or not isinstance(self.confidence, int | float)
+                                            or not 0.5 <= self.confidence < 1):
+            raise ConfigError(f"confidence={self.confidence!r} is not a level from 0.5 to below 1; pass e.g. 0.95.")
         try:
             object.__setattr__(self, "strategy", Strategy(self.strategy))
         except ValueError:
             raise ConfigError(
                 f"search strategy {self.strategy!r} is not one of {', '.join(s.value for s in Strategy)}."
             ) from None
+
+    @property
+    def drop_confidence(self) -> float:
+        """The level the drop intervals are computed at."""
+        return DEFAULT_CONFIDENCE if self.confidence is None else float(self.confidence)
 
 
 @dataclass(frozen=True)
@@ -152,10 +185,56 @@ class SearchStep:
     excluded: tuple[str, ...]  # groups out of INT8 in this trial
     score: float
     drop: float  # reference score - score
+    # Paired-bootstrap interval of the drop vs the reference on the same probe images (its point is
+    # the drop recomputed from the match tables); None for a probe without match tables.
+    drop_interval: BootstrapInterval | None
     int8_flop_share: float
     fp16_groups: int  # len(excluded)
-    within_budget: bool
+    within_budget: bool  # the point drop is within budget: what the search decides on
+    verdict: str  # pass | fail | inconclusive: the interval against the budget (the gate's rule)
     accepted: bool  # the search moved to this split
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> SearchStep:
+        """A step as `dataclasses.asdict` saved it in search_state.json."""
+        interval = saved.get("drop_interval")
+        return cls(**{**saved, "excluded": tuple(saved["excluded"]),
+                      "drop_interval": None if interval is None else BootstrapInterval(**interval)})
+
+
+def step_verdict(drop: float, interval: BootstrapInterval | None, budget: float) -> str:
+    """The gate's verdict on one drop: by its interval where there is one, else by the point (pass or fail)."""
+    if interval is not None:
+        return interval_verdict(interval, budget)
+    return PASS if drop <= budget + _TOLERANCE else FAIL
+
+
+@dataclass(frozen=True)
+class ProbeResolution:
+    """How small a drop the probe tells from noise: the half-width of one measured drop interval."""
+
+    interval: BootstrapInterval  # the full-INT8 trial's drop interval (the search's first trial)
+
+    @property
+    def half_width(self) -> float:
+        return (self.interval.upper - self.interval.lower) / 2
+
+    def images_for(self, budget: float) -> int | None:
+        """Probe images at which the half-width shrinks to ``budget`` (as 1/sqrt(images), `images_needed`'s
+        rule for a drop of 0 measured with this spread); None for a zero budget, which none resolves."""
+        centred = dataclasses.replace(self.interval, point=0.0, lower=-self.half_width, upper=self.half_width)
+        return images_needed(centred, budget)
+
+    def warning(self, budget: float) -> str | None:
+        """One line when ``budget`` is below the resolution (drops that small are noise to this probe)."""
+        if not budget < self.half_width:
+            return None
+        needed = self.images_for(budget)
+        advice = (f"use --probe-images N (about {needed} needed) or a larger budget" if needed else
+                  "no number of probe images resolves a zero budget: use a larger budget")
+        return (f"budget {100 * budget:.2f} points is below the probe's resolution (+-{100 * self.half_width:.2f} "
+                f"points at {100 * self.interval.confidence:g} % on {self.interval.images} images): the search "
+                f"cannot tell such drops from noise; {advice}")
 
 
 @dataclass(frozen=True)
@@ -165,9 +244,19 @@ class SearchOutcome:
     excluded: tuple[str, ...]  # graph order
     score: float  # probe score of the simulated split
     verified_score: float | None  # probe score of the real build, where verified
-    met_budget: bool  # the final split (the real build where verified) is within budget
+    met_budget: bool  # the final split's point drop (the real build's where verified) is within budget
     int8_flop_share: float
     steps: tuple[SearchStep, ...]
+    # The final split's (the real build's where verified) drop interval and the gate's verdict on it;
+    # without an interval, the point's pass or fail.
+    verdict: str = PASS
+    drop_interval: BootstrapInterval | None = None
+    images_needed: int | None = None  # for an inconclusive verdict: probe images that would likely decide it
+    resolution: ProbeResolution | None = None
+    warnings: tuple[str, ...] = ()  # e.g. the budget below the probe's resolution
+
+
+_Measured = tuple[float, BootstrapInterval | None]  # a trial's probe score and drop interval
 
 
 class _Ledger:
@@ -180,13 +269,13 @@ class _Ledger:
         if path is not None and path.exists():
             saved = json.loads(path.read_text())
             if saved.get("version") == _STATE_VERSION and saved.get("header") == header:
-                self.recorded = [SearchStep(**{**s, "excluded": tuple(s["excluded"])}) for s in saved["steps"]]
+                self.recorded = [SearchStep.from_dict(s) for s in saved["steps"]]
                 log.info("resuming the search in %s after %d recorded trials", path, len(self.recorded))
             else:
                 log.info("%s belongs to another search (different inputs): starting over", path)
 
-    def trial(self, action: str, group: str | None, excluded: Sequence[str], score_fn: Callable[[], float],
-              make: Callable[[int, float], SearchStep]) -> SearchStep:
+    def trial(self, action: str, group: str | None, excluded: Sequence[str], measure: Callable[[], _Measured],
+              make: Callable[[int, _Measured], SearchStep]) -> SearchStep:
         index = len(self.steps)
         if index < len(self.recorded):
             step = self.recorded[index]
@@ -196,7 +285,7 @@ class _Ledger:
                     f"{action} {group!r}; delete {self.path} to start the search over."
                 )
         else:
-            step = make(index, float(score_fn()))
+            step = make(index, measure())
         self.steps.append(step)
         if index >= len(self.recorded) and self.path is not None:
             atomic_write_json(self.path, {"version": _STATE_VERSION, "header": self.header,
@@ -221,7 +310,8 @@ def search_split(
     budget: float,
     config: SearchConfig = SearchConfig(),
     cost: CostModel | None = None,
-    verify: Callable[[tuple[str, ...]], float] | None = None,
+    verify: Callable[[tuple[str, ...]], Path] | None = None,
+    reference_onnx: Path | None = None,
     state_path: Path | None = None,
     progress: bool = True,
 ) -> SearchOutcome:
@@ -231,15 +321,21 @@ def search_split(
     would break ``config.min_int8_flop_share``) whose probe score is within budget. Trim phase:
     each linear group of that prefix with at least ``config.trim_min_flop_share`` of the FLOPs,
     the costliest first, is given back to INT8 if the budget still holds. ``verify(excluded)``
-    builds the split for real and returns its probe score; a miss takes the next group out and
-    builds again. ``state_path`` makes the search resumable.
+    builds the split for real and returns the built ONNX, which the meter's probe scores; a miss
+    takes the next group out and builds again. ``reference_onnx`` (the FP32 model ``reference_score``
+    is the probe score of) gives every drop its paired-bootstrap interval where the probe keeps match
+    tables (`meter.MatchingProbe`), at ``config.drop_confidence``. ``state_path`` makes the search
+    resumable. The trials decide on point drops; verdicts use the intervals (the module's docstring).
     """
     budget = check_budget(budget)
     meter.qdq.check_names(order)
+    if config.confidence is None:  # the level in use is part of the ledger's header
+        config = dataclasses.replace(config, confidence=config.drop_confidence)
     sequence = within_floor(meter.qdq, list(dict.fromkeys(order)), config.min_int8_flop_share)
     search = _SplitSearch(meter, sequence, reference_score, budget, config, cost or FlopCost.for_model(meter.qdq),
-                          verify, state_path, progress)
+                          verify, reference_onnx, state_path, progress)
     with search.bar:
+        search.start()
         search.forward()
         search.trim()
         search.verify_split()
@@ -250,22 +346,26 @@ class _SplitSearch:
     """The state of one `search_split`: the split now accepted, the trials so far, the ledger."""
 
     def __init__(self, meter: GraphMeter, sequence: list[str], reference_score: float, budget: float,
-                 config: SearchConfig, cost: CostModel, verify: Callable[[tuple[str, ...]], float] | None,
-                 state_path: Path | None, progress: bool):
+                 config: SearchConfig, cost: CostModel, verify: Callable[[tuple[str, ...]], Path] | None,
+                 reference_onnx: Path | None, state_path: Path | None, progress: bool):
         self.meter, self.qdq, self.sequence = meter, meter.qdq, sequence
         self.reference, self.budget, self.config, self.cost, self.verify = reference_score, budget, config, cost, verify
+        self.reference_onnx = reference_onnx
         self.all_groups = frozenset(self.qdq.group_names)
         header = {"qdq": meter.qdq_hash, "probe": meter.probe.fingerprint() if meter.probe else None,
                   "order": sequence, "reference": reference_score, "budget": budget,
                   "config": {**dataclasses.asdict(config), "strategy": config.strategy.value},
-                  "cost": cost.name, "verify": verify is not None}
+                  "cost": cost.name, "verify": verify is not None,
+                  "reference_onnx": sha256_file(reference_onnx) if reference_onnx is not None else None}
         self.ledger = _Ledger(state_path, header)
         self.bar = tqdm(total=config.max_steps, desc="search", unit="trial", disable=not progress)
         self.accepted: list[SearchStep] = []
-        self.current: SearchStep  # the split the search is on: set by `forward`
+        self.current: SearchStep  # the split the search is on: set by `start`
         self.excluded: list[str] = []  # its groups out of INT8
         self.pending: list[str] = []  # groups of the sequence still in INT8, in order
-        self.verified: float | None = None
+        self.verified: SearchStep | None = None  # the last real build's trial
+        self.resolution: ProbeResolution | None = None
+        self.warnings: list[str] = []
 
     def graph_order(self, names: Collection[str]) -> tuple[str, ...]:
         chosen = set(names)
@@ -275,20 +375,31 @@ class _SplitSearch:
         return len(self.ledger.steps) < self.config.max_steps
 
     def run(self, action: str, group: str | None, excluded: Sequence[str],
-            score_fn: Callable[[], float] | None = None) -> SearchStep:
-        """One trial (replayed from the ledger where recorded): the split with ``excluded`` out of INT8."""
+            build: Callable[[], Path] | None = None) -> SearchStep:
+        """One trial (replayed from the ledger where recorded): the split with ``excluded`` out of INT8,
+        simulated on a derived graph, or the ONNX ``build`` makes (a real build)."""
         excluded = self.graph_order(excluded)
 
-        def simulated() -> float:
-            return self.meter.probe_score(self.all_groups - set(excluded))
+        def measure() -> _Measured:
+            meter, reference, config = self.meter, self.reference_onnx, self.config
+            intervals = {"resamples": config.resamples, "confidence": config.drop_confidence}
+            if build is not None:
+                path = build()
+                return (meter.probe_score_of_file(path),
+                        None if reference is None else meter.probe_drop_of_file(path, reference, **intervals))
+            quantized = self.all_groups - set(excluded)
+            return (meter.probe_score(quantized),
+                    None if reference is None else meter.probe_drop(quantized, reference, **intervals))
 
-        def make(index: int, score: float) -> SearchStep:
+        def make(index: int, measured: _Measured) -> SearchStep:
+            score, interval = float(measured[0]), measured[1]
             drop = self.reference - score
             return SearchStep(step=index, action=action, group=group, excluded=excluded, score=score, drop=drop,
-                              int8_flop_share=self.qdq.int8_flop_share(excluded), fp16_groups=len(excluded),
-                              within_budget=drop <= self.budget + 1e-12, accepted=False)
+                              drop_interval=interval, int8_flop_share=self.qdq.int8_flop_share(excluded),
+                              fp16_groups=len(excluded), within_budget=drop <= self.budget + _TOLERANCE,
+                              verdict=step_verdict(drop, interval, self.budget), accepted=False)
 
-        step = self.ledger.trial(action, group, excluded, score_fn or simulated, make)
+        step = self.ledger.trial(action, group, excluded, measure, make)
         self.bar.update()
         self.bar.set_postfix_str(f"{action} drop={step.drop:+.4f} int8={100 * step.int8_flop_share:.1f}%",
                                  refresh=False)
@@ -299,11 +410,21 @@ class _SplitSearch:
         self.accepted.append(step)
         return step
 
+    def start(self) -> None:
+        """Full INT8, the first trial; its drop interval is the probe's resolution, warned about if too coarse."""
+        start = self.accept(self.run("start", None, ()))
+        if start.drop_interval is None:
+            return
+        self.resolution = ProbeResolution(start.drop_interval)
+        warning = self.resolution.warning(self.budget)
+        if warning:
+            log.warning("%s", warning)
+            self.warnings.append(warning)
+
     def forward(self) -> None:
-        """From full INT8, the shortest prefix of the sequence out of INT8 that is within budget."""
-        current = self.accept(self.run("start", None, ()))
+        """From full INT8 (`start`), the shortest prefix of the sequence out of INT8 that is within budget."""
         taken = 0  # length of the prefix of the sequence now out of INT8
-        if not current.within_budget and self.sequence:
+        if not self.current.within_budget and self.sequence:
             if self.config.strategy is Strategy.GREEDY:
                 taken = self._forward_greedy()
             elif self.steps_left():
@@ -364,7 +485,8 @@ class _SplitSearch:
         for _ in range(self.config.max_verify):
             frozen = self.graph_order(self.excluded)
             check = self.run("verify", None, frozen, lambda: verify(frozen))
-            self.verified = check.score
+            self.verified = check
+            # The point decides whether to take one more group out (as for the trials); the verdict is the interval's.
             if check.within_budget or not self.current.within_budget or not self.pending or not self.steps_left():
                 break
             group = self.pending.pop(0)
@@ -376,11 +498,15 @@ class _SplitSearch:
         steps = tuple(dataclasses.replace(s, accepted=s.step in accepted_ids) for s in self.ledger.steps)
         final_excluded = self.graph_order(self.excluded)
         # The real build, where there is one, has the last word: the simulation only predicts it.
-        final_score = self.verified if self.verified is not None else self.current.score
+        final = self.verified if self.verified is not None else self.current
+        interval = final.drop_interval
         return SearchOutcome(
             reference_score=self.reference, budget=self.budget, excluded=final_excluded, score=self.current.score,
-            verified_score=self.verified, met_budget=self.reference - final_score <= self.budget + 1e-12,
-            int8_flop_share=self.qdq.int8_flop_share(final_excluded), steps=steps,
+            verified_score=self.verified.score if self.verified is not None else None,
+            met_budget=final.within_budget, int8_flop_share=self.qdq.int8_flop_share(final_excluded), steps=steps,
+            verdict=final.verdict, drop_interval=interval,
+            images_needed=images_needed(interval, self.budget) if interval and final.verdict == INCONCLUSIVE else None,
+            resolution=self.resolution, warnings=tuple(self.warnings),
         )
 
 
@@ -431,20 +557,48 @@ class SearchResult:
     build: VariantBuild | None = None  # the verified variant, where built
 
 
+def _interval_text(ci: BootstrapInterval | None) -> str:
+    return "" if ci is None else f"{ci.lower:+.5f} to {ci.upper:+.5f}"
+
+
+def verdict_sentence(o: SearchOutcome) -> str:
+    """The final split's verdict against the budget, with its interval (search.md, the command line)."""
+    ci = o.drop_interval
+    if ci is None:
+        return f"verdict {o.verdict} (point drop only: the probe keeps no match tables)"
+    text = (f"verdict {o.verdict}: drop {ci.point:+.5f}, {100 * ci.confidence:g} % interval "
+            f"{_interval_text(ci)} on {ci.images} probe images, against the budget {o.budget:.5f}")
+    if o.verdict == INCONCLUSIVE:
+        text += (f"; about {o.images_needed} probe images would likely decide it" if o.images_needed else
+                 "; its point sits on the budget: no number of probe images is likely to decide it")
+    return text
+
+
 def search_markdown(result: SearchResult, qdq: QdqModel) -> str:
     o = result.outcome
     verdict = "met" if o.met_budget else "NOT met"
+    level = next((f"{100 * s.drop_interval.confidence:g} % " for s in o.steps if s.drop_interval), "")
     lines = [
         f"# FP16/INT8 split search for {result.model}",
         "",
         f"- Probe: {result.probe}; reference (FP32) score {o.reference_score:.5f}, budget: drop <= {o.budget:.5f}",
+        *([f"- Probe resolution: +-{o.resolution.half_width:.5f} ({100 * o.resolution.half_width:.2f} mAP points: "
+           f"the {100 * o.resolution.interval.confidence:g} % interval half-width of the full-INT8 drop on "
+           f"{o.resolution.interval.images} images)"]
+          if o.resolution else []),
+        *[f"- **Warning**: {w}" for w in o.warnings],
         f"- Result: {len(o.excluded)} of {len(qdq.groups)} layer groups kept out of INT8; "
         f"INT8 share of linear-op FLOPs {100 * o.int8_flop_share:.1f} %; "
         f"simulated probe score {o.score:.5f} (drop {o.reference_score - o.score:+.5f})"
         + (f"; real build {o.verified_score:.5f} (drop {o.reference_score - o.verified_score:+.5f})"
            if o.verified_score is not None else "")
-        + f"; budget {verdict}.",
+        + f"; budget {verdict} by the point drop; {verdict_sentence(o)}.",
         f"- Cost model: {result.cost_model}",
+        "- How it decides: each trial is accepted or rejected on its point drop (the best estimate; cheap, "
+        "deterministic, and a yes or no for the bisection). Its interval (paired bootstrap over the probe "
+        "images vs FP32) and verdict are shown beside it: pass = the whole interval within the budget, "
+        "fail = all beyond it, inconclusive = it straddles the budget. The final verdict is the real "
+        "build's, by that same rule as the bench gate's.",
         "",
         "## Variant entry (for bench/variants.toml)",
         "",
@@ -454,14 +608,15 @@ def search_markdown(result: SearchResult, qdq: QdqModel) -> str:
         "",
         "## Trace",
         "",
-        "| step | action | group | FP16 groups | INT8 FLOP % | probe score | drop | within budget | accepted |",
-        "| ---: | --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
+        f"| step | action | group | FP16 groups | INT8 FLOP % | probe score | drop | {level}drop interval | "
+        "within budget | verdict | accepted |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |",
     ]
     for s in o.steps:
         lines.append(
             f"| {s.step} | {s.action} | {'' if s.group is None else f'`{s.group}`'} | {s.fp16_groups} | "
-            f"{100 * s.int8_flop_share:.1f} | {s.score:.5f} | {s.drop:+.5f} | {'yes' if s.within_budget else 'no'} | "
-            f"{'yes' if s.accepted else ''} |"
+            f"{100 * s.int8_flop_share:.1f} | {s.score:.5f} | {s.drop:+.5f} | {_interval_text(s.drop_interval)} | "
+            f"{'yes' if s.within_budget else 'no'} | {s.verdict} | {'yes' if s.accepted else ''} |"
         )
     lines += ["", "## Groups kept out of INT8", ""]
     lines += [f"- `{n}` ({qdq.group(n).op_type}, {qdq.group(n).flops / 1e9:.3f} GFLOPs)" for n in o.excluded]
@@ -486,6 +641,14 @@ def search_curve(result: SearchResult, path: Path) -> Path:
             label = "giving a group back to INT8" if action == "trim" else "real ModelOpt build"
             ax.scatter([s.fp16_groups for s in pts], [s.score for s in pts], marker=marker, s=70, color=color,
                        label=label, zorder=3)
+    with_interval = [s for s in o.steps if s.drop_interval is not None]
+    if with_interval:  # the score's interval is the reference minus the drop's
+        below = [max(0.0, s.drop_interval.upper - s.drop) for s in with_interval]
+        above = [max(0.0, s.drop - s.drop_interval.lower) for s in with_interval]
+        level = with_interval[0].drop_interval.confidence
+        ax.errorbar([s.fp16_groups for s in with_interval], [s.score for s in with_interval], yerr=[below, above],
+                    fmt="none", ecolor="grey", elinewidth=1, capsize=3, zorder=2,
+                    label=f"{100 * level:g} % interval of the drop vs FP32 (paired bootstrap)")
     ax.axhline(o.reference_score, color="black", lw=1, label="reference (FP32)")
     ax.axhline(o.reference_score - o.budget, color="tab:green", ls="--", lw=1, label="budget")
     for s in forward:
@@ -533,12 +696,14 @@ def run_search(
     """Find the cheapest FP16/INT8 split of ``model`` whose probe mAP50-95 drop vs FP32 is within ``budget``.
 
     ``budget`` (a fraction: 0.003 = 0.3 mAP points) defaults to ``max_abs_drop`` for the model in
-    ``thresholds`` (a thresholds.toml, read before any work). ``options`` says how the INT8 build
+    ``thresholds`` (a thresholds.toml, read before any work), whose ``confidence`` then also sets the
+    level of the drop intervals unless ``config.confidence`` does. ``options`` says how the INT8 build
     is analysed (``options.groups`` restricts the analysis and the search to those layer groups),
     ``config`` how the split is searched (``strategy``, ``min_int8_flop_share``, ``max_steps``;
     ``max_verify=0`` skips the real build).
     Runs (or reuses from the cache) the sensitivity analysis, searches, builds the found variant
-    with ModelOpt and scores it on the probe, and writes into ``out_dir``:
+    with ModelOpt and scores it on the probe (its verdict: the paired-bootstrap interval of its drop
+    from FP32 against the budget, by the bench gate's rule), and writes into ``out_dir``:
     sensitivity.{md,csv,png}, search.md, search_curve.png, ``<variant_name>.toml`` and the
     resumable search_state.json.
 
@@ -550,7 +715,9 @@ def run_search(
     """
     budget_for = _budget_source(budget, thresholds)  # both sources are checked before any work
     setup = prepare_analysis(model, calib_folder, probe_folder, cache, options)
-    model_budget = budget_for(setup.model.name)
+    model_budget, confidence = budget_for(setup.model.name)
+    if config.confidence is None:
+        config = dataclasses.replace(config, confidence=confidence)
     out_dir = Path(out_dir)
     qdq, meter = open_meter(setup)
     with meter:
@@ -561,15 +728,16 @@ def run_search(
         return write_search(result, qdq, out_dir)
 
 
-def _budget_source(budget: float | None, thresholds: Path | None) -> Callable[[str], float]:
-    """Model name -> its budget: ``budget`` itself, else ``max_abs_drop`` of ``thresholds`` (read now)."""
+def _budget_source(budget: float | None, thresholds: Path | None) -> Callable[[str], tuple[float, float]]:
+    """Model name -> its budget and the level of its intervals: ``budget`` itself at DEFAULT_CONFIDENCE,
+    else ``max_abs_drop`` and ``confidence`` of the model in ``thresholds`` (read now)."""
     if budget is not None:
         given = check_budget(budget)
-        return lambda model: given
+        return lambda model: (given, DEFAULT_CONFIDENCE)
     if thresholds is None:
         raise ConfigError("no search budget given; pass budget= (e.g. 0.003) or a thresholds.toml.")
     limits = Thresholds.load(Path(thresholds))
-    return lambda model: limits.for_model(model).max_abs_drop
+    return lambda model: (limits.for_model(model).max_abs_drop, limits.for_model(model).confidence)
 
 
 class _SplitBuilder:
@@ -590,10 +758,11 @@ class _SplitBuilder:
                          f"({probe})."),
         )
 
-    def build_and_score(self, excluded: tuple[str, ...]) -> float:
+    def build(self, excluded: tuple[str, ...]) -> Path:
+        """The real build of the split (the search's probe scores it)."""
         build = self.setup.pipeline.build(self.setup.model, self.variant(excluded))
         self.builds[excluded] = build
-        return self.meter.probe_score_of_file(Path(build.onnx_path))
+        return Path(build.onnx_path)
 
 
 def _search(setup: AnalysisSetup, qdq: QdqModel, meter: GraphMeter, report: SensitivityReport, budget: float,
@@ -604,10 +773,10 @@ def _search(setup: AnalysisSetup, qdq: QdqModel, meter: GraphMeter, report: Sens
     builder = _SplitBuilder(setup, qdq, meter, budget)
     verify = config.max_verify > 0
     outcome = search_split(meter, search_order(report, qdq, cost), reference_score=reference, budget=budget,
-                           config=config, cost=cost, verify=builder.build_and_score if verify else None,
-                           state_path=out_dir / STATE_FILE, progress=progress)
+                           config=config, cost=cost, verify=builder.build if verify else None,
+                           reference_onnx=Path(setup.model.path), state_path=out_dir / STATE_FILE, progress=progress)
     if verify and outcome.excluded not in builder.builds and outcome.verified_score is not None:
-        builder.build_and_score(outcome.excluded)  # a resumed search: build and score come from the cache
+        builder.build(outcome.excluded)  # a resumed search: the build comes from the cache
     return SearchResult(
         model=setup.model.name, variant_name=setup.options.variant_name, outcome=outcome,
         variant_toml=variant_toml(builder.variant(outcome.excluded)),
