@@ -28,11 +28,4 @@ def test_accuracy(qb, qb_model, qb_variant, qb_eval):
         baseline = qb.thresholds_for(qb_model.name).baseline
         pytest.fail(f"baseline {baseline} of {qb_model.name} has no accuracy, so no drop can be judged: {exc}",
                     pytrace=False)
-    if outcome.accuracy_verdict == "pass":
-        return
-    reason = "; ".join(outcome.accuracy_reasons)
-    if outcome.accuracy_verdict == "inconclusive":  # never red: a nightly gate must not flap on noise
-        pytest.xfail(f"inconclusive: {reason}")
-    if not outcome.gated:
-        pytest.xfail(f"not gated: {reason}")
-    pytest.fail(reason, pytrace=False)
+    qb.enforce(outcome, "accuracy")

@@ -53,11 +53,4 @@ def test_latency(benchmark, qb, qb_model, qb_variant, qb_batch_size, qb_engine, 
     if qb_batch_size != qb.options.reference_batch:
         return
     outcome = qb.latency_outcome(qb_model, qb_variant.name, latency)
-    if outcome.latency_verdict == "pass":
-        return
-    reason = "; ".join(outcome.latency_reasons)
-    if outcome.latency_verdict == "inconclusive":  # never red: a nightly gate must not flap on noise
-        pytest.xfail(f"inconclusive: {reason}")
-    if not outcome.gated:
-        pytest.xfail(f"not gated: {reason}")
-    pytest.fail(reason, pytrace=False)
+    qb.enforce(outcome, "latency")
