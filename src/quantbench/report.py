@@ -55,8 +55,12 @@ def seed_lines(selection: Selection) -> list[str]:
     for o in selection.outcomes:
         if o.calib_seed_range is None:
             continue
-        share = (f"; the seeds alone move it by {100 * o.calib_seed_range / abs(o.drop_abs):.0f} % of its drop"
-                 if o.drop_abs else "")
+        if o.drop_abs is not None and o.drop_abs > 0:
+            share = f"; the seeds alone move it by {100 * o.calib_seed_range / o.drop_abs:.0f} % of its drop"
+        elif o.drop_abs is not None:
+            share = f"; its drop ({o.drop_abs * 100:+.2f} points) is within what the seeds alone move"
+        else:
+            share = ""
         lines.append(f"calibration luck: {o.variant} mAP50-95 spans {o.calib_seed_range * 100:.2f} points over "
                      f"{o.calib_seeds} calibration seeds (stdev {o.calib_seed_stdev * 100:.2f}){share}")
     return lines
