@@ -12,6 +12,7 @@ from quantbench.gate import FAIL, INCONCLUSIVE, PASS, Evidence, judge
 from quantbench.records import (
     AccuracyComparison,
     BootstrapInterval,
+    CalibrationSpread,
     CocoMetrics,
     DropInterval,
     EvalResult,
@@ -20,8 +21,10 @@ from quantbench.records import (
     LatencyStats,
     to_dict,
 )
+from quantbench.report import format_selection_table
 from quantbench.selection import select
 from quantbench.thresholds import ModelThresholds, Thresholds
+from quantbench.uncertainty import seed_spread
 
 BUDGET = ModelThresholds(baseline="fp16", max_abs_drop=0.010, max_rel_drop=0.05,
                          min_speedup={"tensorrt": 1.3})  # 1 point on a 0.40 baseline (5 % would be 2)
@@ -144,3 +147,15 @@ def test_the_benchmark_json_carries_the_intervals_to_quantbench_select(tmp_path)
     assert int8.verdict == INCONCLUSIVE and int8.drop_interval == (0.004, 0.012)
     assert (int8.reference_variant, int8.reference_drop_interval) == ("fp32", (0.005, 0.013))  # reported, not gated
     assert int8.latency_interval_ms is not None and s.winner == "fp16"
+
+
+def test_the_calibration_seed_spread_reaches_the_outcome_and_the_table():
+    spread = CalibrationSpread(model="m", variant="int8", backend="onnxruntime", dataset="val500", num_images=500,
+                               calib_images=128, seeds=(0, 1, 2), maps=(0.392, 0.396, 0.391),
+                               spread=seed_spread((0.392, 0.396, 0.391)))
+    evals = [_eval("fp16", 0.40), _eval("int8", 0.392)]
+    (s,) = select(evals, [], Thresholds.from_mapping({"baseline": "fp16"}), spreads=[spread])
+    o = s.outcome("int8")
+    assert (o.calib_seeds, round(o.calib_seed_range, 6)) == (3, 0.005)
+    assert ("calibration luck: int8 mAP50-95 spans 0.50 points over 3 calibration seeds (stdev 0.26); the seeds "
+            "alone move it by 62 % of its drop") in format_selection_table(s)
