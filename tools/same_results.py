@@ -5,8 +5,9 @@
 Each RUN is a --qb-report-dir of a `pytest bench` run (selection.json, report.md, and the
 terminal output saved as bench.log beside them). Compares, with timing masked (latency figures,
 speed-ups, images/s, rounds, dates, paths and durations, which no two runs share):
-selection.json record by record, report.md line by line, and the quantbench summary lines and
-test outcomes of bench.log. Prints every difference; exits 1 when there is one.
+selection.json record by record and report.md's table rows, on the fields and columns both runs
+have (those only one has are named), and the timed session's quantbench summary lines and test
+outcomes of bench.log. Prints every difference; exits 1 when there is one.
 """
 
 from __future__ import annotations
@@ -50,24 +51,30 @@ def selection_rows(run: Path) -> list:
 
 
 def summary_lines(run: Path) -> list[str]:
+    """The timed session's summary lines and test outcomes (a parallel build phase prints its own
+    section first: its cache-hit counts depend on how pytest-xdist spread the tests, so it is skipped)."""
+    log = (run / "bench.log").read_text().splitlines()
+    starts = [i for i, line in enumerate(log) if re.match(r"^=+ quantbench =+$", line)]
+    log = log[starts[-1]:] if starts else log
     keep = re.compile(r"^(quantbench: (variants built|evaluations run|latency results)|XFAIL|FAILED|ERROR|=+ .*(passed|failed))")
-    lines = [masked_text(line) for line in (run / "bench.log").read_text().splitlines() if keep.match(line)]
+    lines = [masked_text(line) for line in log if keep.match(line)]
     return sorted(re.sub(r" in <t>.*", "", line) for line in lines)
 
 
-def table_rows(run: Path) -> list[str]:
-    """report.md's table rows, the timing columns of the selection tables masked."""
-    rows = []
-    columns: list[str] = []
+def table_rows(run: Path) -> list[dict[str, str]]:
+    """report.md's table rows as {column: cell}, the timing columns masked."""
+    rows, columns = [], []
     for line in (run / "report.md").read_text().splitlines():
         if not line.startswith("| ") or line.startswith("| ---"):
             continue
-        cells = [c.strip() for c in line.strip("|").split("|")]
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if "variant" in cells:
             columns = cells
-        timing = {i for i, c in enumerate(columns) if c in ("latency ms", "img/s", "speed-up")} if len(cells) == len(columns) else set()
-        rows.append(masked_text(" | ".join("<timing>" if i in timing else c for i, c in enumerate(cells))))
-    return sorted(rows)
+            continue
+        if len(cells) == len(columns):
+            rows.append({c: ("<timing>" if c in ("latency ms", "img/s", "speed-up") else masked_text(v))
+                         for c, v in zip(columns, cells)})
+    return sorted(rows, key=lambda r: r.get("variant", ""))
 
 
 def common_keys(left, right, added: set[str]):
@@ -89,16 +96,17 @@ def differences(a: Path, b: Path) -> list[str]:
     left, right = common_keys(selection_rows(a), selection_rows(b), added)
     if left != right:
         found.append("selection.json differs (fields both have)")
+    left, right = common_keys(table_rows(a), table_rows(b), added)
+    if left != right:
+        found.append(f"report.md table rows differ (columns both have):\n  {left}\n  vs\n  {right}")
     if added:
-        print(f"selection.json fields only one run has (not compared): {', '.join(sorted(added))}")
-    for name, read in (("report.md table rows", table_rows),
-                       ("bench.log summary", summary_lines)):
-        left, right = read(a), read(b)
-        if left != right:
-            only_a = [x for x in left if x not in right]
-            only_b = [x for x in right if x not in left]
-            found.append(f"{name} differs:\n  only in {a}:\n    " + "\n    ".join(only_a)
-                         + f"\n  only in {b}:\n    " + "\n    ".join(only_b))
+        print(f"fields or columns only one run has (not compared): {', '.join(sorted(added))}")
+    left, right = summary_lines(a), summary_lines(b)
+    if left != right:
+        only_a = [x for x in left if x not in right]
+        only_b = [x for x in right if x not in left]
+        found.append(f"bench.log summary differs:\n  only in {a}:\n    " + "\n    ".join(only_a)
+                     + f"\n  only in {b}:\n    " + "\n    ".join(only_b))
     return found
 
 
