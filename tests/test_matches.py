@@ -11,37 +11,28 @@ import numpy as np
 import pytest
 
 from quantbench.dataset import CocoDataset, read_instances
-from quantbench.detections import Detections, postprocess
+from quantbench.detections import Detections
 from quantbench.errors import DataError
 from quantbench.matches import MatchTable
 from quantbench.metrics import CocoEvaluator, coco_metrics, coco_metrics_and_matches, make_scorer
-from quantbench.preprocess import iter_batches
+from yolo_detections import on_val500
 
 EVALUATORS = pytest.mark.parametrize("evaluator", list(CocoEvaluator), ids=lambda e: e.value)
 
 
-def yolo_detections(model: Path, ds: CocoDataset) -> dict[int, Detections]:
-    """yolo11n-coco's boxes (ORT CPU, conf 0.001) in original pixels, image id -> Detections."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    image_id_of = dict(zip(ds.files, ds.image_ids))
-    dets = {}
-    for batch in iter_batches(ds.files, 4):
-        output = session.run(None, {"images": batch.images})[0]
-        for det, path, box in zip(postprocess(output), batch.paths, batch.letterboxes):
-            dets[image_id_of[path]] = dataclasses.replace(det, boxes=box.scale_boxes_back(det.boxes))
-    return dets
+@pytest.fixture(scope="module")
+def val24_and_detections(assets_dir: Path, val500: Path) -> tuple[CocoDataset, dict[int, Detections]]:
+    return on_val500(assets_dir, val500, 24)
 
 
 @pytest.fixture(scope="module")
-def val24(val500: Path) -> CocoDataset:
-    return CocoDataset.load(val500, limit=24)
+def val24(val24_and_detections) -> CocoDataset:
+    return val24_and_detections[0]
 
 
 @pytest.fixture(scope="module")
-def yolo24(assets_dir: Path, val24: CocoDataset) -> dict[int, Detections]:
-    return yolo_detections(assets_dir / "models" / "yolo11n-coco.onnx", val24)
+def yolo24(val24_and_detections) -> dict[int, Detections]:
+    return val24_and_detections[1]
 
 
 @EVALUATORS

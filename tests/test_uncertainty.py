@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from test_matches import yolo_detections
+from yolo_detections import on_val500
 
 from quantbench.dataset import CocoDataset, read_instances
 from quantbench.detections import Detections
@@ -36,13 +36,18 @@ IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 
 
 @pytest.fixture(scope="module")
-def val16(val500: Path) -> CocoDataset:
-    return CocoDataset.load(val500, limit=16)
+def val16_and_detections(assets_dir: Path, val500: Path) -> tuple[CocoDataset, dict[int, Detections]]:
+    return on_val500(assets_dir, val500, 16)
 
 
 @pytest.fixture(scope="module")
-def yolo16(assets_dir: Path, val16: CocoDataset) -> dict[int, Detections]:
-    return yolo_detections(assets_dir / "models" / "yolo11n-coco.onnx", val16)
+def val16(val16_and_detections) -> CocoDataset:
+    return val16_and_detections[0]
+
+
+@pytest.fixture(scope="module")
+def yolo16(val16_and_detections) -> dict[int, Detections]:
+    return val16_and_detections[1]
 
 
 @pytest.fixture(scope="module")
