@@ -100,9 +100,6 @@ def _pipeline(args: argparse.Namespace, observer=None):
     )
     if not hasattr(args, "pipeline"):
         args.pipeline = Pipeline(_cache(args), settings, observer=observer, progress=not getattr(args, "quiet", True))
-        if args.pipeline.fallback_reason:
-            logging.getLogger("quantbench").warning("TensorRT not used (%s): using ONNX Runtime.",
-                                                    args.pipeline.fallback_reason)
     return args.pipeline
 
 
@@ -158,6 +155,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_output_file(args.json, what="--json file")
     note = _EvalNote()
     pipeline = _pipeline(args, observer=note)
+    if pipeline.fallback_reason:
+        logging.getLogger("quantbench").warning("TensorRT not used (%s): using ONNX Runtime.", pipeline.fallback_reason)
     model, variant = _model_and_variant(args, pipeline)
     result = pipeline.evaluation(model, variant)
     m, t = result.metrics, result.timing
