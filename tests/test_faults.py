@@ -306,11 +306,21 @@ def test_a_build_phase_error_not_tied_to_a_failed_build_fails_the_run(tmp_path: 
         "and the run fails")
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """The child takes SIGINT as a terminal's Ctrl-C, however this test was started.
+
+    A shell starts background jobs (`cmd &`, as CI scripts and nohup'd runs do) with SIGINT ignored,
+    and Python then never turns SIGINT into KeyboardInterrupt: the run, signalled, went on and ended
+    green (seen when the suite itself ran in the background).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_an_interrupted_run_says_it_was_interrupted(coco12: Path, assets_dir: Path, tmp_path: Path):
     work = tmp_path / "bench"
     proc = subprocess.Popen(bench_command(work, assets_dir, coco12, "--qb-variants", "int8-k"), cwd=work,
                             env=environment(work, assets_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, preexec_fn=_ctrl_c_as_in_a_terminal)
     try:
         building = lambda: list((work / "tmp").glob("quantbench-modelopt-*"))  # noqa: E731
         _wait_for(building, "the INT8 build started", proc)
