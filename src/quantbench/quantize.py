@@ -480,25 +480,3 @@ def quantize_variant(
         quantized_nodes=int(meta["quantized_nodes"]), excluded_nodes=tuple(meta["excluded_nodes"]),
         seconds=float(meta["seconds"]), cached=not entry.built, modelopt_version=versions["modelopt"],
     )
-
-
-def build_variants(
-    model: ModelInfo,
-    variants: Iterable[Variant],
-    calib_for: Callable[[Variant], CalibrationSet | None],
-    cache: ArtifactCache,
-) -> dict[str, VariantBuild | QuantizeError]:
-    """Build every variant; a variant ModelOpt fails on becomes its ``QuantizeError``, the rest go on.
-
-    ``calib_for(variant)`` gives the calibration set of each variant that needs one (it is not
-    called for fp32).
-    """
-    results: dict[str, VariantBuild | QuantizeError] = {}
-    for variant in variants:
-        calib = calib_for(variant) if variant.needs_calibration else None
-        try:
-            results[variant.name] = quantize_variant(model, variant, calib, cache)
-        except QuantizeError as exc:
-            log.error("%s", exc)
-            results[variant.name] = exc
-    return results
