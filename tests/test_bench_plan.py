@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 
 from fixtures.options import BenchOptions, add_options, child_argv, describe, options_table
 from quantbench.cache import ArtifactCache
-from quantbench.pipeline import Pipeline, PipelineSettings
+from quantbench.pipeline import Pipeline, PipelineObserver, PipelineSettings
 from quantbench.variants import Variant, VariantKind
 
 FP32 = Variant(name="fp32", kind=VariantKind.FP32)
@@ -53,15 +53,9 @@ def test_plan_reads_the_caches_and_writes_nothing(pipeline: Pipeline, tmp_path: 
 def test_a_failed_build_is_remembered_and_reported_once(pipeline: Pipeline, assets_dir: Path):
     failures = []
 
-    class Observer:
-        def built(self, build):
-            pass
-
+    class Observer(PipelineObserver):
         def failed(self, model, variant, reason):
             failures.append((model, variant))
-
-        def evaluated(self, result, *, computed):
-            pass
 
     pipeline.observer = Observer()
     model = pipeline.model(assets_dir / "models" / "yolo11n-coco.onnx")

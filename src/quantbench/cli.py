@@ -26,7 +26,7 @@ from .cache import ArtifactCache, atomic_write_json, atomic_write_text, check_ou
 from .compare import compare_runs, comparison_markdown
 from .errors import BackendError, ConfigError, OutputError, QuantbenchError
 from .history import build_history, history_markdown, load_run, load_runs, write_history
-from .pipeline import Pipeline, PipelineSettings
+from .pipeline import Pipeline, PipelineObserver, PipelineSettings
 from .provenance import cache_key, collect_provenance
 from .quantize import SCRATCH_PREFIX, ModelOptEcho
 from .records import to_dict
@@ -72,16 +72,10 @@ def _table_path(given: str | None, default: Path, option: str, what: str) -> Pat
                       f"pass one with {option} PATH.")
 
 
-class _EvalNote:
-    """A `PipelineObserver` that remembers whether the evaluation was computed or read from the store."""
+class _EvalNote(PipelineObserver):
+    """Remembers whether the evaluation was computed or read from the store."""
 
     computed = False
-
-    def built(self, build) -> None:
-        pass
-
-    def failed(self, model: str, variant: str, reason: str) -> None:
-        pass
 
     def evaluated(self, result, *, computed: bool) -> None:
         self.computed = computed

@@ -135,6 +135,7 @@ def judge(e: Evidence, t: ModelThresholds) -> VariantOutcome:
     base = e.baseline_accuracy if e.variant != t.baseline else ev
     interval = e.drop.map50_95 if e.drop is not None and e.variant != t.baseline and t.verdicts == "interval" else None
     median_ci = _median_interval(lr, t)
+    verdict = _verdict(failed + accuracy + latency)
     return VariantOutcome(
         model=e.model, variant=e.variant, backend=e.backend,
         gated=t.is_gated(e.variant) and e.options.get("gated", True) is not False,
@@ -145,7 +146,7 @@ def judge(e: Evidence, t: ModelThresholds) -> VariantOutcome:
         latency_min_ms=lr.host.min_ms if lr else None,
         images_per_s=lr.images_per_s if lr else None,
         speedup=speedup,
-        passed=_verdict(failed + accuracy + latency) == PASS,
+        passed=verdict == PASS,
         reasons=tuple(f.reason for f in failed + accuracy + latency),
         options=dict(e.options),
         accuracy_backend=ev.backend if ev else None,
@@ -154,7 +155,7 @@ def judge(e: Evidence, t: ModelThresholds) -> VariantOutcome:
         memory_increase=memory_increase,
         accuracy_reasons=tuple(f.reason for f in failed + accuracy),
         latency_reasons=tuple(f.reason for f in failed + latency),
-        verdict=_verdict(failed + accuracy + latency),
+        verdict=verdict,
         accuracy_verdict=_verdict(failed + accuracy), latency_verdict=_verdict(failed + latency),
         confidence=t.confidence if interval or speed_ci or median_ci else None,
         drop_interval=(interval.lower, interval.upper) if interval else None,
@@ -274,22 +275,19 @@ def _speedup_findings(ci: BootstrapInterval, required: float, backend: str, t: M
                                   "rounds (--qb-rounds, --qb-min-time) on an idle machine to decide it")]
 
 
-def _samples(lr: LatencyResult) -> tuple[float, ...]:
-    return tuple(getattr(lr.host, "samples_ms", ()) or ())
-
-
 def _speedup_interval(base: LatencyResult, lr: LatencyResult, t: ModelThresholds) -> BootstrapInterval | None:
     """The speed-up's bootstrap interval from both raw rounds; None in point mode or without rounds."""
-    if t.verdicts != "interval" or len(_samples(base)) < 2 or len(_samples(lr)) < 2:
+    if t.verdicts != "interval" or len(base.host.samples_ms) < 2 or len(lr.host.samples_ms) < 2:
         return None
-    return speedup_interval(_samples(base), _samples(lr), confidence=t.confidence, resamples=SPEEDUP_RESAMPLES)
+    return speedup_interval(base.host.samples_ms, lr.host.samples_ms, confidence=t.confidence,
+                            resamples=SPEEDUP_RESAMPLES)
 
 
 def _median_interval(lr: LatencyResult | None, t: ModelThresholds):
-    if lr is None or t.verdicts != "interval" or not _samples(lr):
+    if lr is None or t.verdicts != "interval" or not lr.host.samples_ms:
         return None
     try:
-        return latency_interval(_samples(lr), t.confidence)
+        return latency_interval(lr.host.samples_ms, t.confidence)
     except DataError:  # too few rounds for the confidence level: the median stands alone
         return None
 

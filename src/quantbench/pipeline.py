@@ -21,7 +21,6 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from .assets import default_calib_data, default_eval_data
 from .backends import Backend, BuildOptions, Engine, Runner, resolve_backend
@@ -59,17 +58,10 @@ class PipelineSettings:
     resamples: int = 1000  # bootstrap resamples of a paired mAP drop (`comparison`)
 
 
-class PipelineObserver(Protocol):
-    """What the bench records of the pipeline's work (its run ledger); every method is optional work."""
+class PipelineObserver:
+    """What is told of the pipeline's work (the bench writes it into its run ledger); hears nothing by
+    itself: a subclass overrides what it wants to hear."""
 
-    def built(self, build: VariantBuild) -> None: ...
-
-    def failed(self, model: str, variant: str, reason: str) -> None: ...
-
-    def evaluated(self, result: EvalResult, *, computed: bool) -> None: ...
-
-
-class _NoObserver:
     def built(self, build: VariantBuild) -> None:
         pass
 
@@ -97,7 +89,7 @@ class Pipeline:
         self.cache = cache
         self.settings = settings
         self.store = ResultsStore(cache)
-        self.observer: PipelineObserver = observer or _NoObserver()
+        self.observer: PipelineObserver = observer or PipelineObserver()
         self.progress = progress  # a progress bar while evaluating (the CLI's)
         if backend is None:
             backend_cls, self.fallback_reason = resolve_backend(settings.backend)
@@ -111,6 +103,7 @@ class Pipeline:
         self._builds: dict[tuple[str, Variant, int], VariantBuild | QuantizeError] = {}
         self._engines: dict[tuple[str, Variant], Engine | QuantbenchError] = {}
         self._evals: dict[tuple[str, Variant], EvalResult] = {}
+        self._eval_keys: dict[tuple[str, Variant], str] = {}
 
     # --- stages ---------------------------------------------------------------------------
 
@@ -143,10 +136,14 @@ class Pipeline:
             return dataclasses.replace(variant, calib_images=cap)
         return variant
 
+    def calib_seed(self, variant: Variant) -> int:
+        """Which calibration images build ``variant``: its own seed, else the run's."""
+        return self.settings.calib_seed if variant.calib_seed is None else variant.calib_seed
+
     def build(self, model: ModelInfo, variant: Variant) -> VariantBuild:
         """The variant ONNX (ModelOpt runs only when the cache has none); a QuantizeError is remembered."""
         variant = self.effective(variant)
-        seed = self.settings.calib_seed if variant.calib_seed is None else variant.calib_seed
+        seed = self.calib_seed(variant)
         key = (model.name, variant, seed)
         if key not in self._builds:
             calib = self.calibration(variant.calib_images, model.input_size, seed=seed) \
@@ -163,8 +160,7 @@ class Pipeline:
     def remember_failure(self, model: str, variant: Variant, reason: str) -> None:
         """Take a build failure another process found, so this one does not run ModelOpt for it again."""
         variant = self.effective(variant)
-        seed = self.settings.calib_seed if variant.calib_seed is None else variant.calib_seed
-        self._builds.setdefault((model, variant, seed), QuantizeError(reason))
+        self._builds.setdefault((model, variant, self.calib_seed(variant)), QuantizeError(reason))
 
     def engine(self, model: ModelInfo, variant: Variant) -> Engine:
         """The backend's engine of the variant; a backend failure names the variant and is remembered."""
@@ -187,20 +183,29 @@ class Pipeline:
     # --- accuracy -------------------------------------------------------------------------
 
     def evaluation_key(self, model: ModelInfo, variant: Variant) -> str:
-        """The results-store key of the variant's evaluation (builds the variant ONNX when missing)."""
-        build = self.build(model, variant)
-        return eval_key(onnx_sha256=build.onnx_sha256, dataset_fingerprint=self.dataset().fingerprint(self.cache),
-                        backend=self.backend.kind.value, device=self.backend.device_description(),
-                        settings=self.settings.evaluation)
+        """The results-store key of the variant's evaluation (builds the variant ONNX when missing).
+
+        Remembered: the dataset's fingerprint stats every image, and a comparison asks for two keys
+        several times.
+        """
+        variant = self.effective(variant)
+        if (model.name, variant) not in self._eval_keys:
+            build = self.build(model, variant)
+            self._eval_keys[model.name, variant] = eval_key(
+                onnx_sha256=build.onnx_sha256, dataset_fingerprint=self.dataset().fingerprint(self.cache),
+                backend=self.backend.kind.value, device=self.backend.device_description(),
+                settings=self.settings.evaluation)
+        return self._eval_keys[model.name, variant]
 
     def stored_evaluation(self, model: ModelInfo, variant: Variant) -> EvalResult | None:
         """The variant's accuracy if any process has evaluated it already, else None; never evaluates."""
         variant = self.effective(variant)
         if (model.name, variant) in self._evals:
             return self._evals[model.name, variant]
-        found = self.store.lookup(self.evaluation_key(model, variant), model=model.name, variant=variant.name)
+        key = self.evaluation_key(model, variant)
+        found = self.store.lookup(key, model=model.name, variant=variant.name)
         if found is not None:
-            self._remember(variant, StoredEval(found, "", computed=False))
+            self._remember(variant, StoredEval(found, key, computed=False))
         return found
 
     def evaluation(self, model: ModelInfo, variant: Variant) -> EvalResult:
@@ -253,12 +258,13 @@ class Pipeline:
         return MatchTable.load(entry.path)
 
     def has_matches(self, model: ModelInfo, variant: Variant) -> bool:
-        return self.cache.lookup(MATCHES_KIND, self.evaluation_key(model, self.effective(variant)), ".npz") is not None
+        """Whether the variant's match table is stored (`matches` would not evaluate for it)."""
+        return self.cache.lookup(MATCHES_KIND, self.evaluation_key(model, variant), ".npz") is not None
 
     def seed_spread(self, model: ModelInfo, variant: Variant, seeds: int) -> CalibrationSpread:
         """mAP50-95 of ``variant`` built from ``seeds`` seeded calibration subsets (the run's seed and the
         next ones): how much of its drop is the luck of which images calibrated it."""
-        first = self.settings.calib_seed if variant.calib_seed is None else variant.calib_seed
+        first = self.calib_seed(variant)
         chosen = tuple(range(first, first + seeds))
         evaluations = [self.evaluation(model, variant)]
         with self._unobserved():
@@ -299,7 +305,7 @@ class Pipeline:
     @contextlib.contextmanager
     def _unobserved(self) -> Iterator[None]:
         """Work the observer does not hear of: the extra calibration seeds of `seed_spread` are no variants."""
-        observer, self.observer = self.observer, _NoObserver()
+        observer, self.observer = self.observer, PipelineObserver()
         try:
             yield
         finally:
