@@ -151,6 +151,14 @@ BAD_TABLES = {
         '[[variant]]\nname = "v"\nkind = "int8"\ncalib_images = 0\n',
         r"variant 'v', key 'calib_images': 0 is not a positive whole number",
     ),
+    "negative calibration seed": (
+        '[[variant]]\nname = "v"\nkind = "int8"\ncalib_seed = -1\n',
+        r"variant 'v', key 'calib_seed': -1 is not a whole number >= 0",
+    ),
+    "calibration seed on fp32": (
+        '[[variant]]\nname = "v"\nkind = "fp32"\ncalib_seed = 1\n',
+        r"variant 'v', key 'calib_seed': does not apply to kind 'fp32'",
+    ),
     "string for bool": (
         '[[variant]]\nname = "v"\nkind = "int8"\nexclude_head = "yes"\n',
         r"variant 'v', key 'exclude_head': 'yes' is not a boolean",
