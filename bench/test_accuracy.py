@@ -3,7 +3,7 @@
 Evaluated once per (model, variant) and kept in the results store: a re-run with nothing changed
 reads it back and evaluates nothing. With interval verdicts (thresholds.toml ``verdicts``) the drop
 is judged by its paired-bootstrap interval; an inconclusive variant is an expected failure (xfail)
-naming the images that would decide it. The verdict is the gate's (`quantbench.gate.judge`, the same
+naming the images that would decide it. The verdict is the gate's (`quantbench.decision.gate.judge`, the same
 function the selection and the report use); this test asserts its accuracy part. Exploratory (not
 gated) variants that miss the budget are expected failures (xfail); models with random weights
 (.yaml) have their mAP recorded and the gate skipped.

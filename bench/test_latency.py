@@ -2,11 +2,11 @@
 
 Serial runs time with pytest-benchmark (``benchmark.pedantic``): ``--qb-warmup`` untimed rounds,
 then at least ``--qb-rounds`` timed ones lasting at least ``--qb-min-time`` seconds (see
-`quantbench.timing`), so ``--benchmark-json`` / ``--benchmark-compare`` work as usual;
+`quantbench.evaluation.timing`), so ``--benchmark-json`` / ``--benchmark-compare`` work as usual;
 ``extra_info["quantbench"]`` carries the records ``quantbench select`` reads. Under pytest-xdist
 pytest-benchmark switches itself off: a worker with a GPU of its own times with the backend's own
 device timer (``Runner.time``) into the same records; any other worker skips, and the serial
-phase of ``make bench`` times it. At the reference batch size the gate (`quantbench.gate.judge`)
+phase of ``make bench`` times it. At the reference batch size the gate (`quantbench.decision.gate.judge`)
 judges the speed-up over the baseline timed in this same process (timed first when no test has
 yet): a gated variant that misses its backend's minimum speed-up fails.
 """
@@ -18,7 +18,7 @@ import time
 import pytest
 
 from quantbench.backends import BackendKind
-from quantbench.timing import rounds_for_loop, warm_up
+from quantbench.evaluation.timing import rounds_for_loop, warm_up
 
 pytestmark = pytest.mark.latency
 

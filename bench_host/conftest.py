@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantbench.assets import assets_root, cache_root
+from quantbench.data.assets import assets_root, cache_root
 from quantbench.cache import ArtifactCache
-from quantbench.dataset import CocoDataset
+from quantbench.data.dataset import CocoDataset
 from quantbench.errors import QuantbenchError
 from quantbench.records import CocoMetrics
-from quantbench.stage_clock import Stage
+from quantbench.evaluation.stage_clock import Stage
 
-from quantbench.replay import ReplayRunner, input_fingerprints, record_outputs
+from quantbench.evaluation.replay import ReplayRunner, input_fingerprints, record_outputs
 
 HOST_RESULTS = pytest.StashKey["list[HostRun]"]()
 

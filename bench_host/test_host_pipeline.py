@@ -1,7 +1,7 @@
 """The host pipeline alone: evaluation of real images with inference replayed, old vs new, side by side.
 
 Each case times ``--host-rounds`` whole evaluations (decode, letterbox, NMS, COCO scoring: the
-wall clock of ``quantbench.evaluate``) with pytest-benchmark and records the CPU time of every
+wall clock of ``quantbench.evaluation.evaluate``) with pytest-benchmark and records the CPU time of every
 stage of its last round. The two pipelines must give the same metrics to 1e-4.
 """
 
@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from quantbench.dataset import CocoDataset
-from quantbench.evaluate import EvalSpec, HostPipeline, evaluate
+from quantbench.data.dataset import CocoDataset
+from quantbench.evaluation.evaluate import EvalSpec, HostPipeline, evaluate
 from quantbench.records import EvalResult
-from quantbench.stage_clock import Stage, StageClock
+from quantbench.evaluation.stage_clock import Stage, StageClock
 
 from .conftest import HostRun
-from quantbench.replay import ReplayRunner
+from quantbench.evaluation.replay import ReplayRunner
 
 PIPELINES = {"reference": HostPipeline.reference(), "default": HostPipeline()}
 METRICS = ("map50_95", "map50", "map75", "map_small", "map_medium", "map_large", "ar100")

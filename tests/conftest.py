@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from quantbench.assets import assets_root
+from quantbench.data.assets import assets_root
 from quantbench.cache import ArtifactCache
 from quantbench.errors import DataError
 
@@ -24,6 +24,11 @@ def pytest_configure(config: pytest.Config) -> None:
         value = os.environ.get(name, "").strip()
         if value:
             os.environ[name] = str(Path(value).expanduser().resolve())
+    # `make test` runs this suite under pytest-xdist, whose workers carry PYTEST_XDIST_* variables;
+    # the bench sessions these tests start as subprocesses must not inherit them, or they take
+    # themselves for xdist workers (no timing, a device assignment) as no user's shell would.
+    for name in [n for n in os.environ if n.startswith("PYTEST_XDIST_")]:
+        del os.environ[name]
 
 
 @pytest.fixture(scope="session")

@@ -187,7 +187,7 @@ def test_benchmark_json_carries_the_quantbench_records(serial_runs):
         info["accuracy"]["baseline_map50_95"] - info["eval"]["metrics"]["map50_95"])
 
     # `quantbench select` reads the same file back into the same selection.
-    from quantbench.benchmark_json import records_from_benchmark_json
+    from quantbench.outputs.benchmark_json import records_from_benchmark_json
 
     evals, latencies, options = records_from_benchmark_json([first.workdir / "out" / "benchmark.json"])
     assert {e.variant for e in evals} == {l.variant for l in latencies} == {*BUILDABLE.split(","), "int8-extreme-explore"}

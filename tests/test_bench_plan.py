@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 from fixtures.options import BenchOptions, add_options, child_argv, describe, options_table
 from quantbench.cache import ArtifactCache
 from quantbench.pipeline import Pipeline, PipelineObserver, PipelineSettings
-from quantbench.variants import Variant, VariantKind
+from quantbench.build.variants import Variant, VariantKind
 
 FP32 = Variant(name="fp32", kind=VariantKind.FP32)
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from quantbench.cache import ArtifactCache, CacheEntry, sha256_file
-from quantbench.calibration import CACHE_KIND, CalibrationSet, build_calibration, choose_images
+from quantbench.data.calibration import CACHE_KIND, CalibrationSet, build_calibration, choose_images
 from quantbench.errors import ConfigError, DataError
-from quantbench.preprocess import PAD_VALUE, load_image
+from quantbench.data.preprocess import PAD_VALUE, load_image
 
 
 class RecordingCache(ArtifactCache):

@@ -11,7 +11,7 @@ import pytest
 from quantbench.analysis.setup import AnalysisOptions
 from quantbench.cache import ArtifactCache
 from quantbench.cli import main
-from quantbench.variants import load_variants
+from quantbench.build.variants import load_variants
 
 
 def test_eval_writes_the_result_record(tmp_path: Path, yolov5n_onnx: Path, val500: Path, capsys):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from quantbench.dataset import CocoDataset, list_images
+from quantbench.data.dataset import CocoDataset, list_images
 from quantbench.errors import DataError
 
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from quantbench.devices import (
+from quantbench.backends.devices import (
     assign_device,
     assignment_plan,
     current_assignment,
@@ -76,7 +76,7 @@ def test_workers_on_a_shared_cpu_split_its_cores_and_never_time(cpus, workers, t
 
 def test_current_assignment_reads_the_xdist_environment_and_logs_it(caplog):
     env = {"PYTEST_XDIST_WORKER": "gw1", "PYTEST_XDIST_WORKER_COUNT": "2"}
-    with caplog.at_level(logging.INFO, logger="quantbench.devices"):
+    with caplog.at_level(logging.INFO, logger="quantbench.backends.devices"):
         assignment = current_assignment(("0", "1"), env)
     assert (assignment.worker, assignment.device_id, assignment.times_latency) == ("gw1", 1, True)
     assert "gw1: GPU 1 (ordinal 1) of its own" in caplog.text
@@ -94,7 +94,7 @@ def test_cuda_device_count_is_a_count_even_without_a_driver():
 
 def test_backend_gpus_ignores_gpus_for_onnxruntime_on_the_cpu():
     from quantbench.backends.ort import OrtBackend
-    from quantbench.devices import backend_gpus
+    from quantbench.backends.devices import backend_gpus
 
     env = {"CUDA_VISIBLE_DEVICES": "0,1"}
     assert backend_gpus(OrtBackend(use_cuda=False), env) == ()  # a GPU that is not used gives no timing slot

@@ -24,9 +24,9 @@ import cv2
 import numpy as np
 import pytest
 
-from quantbench import assets
-from quantbench.dataset import CocoDataset
-from quantbench.download import (
+from quantbench.data import assets
+from quantbench.data.dataset import CocoDataset
+from quantbench.data.download import (
     COCO_VAL2017,
     CocoSource,
     RemoteArchive,

@@ -14,18 +14,18 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import quantbench.evaluate as evaluate_module
+import quantbench.evaluation.evaluate as evaluate_module
 from quantbench.backends.base import BuildOptions
 from quantbench.backends.ort import OrtBackend, OrtRunner
 from quantbench.cache import ArtifactCache
-from quantbench.dataset import CocoDataset
-from quantbench.detections import Detections
+from quantbench.data.dataset import CocoDataset
+from quantbench.evaluation.detections import Detections
 from quantbench.errors import BackendError, ConfigError, DataError
-from quantbench.evaluate import EvalSpec, HostPipeline, evaluate
-from quantbench.metrics import Scorer, make_scorer
+from quantbench.evaluation.evaluate import EvalSpec, HostPipeline, evaluate
+from quantbench.evaluation.metrics import Scorer, make_scorer
 from quantbench.records import CocoMetrics, EvalResult
-from quantbench.replay import ReplayRunner, input_fingerprints, record_outputs
-from quantbench.stage_clock import Stage, StageClock
+from quantbench.evaluation.replay import ReplayRunner, input_fingerprints, record_outputs
+from quantbench.evaluation.stage_clock import Stage, StageClock
 
 
 def open_runner(onnx_path: Path, cache: ArtifactCache) -> OrtRunner:

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 
 from quantbench.cache import ArtifactCache
 from quantbench.errors import ModelError
-from quantbench.export import ModelInfo, resolve_model, validate_onnx
+from quantbench.build.export import ModelInfo, resolve_model, validate_onnx
 
 YOLOV5N_SHA256 = "4682258423ba680cf5a76481bfcf006114423a50061c12953f2252a6d634176a"  # assets README
 

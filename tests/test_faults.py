@@ -161,7 +161,7 @@ def _wait_for(predicate, what: str, proc: subprocess.Popen, timeout: float = 300
 
 def test_a_kill_during_a_build_loses_nothing_measured_and_the_rerun_uses_no_half_written_file(
         coco12: Path, assets_dir: Path, tmp_path: Path):
-    from quantbench.export import validate_onnx
+    from quantbench.build.export import validate_onnx
 
     work = tmp_path / "bench"
     args = ("--qb-variants", "int8-k")
@@ -288,7 +288,7 @@ def test_a_relative_assets_folder_reaches_the_parallel_build_phase(assets_dir: P
 
 def test_a_build_phase_error_not_tied_to_a_failed_build_fails_the_run(tmp_path: Path):
     from fixtures.build_phase import build_phase_failure
-    from quantbench.results_store import RunLedger
+    from quantbench.decision.results_store import RunLedger
 
     ledger = RunLedger(tmp_path / "run")
     ledger.add_failure("m", "int8-per-node", "ModelOpt failed to build variant 'int8-per-node' of model m (...)")

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantbench.dataset import CocoDataset, read_instances
-from quantbench.detections import Detections
+from quantbench.data.dataset import CocoDataset, read_instances
+from quantbench.evaluation.detections import Detections
 from quantbench.errors import DataError
-from quantbench.matches import MatchTable
-from quantbench.metrics import CocoEvaluator, coco_metrics, coco_metrics_and_matches, make_scorer
+from quantbench.evaluation.matches import MatchTable
+from quantbench.evaluation.metrics import CocoEvaluator, coco_metrics, coco_metrics_and_matches, make_scorer
 from yolo_detections import on_val500
 
 EVALUATORS = pytest.mark.parametrize("evaluator", list(CocoEvaluator), ids=lambda e: e.value)

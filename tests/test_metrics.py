@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantbench.dataset import CocoDataset
-from quantbench.detections import Detections, postprocess
+from quantbench.data.dataset import CocoDataset
+from quantbench.evaluation.detections import Detections, postprocess
 from quantbench.errors import DataError
-from quantbench.metrics import CocoEvaluator, CocoScorer, HotcocoScorer, coco_metrics, make_scorer
-from quantbench.preprocess import iter_batches
+from quantbench.evaluation.metrics import CocoEvaluator, CocoScorer, HotcocoScorer, coco_metrics, make_scorer
+from quantbench.data.preprocess import iter_batches
 from quantbench.records import CocoMetrics
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from quantbench import onnx_graph
+from quantbench.build import onnx_graph
 
 
 def _qdq_model(imgsz: str | None = None):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from quantbench.errors import DataError
-from quantbench.preprocess import IMGSZ, PAD_VALUE, Letterbox, iter_batches, letterbox, load_image, to_network_input
+from quantbench.data.preprocess import IMGSZ, PAD_VALUE, Letterbox, iter_batches, letterbox, load_image, to_network_input
 
 ultralytics = pytest.importorskip("ultralytics", reason="ultralytics is the reference for preprocessing")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from quantbench import provenance
+from quantbench.outputs import provenance
 from quantbench.backends.base import InputSpec, RunnerInfo
 from quantbench.records import LatencyResult, LatencyStats, Provenance, from_dict, to_dict
 

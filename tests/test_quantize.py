@@ -15,13 +15,13 @@ import pytest
 from onnx import TensorProto, helper
 
 from quantbench.cache import ArtifactCache
-from quantbench.calibration import CalibrationSet, build_calibration
+from quantbench.data.calibration import CalibrationSet, build_calibration
 from quantbench.errors import QuantizeError
-from quantbench.export import ModelInfo, resolve_model
+from quantbench.build.export import ModelInfo, resolve_model
 from quantbench.pipeline import Pipeline, PipelineSettings
-from quantbench.quantize import count_quantized_nodes, head_nodes, quantize_variant
+from quantbench.build.quantize import count_quantized_nodes, head_nodes, quantize_variant
 from quantbench.records import VariantBuild
-from quantbench.variants import Variant, VariantKind
+from quantbench.build.variants import Variant, VariantKind
 
 INT8_HEAD = Variant(name="int8-head-fp16", kind=VariantKind.INT8, calibration_method="max", exclude_head=True)
 INT8_MAX = Variant(name="int8-max", kind=VariantKind.INT8, calibration_method="max")
@@ -303,7 +303,7 @@ def test_an_fp16_build_that_converts_nothing_is_a_failed_build(models: dict[str,
 
 
 def test_an_int8_build_without_a_quantized_node_is_a_failed_build(models: dict[str, ModelInfo]):
-    from quantbench.quantize import _check_built
+    from quantbench.build.quantize import _check_built
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])

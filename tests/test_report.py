@@ -11,9 +11,9 @@ from matplotlib.image import imread
 
 from quantbench.errors import ConfigError
 from quantbench.records import CocoMetrics, EvalResult, EvalTiming, LatencyResult, LatencyStats
-from quantbench.report import format_selection_table, read_selection_json, winner_line, write_report
-from quantbench.selection import Selection, select
-from quantbench.thresholds import Thresholds
+from quantbench.outputs.report import format_selection_table, read_selection_json, winner_line, write_report
+from quantbench.decision.selection import Selection, select
+from quantbench.decision.thresholds import Thresholds
 
 REPO_THRESHOLDS = Path(__file__).resolve().parents[1] / "thresholds.toml"
 GOLD = np.array([1.0, 215 / 255, 0.0])  # matplotlib's "gold": the winner's star
@@ -112,7 +112,7 @@ def test_write_report_writes_three_files_atomically(selections: list[Selection],
 
     # selection.json is versioned and reads back to equal records.
     doc = json.loads(paths["selection"].read_text())
-    assert doc["kind"] == "quantbench.selection" and doc["schema"] == 1
+    assert doc["kind"] == "quantbench.decision.selection" and doc["schema"] == 1
     assert read_selection_json(paths["selection"]) == selections
 
     # Writing again replaces the files in place.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from quantbench.benchmark_json import records_from_benchmark_json
+from quantbench.outputs.benchmark_json import records_from_benchmark_json
 from quantbench.errors import ConfigError
 from quantbench.records import (
     CocoMetrics,
@@ -20,9 +20,9 @@ from quantbench.records import (
     RecordError,
     to_dict,
 )
-from quantbench.results_store import ResultsStore
-from quantbench.selection import Selection, select
-from quantbench.thresholds import Thresholds
+from quantbench.decision.results_store import ResultsStore
+from quantbench.decision.selection import Selection, select
+from quantbench.decision.thresholds import Thresholds
 
 pytest_plugins = ["pytester"]
 
@@ -85,8 +85,8 @@ def test_yolov5n_on_cpu_with_measured_numbers(tmp_path: Path):
 
 
 def test_a_runner_up_within_measurement_noise_is_named_beside_the_winner(tmp_path: Path):
-    from quantbench.report import winner_line
-    from quantbench.selection import median_standard_error
+    from quantbench.outputs.report import winner_line
+    from quantbench.decision.selection import median_standard_error
 
     # Medians, standard deviations and rounds of one `pytest bench` run on this 2-core CPU (this
     # session): fp32 and fp16 are the same speed on ONNX Runtime's CPU provider, a coin toss.
@@ -110,7 +110,7 @@ def test_a_runner_up_within_measurement_noise_is_named_beside_the_winner(tmp_pat
 
 
 def test_timings_disturbed_by_other_load_are_named_with_a_warning(tmp_path: Path):
-    from quantbench.report import format_selection_table
+    from quantbench.outputs.report import format_selection_table
 
     # One run of the default table on this shared VM (this session): fp16's rounds fell in two
     # groups, ~37 ms and ~63 ms, as the machine's speed switched; int8-head-fp16 "won" on that.

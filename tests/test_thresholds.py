@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from quantbench.errors import ConfigError
-from quantbench.thresholds import (
+from quantbench.decision.thresholds import (
     ModelThresholds,
     Thresholds,
     check_accuracy,

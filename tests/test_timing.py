@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from quantbench.errors import ConfigError
-from quantbench.timing import MAX_ROUNDS, TimingPlan, rounds_for_loop, warm_up
+from quantbench.evaluation.timing import MAX_ROUNDS, TimingPlan, rounds_for_loop, warm_up
 
 
 class SteppingClock:

@@ -444,7 +444,7 @@ def test_runner_plumbing_on_a_gpu_with_a_tensorrt_stand_in(tmp_path, cuda_graph)
 def test_time_target_on_a_gpu_runner_with_a_tensorrt_stand_in(tmp_path):
     """The bench's latency loop on a millisecond-scale GPU runner: rounds follow the time target, not a count."""
     from quantbench.backends.trt import TensorRTRunner
-    from quantbench.timing import TimingPlan, rounds_for_loop, warm_up
+    from quantbench.evaluation.timing import TimingPlan, rounds_for_loop, warm_up
 
     trt = fake_tensorrt_runtime_module(FakeTrtEngine())
     plan_file = tmp_path / "fake.engine"

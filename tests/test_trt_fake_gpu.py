@@ -40,7 +40,7 @@ def yolo11n_coco(assets_dir):
 
 @pytest.fixture(scope="module")
 def val_images(assets_dir):
-    from quantbench.dataset import CocoDataset
+    from quantbench.data.dataset import CocoDataset
 
     return CocoDataset.load(assets_dir / "coco" / "val500", limit=EVAL_IMAGES)
 
@@ -53,7 +53,7 @@ def fake_trt_on_real_cuda(monkeypatch):
 
 
 def _real_batch(dataset, n):
-    from quantbench.preprocess import iter_batches
+    from quantbench.data.preprocess import iter_batches
 
     batches = iter_batches(dataset.files[:n], batch_size=n, size=640)
     try:
@@ -103,7 +103,7 @@ def test_fake_engine_on_real_cuda_gives_onnxruntime_outputs(fake_trt_on_real_cud
 
 def test_map_on_100_images_equals_the_onnxruntime_backend(fake_trt_on_real_cuda, yolo11n_coco, val_images, cache):
     pytest.importorskip("pycocotools", reason="pycocotools is needed for mAP (carry its wheel to the GPU machine)")
-    from quantbench.evaluate import EvalSpec, evaluate
+    from quantbench.evaluation.evaluate import EvalSpec, evaluate
 
     assert len(val_images.files) == EVAL_IMAGES
     ort = OrtBackend(use_cuda=False)

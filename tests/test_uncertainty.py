@@ -14,13 +14,13 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from yolo_detections import on_val500
 
-from quantbench.dataset import CocoDataset, read_instances
-from quantbench.detections import Detections
+from quantbench.data.dataset import CocoDataset, read_instances
+from quantbench.evaluation.detections import Detections
 from quantbench.errors import DataError
-from quantbench.matches import MatchTable
-from quantbench.metrics import CocoEvaluator, coco_metrics_and_matches
-import quantbench.uncertainty as uncertainty
-from quantbench.uncertainty import (
+from quantbench.evaluation.matches import MatchTable
+from quantbench.evaluation.metrics import CocoEvaluator, coco_metrics_and_matches
+import quantbench.decision.uncertainty as uncertainty
+from quantbench.decision.uncertainty import (
     BootstrapInterval,
     images_needed,
     latency_interval,

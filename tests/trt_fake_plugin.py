@@ -42,6 +42,6 @@ def _without_tensorrt(quantize_variant):
     return call
 
 
-import quantbench.quantize  # noqa: E402 - after the fake, so nothing imported it yet
+import quantbench.build.quantize  # noqa: E402 - after the fake, so nothing imported it yet
 
-quantbench.quantize.quantize_variant = _without_tensorrt(quantbench.quantize.quantize_variant)
+quantbench.build.quantize.quantize_variant = _without_tensorrt(quantbench.build.quantize.quantize_variant)

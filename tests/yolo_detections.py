@@ -7,9 +7,9 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from quantbench.dataset import CocoDataset
-from quantbench.detections import Detections, postprocess
-from quantbench.preprocess import iter_batches
+from quantbench.data.dataset import CocoDataset
+from quantbench.evaluation.detections import Detections, postprocess
+from quantbench.data.preprocess import iter_batches
 
 
 def yolo_detections(model: Path, ds: CocoDataset) -> dict[int, Detections]:

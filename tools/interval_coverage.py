@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from quantbench.assets import default_eval_data, default_model
+from quantbench.data.assets import default_eval_data, default_model
 from quantbench.cache import ArtifactCache
 from quantbench.pipeline import Pipeline, PipelineSettings
-from quantbench.uncertainty import prepare, weighted_maps
-from quantbench.variants import DEFAULT_VARIANTS, load_variants
+from quantbench.decision.uncertainty import prepare, weighted_maps
+from quantbench.build.variants import DEFAULT_VARIANTS, load_variants
 
 
 def subset_weights(total: int, members: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:

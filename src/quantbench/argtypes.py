@@ -11,8 +11,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from .backends import BACKEND_CHOICES
-from .errors import ConfigError
+from quantbench.backends import BACKEND_CHOICES
+from quantbench.errors import ConfigError
 
 MODEL_SUFFIXES = (".onnx", ".pt", ".yaml", ".yml")
 
@@ -141,6 +141,6 @@ def batch_sizes(text: str) -> tuple[int, ...]:
 
 def latency_check(text: str):
     """``compare --fail-latency`` checks (pytest-benchmark's syntax, `compare.parse_latency_check`)."""
-    from .compare import parse_latency_check  # pytest_benchmark is imported only when compare is used
+    from quantbench.outputs.compare import parse_latency_check  # pytest_benchmark is imported only when compare is used
 
     return parse_latency_check(text)

@@ -27,7 +27,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from .errors import OutputError
+from quantbench.errors import OutputError
 
 _CHUNK = 1 << 20
 # mkstemp creates files 0600; published artefacts and reports get the usual umask-based mode.

@@ -16,25 +16,25 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__
-from .analysis import cli as analysis_cli
-from .argtypes import backend_name, latency_check, non_negative_int, positive_int
-from .assets import cache_root, default_model
-from .benchmark_json import failures_from_benchmark_json, records_from_benchmark_json, uncertainty_from_benchmark_json
-from .backends import BuildOptions
-from .cache import ArtifactCache, atomic_write_json, atomic_write_text, check_output_file, remove_stale_scratch
-from .compare import compare_runs, comparison_markdown
-from .errors import BackendError, ConfigError, OutputError, QuantbenchError
-from .history import build_history, history_markdown, load_run, load_runs, write_history
-from .pipeline import Pipeline, PipelineObserver, PipelineSettings
-from .provenance import cache_key, collect_provenance
-from .quantize import SCRATCH_PREFIX, ModelOptEcho
-from .records import to_dict
-from .report import format_selection_table, write_report
-from .results_store import EvalSettings, RunLedger
-from .selection import select
-from .thresholds import Thresholds
-from .variants import DEFAULT_VARIANTS, Variant, VariantKind, load_variants
+from quantbench import __version__
+from quantbench.analysis import cli as analysis_cli
+from quantbench.argtypes import backend_name, latency_check, non_negative_int, positive_int
+from quantbench.data.assets import cache_root, default_model
+from quantbench.outputs.benchmark_json import failures_from_benchmark_json, records_from_benchmark_json, uncertainty_from_benchmark_json
+from quantbench.backends import BuildOptions
+from quantbench.cache import ArtifactCache, atomic_write_json, atomic_write_text, check_output_file, remove_stale_scratch
+from quantbench.outputs.compare import compare_runs, comparison_markdown
+from quantbench.errors import BackendError, ConfigError, OutputError, QuantbenchError
+from quantbench.outputs.history import build_history, history_markdown, load_run, load_runs, write_history
+from quantbench.pipeline import Pipeline, PipelineObserver, PipelineSettings
+from quantbench.outputs.provenance import cache_key, collect_provenance
+from quantbench.build.quantize import SCRATCH_PREFIX, ModelOptEcho
+from quantbench.records import to_dict
+from quantbench.outputs.report import format_selection_table, write_report
+from quantbench.decision.results_store import EvalSettings, RunLedger
+from quantbench.decision.selection import select
+from quantbench.decision.thresholds import Thresholds
+from quantbench.build.variants import DEFAULT_VARIANTS, Variant, VariantKind, load_variants
 
 Handler = Callable[[argparse.Namespace], int]
 

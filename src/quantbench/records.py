@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .errors import QuantbenchError
+from quantbench.errors import QuantbenchError
 
 SCHEMA_VERSION = 1
 
@@ -123,7 +123,7 @@ class EvalResult:
 
 @dataclass(frozen=True)
 class BootstrapInterval:
-    """A statistic on the full sample and its bootstrap interval (`quantbench.uncertainty`)."""
+    """A statistic on the full sample and its bootstrap interval (`quantbench.decision.uncertainty`)."""
 
     point: float  # on the full sample (not the resamples' mean)
     lower: float

@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..cache import ArtifactCache
-from ..errors import BackendError, ConfigError
+from quantbench.cache import ArtifactCache
+from quantbench.errors import BackendError, ConfigError
 
 
 class BackendKind(str, enum.Enum):

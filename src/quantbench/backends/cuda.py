@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendError, BackendUnavailable
+from quantbench.errors import BackendError, BackendUnavailable
 
 CUDA_PYTHON_HINT = "pip install cuda-python"
 

@@ -31,8 +31,8 @@ from typing import Any
 
 import onnx
 
-from .. import onnx_graph
-from ..errors import BackendError
+from quantbench.build import onnx_graph
+from quantbench.errors import BackendError
 
 _CAST_KINDS = frozenset({"Cast", "Quantize", "Dequantize"})  # standalone type conversions
 # Layers that hold or compute no activations: weights/constants and shape arithmetic. NVIDIA's

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import BackendUnavailable
+from quantbench.errors import BackendUnavailable
 
 SUPPORTED_MAJORS = (10, 11)
 INSTALL_HINT = "pip install -U tensorrt-cu13 for a CUDA 13 driver, or tensorrt-cu12 for CUDA 12"

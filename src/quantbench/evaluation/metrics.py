@@ -38,11 +38,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .dataset import CocoDataset, read_instances
-from .detections import Detections
-from .errors import ConfigError, DataError
-from .matches import MAX_DETS, MatchTable, match_table, match_table_of
-from .records import CocoMetrics
+from quantbench.data.dataset import CocoDataset, read_instances
+from quantbench.evaluation.detections import Detections
+from quantbench.errors import ConfigError, DataError
+from quantbench.evaluation.matches import MAX_DETS, MatchTable, match_table, match_table_of
+from quantbench.records import CocoMetrics
 
 # COCOeval.stats positions (see COCOeval.summarize)
 _STATS = {"map50_95": 0, "map50": 1, "map75": 2, "map_small": 3, "map_medium": 4, "map_large": 5, "ar100": 8}

@@ -30,15 +30,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .backends.base import Runner
-from .dataset import CocoDataset
-from .detections import Detections, NmsConfig, NmsKernel, postprocess
-from .errors import BackendError, ConfigError, DataError
-from .matches import MatchTable
-from .metrics import CocoEvaluator, make_scorer
-from .preprocess import IMGSZ, Batch, Letterbox, default_workers, iter_batches
-from .records import EvalResult, EvalTiming
-from .stage_clock import Stage, StageClock
+from quantbench.backends.base import Runner
+from quantbench.data.dataset import CocoDataset
+from quantbench.evaluation.detections import Detections, NmsConfig, NmsKernel, postprocess
+from quantbench.errors import BackendError, ConfigError, DataError
+from quantbench.evaluation.matches import MatchTable
+from quantbench.evaluation.metrics import CocoEvaluator, make_scorer
+from quantbench.data.preprocess import IMGSZ, Batch, Letterbox, default_workers, iter_batches
+from quantbench.records import EvalResult, EvalTiming
+from quantbench.evaluation.stage_clock import Stage, StageClock
 
 # Raw outputs waiting for NMS are large (2.8 MB per image for YOLO11 at 640, 8.5 MB for YOLOv5):
 # at most this many per NMS thread are held in memory.

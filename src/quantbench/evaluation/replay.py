@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from .backends.base import BuildOptions, InputSpec, Runner, RunnerInfo, TimingSamples
-from .backends.ort import OrtBackend
-from .cache import ArtifactCache, hash_key, sha256_file
-from .dataset import CocoDataset
-from .errors import BackendError
-from .preprocess import iter_batches
+from quantbench.backends.base import BuildOptions, InputSpec, Runner, RunnerInfo, TimingSamples
+from quantbench.backends.ort import OrtBackend
+from quantbench.cache import ArtifactCache, hash_key, sha256_file
+from quantbench.data.dataset import CocoDataset
+from quantbench.errors import BackendError
+from quantbench.data.preprocess import iter_batches
 
 
 def fingerprint(image: np.ndarray) -> float:

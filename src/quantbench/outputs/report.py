@@ -12,13 +12,13 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cache import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .errors import ConfigError
-from .records import SCHEMA_VERSION, from_dict, to_dict
-from .selection import Selection, VariantOutcome
+from quantbench.cache import atomic_write_bytes, atomic_write_json, atomic_write_text
+from quantbench.errors import ConfigError
+from quantbench.records import SCHEMA_VERSION, from_dict, to_dict
+from quantbench.decision.selection import Selection, VariantOutcome
 
 # selection.json's "kind": tells a selection file apart from any other JSON.
-SELECTION_KIND = "quantbench.selection"
+SELECTION_KIND = "quantbench.decision.selection"
 
 _COLUMNS = ("variant", "mAP50-95", "drop", "drop interval", "vs fp32", "latency ms", "img/s", "speed-up",
             "speed-up interval", "result", "reason")

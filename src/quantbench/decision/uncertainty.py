@@ -35,9 +35,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DataError
-from .matches import RECALL_THRESHOLDS, MatchTable
-from .records import BootstrapInterval, DropInterval, SeedSpread
+from quantbench.errors import DataError
+from quantbench.evaluation.matches import RECALL_THRESHOLDS, MatchTable
+from quantbench.records import BootstrapInterval, DropInterval, SeedSpread
 
 DROP_INTERVAL_METHOD = "percentile"  # of `paired_bootstrap`'s intervals; part of cached comparisons' keys
 _CHUNK_ELEMENTS = 4_000_000  # true positives x resamples per chunk: ~32 MB per float64 array

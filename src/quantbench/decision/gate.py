@@ -15,7 +15,7 @@ Rules (the report repeats them):
   the same backend and batch size, held to the backend's ``min_speedup`` where one is set; peak
   device memory to ``max_memory_increase``. The baseline's speed-up is 1 by definition.
 - Verdicts (``verdicts`` in thresholds.toml): with ``"interval"`` (the default) a drop is judged by
-  its paired-bootstrap confidence interval (`quantbench.uncertainty`): ``pass`` when the whole
+  its paired-bootstrap confidence interval (`quantbench.decision.uncertainty`): ``pass`` when the whole
   interval is within the budget, ``fail`` when the whole interval is beyond it, ``inconclusive``
   when it straddles the limit; the same for the speed-up interval against ``min_speedup``. The
   budget of an interval is the tighter of ``max_abs_drop`` and ``max_rel_drop`` x the baseline's
@@ -37,10 +37,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import DataError
-from .records import AccuracyComparison, CalibrationSpread, EvalResult, LatencyResult
-from .thresholds import ModelThresholds, check_accuracy, check_memory, check_speedup, relative_drop
-from .uncertainty import BootstrapInterval, DropInterval, images_needed, latency_interval, speedup_interval
+from quantbench.errors import DataError
+from quantbench.records import AccuracyComparison, CalibrationSpread, EvalResult, LatencyResult
+from quantbench.decision.thresholds import ModelThresholds, check_accuracy, check_memory, check_speedup, relative_drop
+from quantbench.decision.uncertainty import BootstrapInterval, DropInterval, images_needed, latency_interval, speedup_interval
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 _TOLERANCE = 1e-9  # as thresholds.py: a drop equal to its limit up to float noise passes

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from .cache import atomic_write_bytes
-from .errors import DataError
+from quantbench.cache import atomic_write_bytes
+from quantbench.errors import DataError
 
 MAX_DETS = 100  # detections per image and category that mAP50-95 and mAP50 count
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)  # as COCOeval's

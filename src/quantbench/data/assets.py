@@ -5,7 +5,7 @@ With ``QUANTBENCH_ASSETS`` set (CI, offline machines) nothing is downloaded: the
 a second real model, ``--model``/``--qb-model`` picks it) and the data are ``<assets>/coco/val500`` (evaluation) and
 ``<assets>/coco/calib500`` (calibration). Without it the default model is ``yolo11n.pt``, which
 Ultralytics downloads itself when it exports, and the data are disjoint seeded subsets of COCO
-val2017 fetched from the official archives into the cache (see `quantbench.download`).
+val2017 fetched from the official archives into the cache (see `quantbench.data.download`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .download import COCO_VAL2017, CocoSource, SubsetRole, fetch_coco_subset
-from .errors import DataError, ModelError
+from quantbench.data.download import COCO_VAL2017, CocoSource, SubsetRole, fetch_coco_subset
+from quantbench.errors import DataError, ModelError
 
 ASSETS_ENV = "QUANTBENCH_ASSETS"
 CACHE_ENV = "QUANTBENCH_CACHE"

@@ -1,6 +1,6 @@
 """Calibration tensors for INT8 PTQ: a seeded choice of N images, preprocessed, cached as ``.npy``.
 
-The images go through `quantbench.preprocess.load_image`, the very function evaluation uses, so
+The images go through `quantbench.data.preprocess.load_image`, the very function evaluation uses, so
 calibration sees exactly the letterboxed RGB/255 inputs the accuracy gate measures. The tensor is
 cached under ``calibration/<key>.npy`` where the key hashes the chosen files' bytes, the seed, the
 input size and N: renaming or moving the folder reuses it, editing an image rebuilds it.
@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .cache import ArtifactCache, hash_key, sha256_file
-from .dataset import list_images
-from .errors import ConfigError, DataError
-from .preprocess import IMGSZ, load_image
+from quantbench.cache import ArtifactCache, hash_key, sha256_file
+from quantbench.data.dataset import list_images
+from quantbench.errors import ConfigError, DataError
+from quantbench.data.preprocess import IMGSZ, load_image
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from quantbench.errors import ConfigError
 
 # A bound on the rounds a time target can ask for: with a sub-millisecond estimate a 5 s target
 # would otherwise keep millions of samples in memory for no gain in precision.

@@ -23,8 +23,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .backends.base import Backend
-from .errors import ConfigError
+from quantbench.backends.base import Backend
+from quantbench.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def cuda_device_count() -> int:
 
 def backend_gpus(backend: Backend, env: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """The GPUs ``backend`` runs on here: none for ONNX Runtime on the CPU execution provider."""
-    from .backends.ort import OrtBackend
+    from quantbench.backends.ort import OrtBackend
 
     if isinstance(backend, OrtBackend) and not backend.use_cuda:
         return ()

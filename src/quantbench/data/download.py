@@ -1,6 +1,6 @@
 """Resumable, checksummed, atomic downloads; safe archive extraction; COCO val2017 subsets.
 
-Used only when no offline assets folder is configured (see `quantbench.assets`). Everything is
+Used only when no offline assets folder is configured (see `quantbench.data.assets`). Everything is
 written inside the cache root the caller passes in, never beside an input:
 
 - ``<root>/downloads/<file>``: an archive, published by ``os.replace`` only once its size and
@@ -37,9 +37,9 @@ import numpy as np
 from filelock import FileLock
 from tqdm import tqdm
 
-from . import __version__
-from .cache import atomic_write_json, sha256_file
-from .errors import ConfigError, DataError, DownloadError
+from quantbench import __version__
+from quantbench.cache import atomic_write_json, sha256_file
+from quantbench.errors import ConfigError, DataError, DownloadError
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
-from .errors import DataError
-from .stage_clock import Stage, StageClock
+from quantbench.errors import DataError
+from quantbench.evaluation.stage_clock import Stage, StageClock
 
 IMGSZ = 640
 PAD_VALUE = 114

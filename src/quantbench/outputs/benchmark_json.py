@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .records import AccuracyComparison, CalibrationSpread, EvalResult, LatencyResult, from_dict
+from quantbench.errors import ConfigError
+from quantbench.records import AccuracyComparison, CalibrationSpread, EvalResult, LatencyResult, from_dict
 
 # (model, variant) -> the options the variant was built with (and ``gated``).
 VariantOptions = dict[tuple[str, str], dict]

@@ -8,7 +8,7 @@ File layout (every key optional; see the commented `thresholds.toml` at the repo
     min_map = 0.30               # floor for the baseline's own mAP50-95 (catches a broken pipeline)
     max_memory_increase = 0.10   # peak GPU memory vs the baseline (0.10 = +10 %)
     not_gated = ["int8-all"]     # exploratory variants: reported, never red, never the winner
-    verdicts = "interval"        # or "point": see `quantbench.gate`
+    verdicts = "interval"        # or "point": see `quantbench.decision.gate`
     confidence = 0.95            # of the intervals of the mAP drop and of the speed-up
     [min_speedup]                # backend -> minimum speed-up vs the baseline
     tensorrt = 1.2
@@ -44,8 +44,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .backends.base import BackendKind
-from .errors import ConfigError
+from quantbench.backends.base import BackendKind
+from quantbench.errors import ConfigError
 
 # Measurements are floats (0.2427 - 0.2327 = 0.010000000000000009): a drop that equals its limit
 # up to rounding noise passes.

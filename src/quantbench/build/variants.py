@@ -38,7 +38,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from quantbench.errors import ConfigError
 
 DEFAULT_VARIANTS = Path("bench/variants.toml")
 

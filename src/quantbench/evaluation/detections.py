@@ -28,7 +28,7 @@ from enum import Enum
 import cv2
 import numpy as np
 
-from .errors import ConfigError, ModelError
+from quantbench.errors import ConfigError, ModelError
 
 
 @dataclass(frozen=True)

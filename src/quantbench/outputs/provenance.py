@@ -21,9 +21,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from . import __version__
-from .backends.base import BackendKind, RunnerInfo
-from .records import Provenance
+from quantbench import __version__
+from quantbench.backends.base import BackendKind, RunnerInfo
+from quantbench.records import Provenance
 
 # Distributions that install each module (the first one found wins).
 _ONNXRUNTIME_DISTS = ("onnxruntime-gpu", "onnxruntime")
@@ -110,7 +110,7 @@ def nvidia_smi_gpu() -> tuple[str, str, str] | None:
 def cuda_runtime_gpu() -> tuple[str, str, None] | None:
     """(name, compute capability, None) of CUDA device 0 through cuda-python, or None."""
     try:
-        from .backends import cuda
+        from quantbench.backends import cuda
 
         if cuda.device_unavailable_reason() is not None:
             return None

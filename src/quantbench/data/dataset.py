@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cache import hash_key, sha256_file
-from .errors import DataError
+from quantbench.cache import hash_key, sha256_file
+from quantbench.errors import DataError
 
 if TYPE_CHECKING:
-    from .cache import ArtifactCache
+    from quantbench.cache import ArtifactCache
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 ANNOTATIONS_FILE = "instances.json"

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .cache import ArtifactCache, atomic_write_json, atomic_write_text, hash_key, owner_is_gone, owner_tag
-from .detections import NmsConfig
-from .records import SCHEMA_VERSION, AccuracyComparison, CalibrationSpread, EvalResult, LatencyResult, VariantBuild, from_dict, to_dict
+from quantbench import __version__
+from quantbench.cache import ArtifactCache, atomic_write_json, atomic_write_text, hash_key, owner_is_gone, owner_tag
+from quantbench.evaluation.detections import NmsConfig
+from quantbench.records import SCHEMA_VERSION, AccuracyComparison, CalibrationSpread, EvalResult, LatencyResult, VariantBuild, from_dict, to_dict
 
 EVAL_KIND = "eval"
 RUNS_DIR = "runs"

@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import onnx_graph
-from .cache import ArtifactCache, hash_key, owned_scratch_dir, sha256_file
-from .calibration import CalibrationSet
-from .errors import ModelError, QuantizeError
-from .export import ModelInfo, validate_onnx
-from .records import VariantBuild
-from .variants import Variant, VariantKind
+from quantbench.build import onnx_graph
+from quantbench.cache import ArtifactCache, hash_key, owned_scratch_dir, sha256_file
+from quantbench.data.calibration import CalibrationSet
+from quantbench.errors import ModelError, QuantizeError
+from quantbench.build.export import ModelInfo, validate_onnx
+from quantbench.records import VariantBuild
+from quantbench.build.variants import Variant, VariantKind
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def count_quantized_nodes(model: onnx.ModelProto) -> int:
 def _missing_calibration(model: ModelInfo, variant: Variant) -> QuantizeError:
     return QuantizeError(
         f"variant {variant.name!r} ({variant.kind.value}) of model {model.name} needs calibration images and got "
-        "none; pass a CalibrationSet from quantbench.calibration.build_calibration (ModelOpt would use random data)."
+        "none; pass a CalibrationSet from quantbench.data.calibration.build_calibration (ModelOpt would use random data)."
     )
 
 

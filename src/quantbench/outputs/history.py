@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cache import atomic_write_bytes, atomic_write_text
-from .errors import ConfigError
-from .records import EvalResult, LatencyResult, Provenance
-from .benchmark_json import VariantOptions, records_from_benchmark_json
-from .selection import Selection, select
-from .thresholds import Thresholds
+from quantbench.cache import atomic_write_bytes, atomic_write_text
+from quantbench.errors import ConfigError
+from quantbench.records import EvalResult, LatencyResult, Provenance
+from quantbench.outputs.benchmark_json import VariantOptions, records_from_benchmark_json
+from quantbench.decision.selection import Selection, select
+from quantbench.decision.thresholds import Thresholds
 
 
 class HistoryError(ConfigError):

@@ -1,0 +1,1 @@
+"""Stage 6: outputs. Reports, history, the compare gate, pytest-benchmark JSON, provenance."""
