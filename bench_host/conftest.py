@@ -17,14 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantbench.data.assets import assets_root, cache_root
 from quantbench.cache import ArtifactCache
+from quantbench.data.assets import assets_root, cache_root
 from quantbench.data.dataset import CocoDataset
 from quantbench.errors import QuantbenchError
-from quantbench.records import CocoMetrics
-from quantbench.evaluation.stage_clock import Stage
-
 from quantbench.evaluation.replay import ReplayRunner, input_fingerprints, record_outputs
+from quantbench.evaluation.stage_clock import Stage
+from quantbench.records import CocoMetrics
 
 HOST_RESULTS = pytest.StashKey["list[HostRun]"]()
 

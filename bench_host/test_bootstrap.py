@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from quantbench.data.dataset import CocoDataset
+from quantbench.data.preprocess import iter_batches
+from quantbench.decision.uncertainty import paired_bootstrap, prepare
 from quantbench.evaluation.detections import Detections, postprocess
 from quantbench.evaluation.matches import MatchTable
 from quantbench.evaluation.metrics import CocoEvaluator, coco_metrics_and_matches
-from quantbench.data.preprocess import iter_batches
-from quantbench.decision.uncertainty import paired_bootstrap, prepare
 
 JITTER = 0.01  # variant boxes: each side moved by N(0, 1 %) of the box's width or height
 

@@ -11,11 +11,11 @@ import pytest
 
 from quantbench.data.dataset import CocoDataset
 from quantbench.evaluation.evaluate import EvalSpec, HostPipeline, evaluate
-from quantbench.records import EvalResult
+from quantbench.evaluation.replay import ReplayRunner
 from quantbench.evaluation.stage_clock import Stage, StageClock
+from quantbench.records import EvalResult
 
 from .conftest import HostRun
-from quantbench.evaluation.replay import ReplayRunner
 
 PIPELINES = {"reference": HostPipeline.reference(), "default": HostPipeline()}
 METRICS = ("map50_95", "map50", "map75", "map_small", "map_medium", "map_large", "ar100")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from quantbench.data.assets import assets_root
 from quantbench.cache import ArtifactCache
+from quantbench.data.assets import assets_root
 from quantbench.errors import DataError
 
 

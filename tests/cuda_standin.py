@@ -23,7 +23,7 @@ DEVICE_NAME = b"quantbench CPU stand-in (simulated, no GPU)"
 TOTAL_MEMORY = 8 << 30
 
 
-class cudaError_t(enum.IntEnum):  # noqa: N801 - cuda-python's names
+class cudaError_t(enum.IntEnum):
     cudaSuccess = 0
     cudaErrorInvalidValue = 1
     cudaErrorMemoryAllocation = 2
@@ -32,14 +32,14 @@ class cudaError_t(enum.IntEnum):  # noqa: N801 - cuda-python's names
     cudaErrorStreamCaptureUnsupported = 900
 
 
-class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
+class cudaMemcpyKind(enum.IntEnum):
     cudaMemcpyHostToHost = 0
     cudaMemcpyHostToDevice = 1
     cudaMemcpyDeviceToHost = 2
     cudaMemcpyDeviceToDevice = 3
 
 
-class cudaStreamCaptureMode(enum.IntEnum):  # noqa: N801
+class cudaStreamCaptureMode(enum.IntEnum):
     cudaStreamCaptureModeGlobal = 0
     cudaStreamCaptureModeThreadLocal = 1
     cudaStreamCaptureModeRelaxed = 2
@@ -108,7 +108,7 @@ class CpuCudaRuntime(types.SimpleNamespace):
         function = HOST_FUNCTION(int(fn))
         return self._enqueue(stream, lambda: function(None))
 
-    def cudaHostFn_t(self, ptr: int) -> int:  # noqa: N802 - cuda-python's constructor name
+    def cudaHostFn_t(self, ptr: int) -> int:
         return int(ptr)
 
     def _enqueue(self, stream: Any, operation: Callable[[], None]) -> tuple:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from quantbench.build.export import validate_onnx
 from quantbench.data import assets
 from quantbench.errors import DataError, ModelError
-from quantbench.build.export import validate_onnx
 
 
 @pytest.fixture

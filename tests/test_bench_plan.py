@@ -10,9 +10,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from fixtures.options import BenchOptions, add_options, child_argv, describe, options_table
+from quantbench.build.variants import Variant, VariantKind
 from quantbench.cache import ArtifactCache
 from quantbench.pipeline import Pipeline, PipelineObserver, PipelineSettings
-from quantbench.build.variants import Variant, VariantKind
 
 FP32 = Variant(name="fp32", kind=VariantKind.FP32)
 

@@ -17,8 +17,8 @@ import pytest
 
 from quantbench.cache import ArtifactCache, CacheEntry, sha256_file
 from quantbench.data.calibration import CACHE_KIND, CalibrationSet, build_calibration, choose_images
-from quantbench.errors import ConfigError, DataError
 from quantbench.data.preprocess import PAD_VALUE, load_image
+from quantbench.errors import ConfigError, DataError
 
 
 class RecordingCache(ArtifactCache):

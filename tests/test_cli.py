@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from quantbench.analysis.setup import AnalysisOptions
+from quantbench.build.variants import load_variants
 from quantbench.cache import ArtifactCache
 from quantbench.cli import main
-from quantbench.build.variants import load_variants
 
 
 def test_eval_writes_the_result_record(tmp_path: Path, yolov5n_onnx: Path, val500: Path, capsys):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from quantbench.decision.thresholds import Thresholds
 from quantbench.outputs.compare import compare_runs
 from quantbench.outputs.history import HistoryError, SavedRun
 from quantbench.records import LatencyResult, LatencyStats
-from quantbench.decision.thresholds import Thresholds
 
 THRESHOLDS = 'baseline = "fp16"\nmax_abs_drop = 0.010\nmax_rel_drop = 0.03\n'
 

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from quantbench.evaluation.detections import Detections, NmsConfig, NmsKernel, postprocess
-from quantbench.errors import ConfigError, ModelError
 from quantbench.data.preprocess import load_image
+from quantbench.errors import ConfigError, ModelError
+from quantbench.evaluation.detections import Detections, NmsConfig, NmsKernel, postprocess
 
 
 def ultralytics_nms(output: np.ndarray, cfg: NmsConfig) -> list[np.ndarray]:

@@ -9,8 +9,8 @@ import pytest
 from quantbench.backends.devices import (
     assign_device,
     assignment_plan,
-    current_assignment,
     cuda_device_count,
+    current_assignment,
     visible_gpus,
     worker_index,
 )
@@ -93,8 +93,8 @@ def test_cuda_device_count_is_a_count_even_without_a_driver():
 
 
 def test_backend_gpus_ignores_gpus_for_onnxruntime_on_the_cpu():
-    from quantbench.backends.ort import OrtBackend
     from quantbench.backends.devices import backend_gpus
+    from quantbench.backends.ort import OrtBackend
 
     env = {"CUDA_VISIBLE_DEVICES": "0,1"}
     assert backend_gpus(OrtBackend(use_cuda=False), env) == ()  # a GPU that is not used gives no timing slot

@@ -39,7 +39,6 @@ from quantbench.data.download import (
 )
 from quantbench.errors import ConfigError, DataError, DownloadError
 
-
 # --------------------------------------------------------------------------------------------
 # A local HTTP server with Range support
 
@@ -55,7 +54,7 @@ class ServerState:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         state = self.server.state
         range_header = self.headers.get("Range")
         state.requests.append((self.path, range_header))

@@ -19,13 +19,13 @@ from quantbench.backends.base import BuildOptions
 from quantbench.backends.ort import OrtBackend, OrtRunner
 from quantbench.cache import ArtifactCache
 from quantbench.data.dataset import CocoDataset
-from quantbench.evaluation.detections import Detections
 from quantbench.errors import BackendError, ConfigError, DataError
+from quantbench.evaluation.detections import Detections
 from quantbench.evaluation.evaluate import EvalSpec, HostPipeline, evaluate
 from quantbench.evaluation.metrics import Scorer, make_scorer
-from quantbench.records import CocoMetrics, EvalResult
 from quantbench.evaluation.replay import ReplayRunner, input_fingerprints, record_outputs
 from quantbench.evaluation.stage_clock import Stage, StageClock
+from quantbench.records import CocoMetrics, EvalResult
 
 
 def open_runner(onnx_path: Path, cache: ArtifactCache) -> OrtRunner:

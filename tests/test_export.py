@@ -10,9 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from quantbench.build.export import ModelInfo, resolve_model, validate_onnx
 from quantbench.cache import ArtifactCache
 from quantbench.errors import ModelError
-from quantbench.build.export import ModelInfo, resolve_model, validate_onnx
 
 YOLOV5N_SHA256 = "4682258423ba680cf5a76481bfcf006114423a50061c12953f2252a6d634176a"  # assets README
 

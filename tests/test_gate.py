@@ -7,8 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from quantbench.outputs.benchmark_json import records_from_benchmark_json, uncertainty_from_benchmark_json
 from quantbench.decision.gate import FAIL, INCONCLUSIVE, PASS, Evidence, judge
+from quantbench.decision.selection import select
+from quantbench.decision.thresholds import ModelThresholds, Thresholds
+from quantbench.decision.uncertainty import seed_spread
+from quantbench.outputs.benchmark_json import records_from_benchmark_json, uncertainty_from_benchmark_json
+from quantbench.outputs.report import format_selection_table
 from quantbench.records import (
     AccuracyComparison,
     BootstrapInterval,
@@ -21,10 +25,6 @@ from quantbench.records import (
     LatencyStats,
     to_dict,
 )
-from quantbench.outputs.report import format_selection_table
-from quantbench.decision.selection import select
-from quantbench.decision.thresholds import ModelThresholds, Thresholds
-from quantbench.decision.uncertainty import seed_spread
 
 BUDGET = ModelThresholds(baseline="fp16", max_abs_drop=0.010, max_rel_drop=0.05,
                          min_speedup={"tensorrt": 1.3})  # 1 point on a 0.40 baseline (5 % would be 2)

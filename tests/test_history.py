@@ -30,9 +30,9 @@ import pytest
 from matplotlib.image import imread
 
 from quantbench.cli import main
+from quantbench.decision.thresholds import Thresholds
 from quantbench.outputs.compare import compare_runs, parse_latency_check
 from quantbench.outputs.history import HistoryError, build_history, history_markdown, load_run, load_runs, write_history
-from quantbench.decision.thresholds import Thresholds
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

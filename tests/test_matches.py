@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from yolo_detections import on_val500
 
 from quantbench.data.dataset import CocoDataset, read_instances
-from quantbench.evaluation.detections import Detections
 from quantbench.errors import DataError
+from quantbench.evaluation.detections import Detections
 from quantbench.evaluation.matches import MatchTable
 from quantbench.evaluation.metrics import CocoEvaluator, coco_metrics, coco_metrics_and_matches, make_scorer
-from yolo_detections import on_val500
 
 EVALUATORS = pytest.mark.parametrize("evaluator", list(CocoEvaluator), ids=lambda e: e.value)
 

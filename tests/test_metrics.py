@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from quantbench.data.dataset import CocoDataset
-from quantbench.evaluation.detections import Detections, postprocess
-from quantbench.errors import DataError
-from quantbench.evaluation.metrics import CocoEvaluator, CocoScorer, HotcocoScorer, coco_metrics, make_scorer
 from quantbench.data.preprocess import iter_batches
+from quantbench.errors import DataError
+from quantbench.evaluation.detections import Detections, postprocess
+from quantbench.evaluation.metrics import CocoEvaluator, CocoScorer, HotcocoScorer, coco_metrics, make_scorer
 from quantbench.records import CocoMetrics
 
 

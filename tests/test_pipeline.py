@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from quantbench.cache import ArtifactCache
-from quantbench.pipeline import Pipeline, PipelineSettings
-from quantbench.decision.uncertainty import paired_bootstrap
 from quantbench.build.variants import Variant, VariantKind
+from quantbench.cache import ArtifactCache
+from quantbench.decision.uncertainty import paired_bootstrap
+from quantbench.pipeline import Pipeline, PipelineSettings
 
 FP32 = Variant(name="fp32", kind=VariantKind.FP32)
 FP16 = Variant(name="fp16", kind=VariantKind.FP16, calib_images=1)

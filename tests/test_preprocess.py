@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from quantbench.errors import DataError
 from quantbench.data.preprocess import IMGSZ, PAD_VALUE, Letterbox, iter_batches, letterbox, load_image, to_network_input
+from quantbench.errors import DataError
 
 ultralytics = pytest.importorskip("ultralytics", reason="ultralytics is the reference for preprocessing")
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from quantbench.outputs import provenance
 from quantbench.backends.base import InputSpec, RunnerInfo
+from quantbench.outputs import provenance
 from quantbench.records import LatencyResult, LatencyStats, Provenance, from_dict, to_dict
 
 # /proc/driver/nvidia/version as the 580 driver writes it.

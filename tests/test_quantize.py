@@ -14,14 +14,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from quantbench.build.export import ModelInfo, resolve_model
+from quantbench.build.quantize import count_quantized_nodes, head_nodes, quantize_variant
+from quantbench.build.variants import Variant, VariantKind
 from quantbench.cache import ArtifactCache
 from quantbench.data.calibration import CalibrationSet, build_calibration
 from quantbench.errors import QuantizeError
-from quantbench.build.export import ModelInfo, resolve_model
 from quantbench.pipeline import Pipeline, PipelineSettings
-from quantbench.build.quantize import count_quantized_nodes, head_nodes, quantize_variant
 from quantbench.records import VariantBuild
-from quantbench.build.variants import Variant, VariantKind
 
 INT8_HEAD = Variant(name="int8-head-fp16", kind=VariantKind.INT8, calibration_method="max", exclude_head=True)
 INT8_MAX = Variant(name="int8-max", kind=VariantKind.INT8, calibration_method="max")

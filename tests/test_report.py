@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from quantbench.errors import ConfigError
-from quantbench.records import CocoMetrics, EvalResult, EvalTiming, LatencyResult, LatencyStats
-from quantbench.outputs.report import format_selection_table, read_selection_json, winner_line, write_report
 from quantbench.decision.selection import Selection, select
 from quantbench.decision.thresholds import Thresholds
+from quantbench.errors import ConfigError
+from quantbench.outputs.report import format_selection_table, read_selection_json, winner_line, write_report
+from quantbench.records import CocoMetrics, EvalResult, EvalTiming, LatencyResult, LatencyStats
 
 REPO_THRESHOLDS = Path(__file__).resolve().parents[1] / "thresholds.toml"
 GOLD = np.array([1.0, 215 / 255, 0.0])  # matplotlib's "gold": the winner's star

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from quantbench.records import CocoMetrics, EvalResult, EvalTiming, LatencyResult, LatencyStats
-from quantbench.outputs.report import SUMMARY_LIMIT, fit_markdown, report_markdown, write_report
 from quantbench.decision.selection import select
 from quantbench.decision.thresholds import Thresholds
+from quantbench.outputs.report import SUMMARY_LIMIT, fit_markdown, report_markdown, write_report
+from quantbench.records import CocoMetrics, EvalResult, EvalTiming, LatencyResult, LatencyStats
 
 THRESHOLDS = Thresholds.from_mapping({"baseline": "fp16"})
 

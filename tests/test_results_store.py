@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from quantbench.cache import ArtifactCache
+from quantbench.decision.results_store import EvalSettings, ResultsStore, eval_key
 from quantbench.evaluation.detections import NmsConfig
 from quantbench.records import CocoMetrics, EvalResult, EvalTiming, LatencyResult, LatencyStats, VariantBuild
-from quantbench.decision.results_store import EvalSettings, ResultsStore, eval_key
 
 
 def _eval(variant: str = "int8-max", map50_95: float = 0.2322) -> EvalResult:

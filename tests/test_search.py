@@ -17,15 +17,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from quantbench.backends import BackendKind, BuildOptions, Engine
-from quantbench.backends.ort import OrtBackend, fp16_quantize_nodes
-from quantbench.cache import ArtifactCache
-from quantbench.data.calibration import build_calibration
-from quantbench.errors import ConfigError
-from quantbench.build.export import resolve_model
-from quantbench.analysis.qdq_graph import QdqModel
-from quantbench.build.quantize import matching_nodes, quantize_variant
 from quantbench.analysis.meter import GraphMeter, OutputErrorProbe, error_power, output_agreement, run_batches
+from quantbench.analysis.qdq_graph import QdqModel
 from quantbench.analysis.search import (
     STATE_FILE,
     FlopCost,
@@ -41,7 +34,14 @@ from quantbench.analysis.search import (
     within_floor,
 )
 from quantbench.analysis.sensitivity import layer_sensitivity
+from quantbench.backends import BackendKind, BuildOptions, Engine
+from quantbench.backends.ort import OrtBackend, fp16_quantize_nodes
+from quantbench.build.export import resolve_model
+from quantbench.build.quantize import matching_nodes, quantize_variant
 from quantbench.build.variants import Variant, VariantKind, load_variants
+from quantbench.cache import ArtifactCache
+from quantbench.data.calibration import build_calibration
+from quantbench.errors import ConfigError
 
 SIZE = 64
 

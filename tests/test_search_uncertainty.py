@@ -27,17 +27,17 @@ from quantbench.analysis.search import (
     search_split,
     step_verdict,
 )
+from quantbench.analysis.setup import probe_split
+from quantbench.build.export import resolve_model
+from quantbench.build.quantize import quantize_variant
+from quantbench.build.variants import Variant, VariantKind
 from quantbench.cache import ArtifactCache
 from quantbench.data.calibration import build_calibration
-from quantbench.errors import ConfigError
-from quantbench.build.export import resolve_model
 from quantbench.decision.gate import FAIL, INCONCLUSIVE, PASS, Evidence, interval_verdict, judge
-from quantbench.analysis.setup import probe_split
-from quantbench.build.quantize import quantize_variant
-from quantbench.records import BootstrapInterval, CocoMetrics, DropInterval, EvalResult, EvalTiming
 from quantbench.decision.thresholds import ModelThresholds
 from quantbench.decision.uncertainty import images_needed, paired_bootstrap
-from quantbench.build.variants import Variant, VariantKind
+from quantbench.errors import ConfigError
+from quantbench.records import BootstrapInterval, CocoMetrics, DropInterval, EvalResult, EvalTiming
 
 RESAMPLES = 200  # enough for a stable interval on 16 images, cheap
 ORDER = ("/model.24/m.0/Conv", "/model.0/conv/Conv")  # a head output conv and the stem: a short search

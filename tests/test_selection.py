@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from quantbench.outputs.benchmark_json import records_from_benchmark_json
+from quantbench.decision.results_store import ResultsStore
+from quantbench.decision.selection import Selection, select
+from quantbench.decision.thresholds import Thresholds
 from quantbench.errors import ConfigError
+from quantbench.outputs.benchmark_json import records_from_benchmark_json
 from quantbench.records import (
     CocoMetrics,
     EvalResult,
@@ -20,9 +23,6 @@ from quantbench.records import (
     RecordError,
     to_dict,
 )
-from quantbench.decision.results_store import ResultsStore
-from quantbench.decision.selection import Selection, select
-from quantbench.decision.thresholds import Thresholds
 
 pytest_plugins = ["pytester"]
 
@@ -85,8 +85,8 @@ def test_yolov5n_on_cpu_with_measured_numbers(tmp_path: Path):
 
 
 def test_a_runner_up_within_measurement_noise_is_named_beside_the_winner(tmp_path: Path):
-    from quantbench.outputs.report import winner_line
     from quantbench.decision.selection import median_standard_error
+    from quantbench.outputs.report import winner_line
 
     # Medians, standard deviations and rounds of one `pytest bench` run on this 2-core CPU (this
     # session): fp32 and fp16 are the same speed on ONNX Runtime's CPU provider, a coin toss.

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from quantbench.errors import ConfigError
 from quantbench.decision.thresholds import (
     ModelThresholds,
     Thresholds,
@@ -14,6 +13,7 @@ from quantbench.decision.thresholds import (
     check_memory,
     check_speedup,
 )
+from quantbench.errors import ConfigError
 
 REPO_THRESHOLDS = Path(__file__).resolve().parents[1] / "thresholds.toml"
 

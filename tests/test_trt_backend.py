@@ -20,8 +20,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from quantbench.backends import BackendKind, BuildOptions, Engine, resolve_backend
-from quantbench.backends import cuda
+from quantbench.backends import BackendKind, BuildOptions, Engine, cuda, resolve_backend
 from quantbench.backends.trt import (
     DEFAULT_IMGSZ,
     TensorRTBackend,

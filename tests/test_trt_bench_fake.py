@@ -18,7 +18,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 import trt_fake
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,14 +17,14 @@ import logging
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
-
 import trt_fake
+from onnx import TensorProto, helper
+from test_trt_backend import conv_reference, tiny_conv_onnx
+from test_trt_surface import BACKEND_USES
+
 from quantbench.backends import BuildOptions
 from quantbench.backends.trt import TIMING_CACHE_KIND, TensorRTBackend, parser_error_message
 from quantbench.errors import BackendError
-from test_trt_backend import conv_reference, tiny_conv_onnx
-from test_trt_surface import BACKEND_USES
 
 VERSIONS = trt_fake.SURFACE_VERSIONS
 
@@ -172,7 +172,7 @@ def test_defect6_a_refused_optimization_profile_fails_the_build(fake_trt, tmp_pa
 def test_defect6_set_shape_value_error_becomes_a_backend_error(fake_trt, tmp_path, cache, monkeypatch):
     tiny_conv_onnx(tmp_path / "m.onnx")
 
-    def refuse(self, input, min, opt, max):  # noqa: A002 - TensorRT's names
+    def refuse(self, input, min, opt, max):
         raise ValueError("min/opt/max dimensions are inconsistent")  # what the binding raises
 
     monkeypatch.setattr(fake_trt.IOptimizationProfile, "set_shape", refuse)

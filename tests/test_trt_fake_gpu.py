@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 import pytest
-
 import trt_fake
+
 from quantbench.backends import BuildOptions, cuda
 from quantbench.backends.ort import OrtBackend
 from quantbench.backends.trt import TensorRTBackend

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 import trt_fake
+
 from quantbench.backends.trt_version import TrtApi
 
 VERSIONS = trt_fake.SURFACE_VERSIONS
@@ -122,7 +122,7 @@ def test_unknown_members_are_refused(trt):
     with pytest.raises(AttributeError, match="no attribute 'build_engine'"):
         builder.build_engine  # noqa: B018 - removed in TensorRT 10: build_serialized_network
     with pytest.raises(AttributeError):
-        trt.BuilderFlag.INT8 if trt.__version__.startswith("11") else trt.BuilderFlag.NO_SUCH_FLAG  # noqa: B018
+        trt.BuilderFlag.INT8 if trt.__version__.startswith("11") else trt.BuilderFlag.NO_SUCH_FLAG
 
 
 def test_wrong_argument_count_names_and_types_are_refused(trt):

@@ -14,12 +14,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from yolo_detections import on_val500
 
-from quantbench.data.dataset import CocoDataset, read_instances
-from quantbench.evaluation.detections import Detections
-from quantbench.errors import DataError
-from quantbench.evaluation.matches import MatchTable
-from quantbench.evaluation.metrics import CocoEvaluator, coco_metrics_and_matches
 import quantbench.decision.uncertainty as uncertainty
+from quantbench.data.dataset import CocoDataset, read_instances
 from quantbench.decision.uncertainty import (
     BootstrapInterval,
     images_needed,
@@ -31,6 +27,10 @@ from quantbench.decision.uncertainty import (
     speedup_interval,
     weighted_maps,
 )
+from quantbench.errors import DataError
+from quantbench.evaluation.detections import Detections
+from quantbench.evaluation.matches import MatchTable
+from quantbench.evaluation.metrics import CocoEvaluator, coco_metrics_and_matches
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from quantbench.errors import ConfigError
 from quantbench.build.variants import DEFAULT_VARIANTS, Variant, VariantKind, load_variants
+from quantbench.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from trt_fake import PLAN_MAGIC, TIMING_MAGIC, LOCK, host_function, sha256_of
+from trt_fake import LOCK, PLAN_MAGIC, TIMING_MAGIC, host_function, sha256_of
 
 ONNX_TO_TRT = {1: "FLOAT", 10: "HALF", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOOL", 2: "UINT8", 16: "BF16", 17: "FP8"}
 TRT_TO_NUMPY = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
@@ -147,7 +146,7 @@ class OnnxParser:
         trt, path = self._qb_module, Path(model)
         try:
             proto = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is what TensorRT reports this way
+        except Exception as exc:
             self._error("MODEL_DESERIALIZE_FAILED", -1, "", "", f"Failed to parse the ONNX file {path}: {exc}")
             return False
         for index, node in enumerate(proto.graph.node):
@@ -181,13 +180,13 @@ class OnnxParser:
 
 
 class IOptimizationProfile:
-    def set_shape(self, input: str, min: Any, opt: Any, max: Any) -> None:  # noqa: A002 - TensorRT's names
+    def set_shape(self, input: str, min: Any, opt: Any, max: Any) -> None:
         low, mid, high = (tuple(int(v) for v in s) for s in (min, opt, max))
         if not (len(low) == len(mid) == len(high)) or not all(0 <= a <= b <= c for a, b, c in zip(low, mid, high)):
             raise ValueError(f"[fake TensorRT] inconsistent shapes for {input}: min {low}, opt {mid}, max {high}")
         self._shapes[input] = (low, mid, high)
 
-    def get_shape(self, input: str) -> list:  # noqa: A002
+    def get_shape(self, input: str) -> list:
         return [_dims(self._qb_module, s) for s in self._shapes.get(input, ())]
 
 
@@ -462,7 +461,7 @@ class IExecutionContext:
                         result = self._engine._session().infer(np.array(batch))
                     flat = staging_out.array.reshape(-1)
                     flat[: result.size] = result.astype(flat.dtype, copy=False).reshape(-1)
-                except Exception as exc:  # noqa: BLE001 - a host function cannot raise into CUDA: keep it for the test
+                except Exception as exc:
                     self._failure = exc
 
             self._host_functions[in_shape] = host_function(run)
@@ -474,7 +473,7 @@ def _free(buffers: tuple) -> None:
     for buffer in buffers:
         try:
             buffer.close()
-        except Exception:  # noqa: BLE001 - at interpreter exit the CUDA runtime may be gone already
+        except Exception:
             pass
 
 
@@ -487,7 +486,7 @@ class EngineInspector:
     def execution_context(self, context: Any) -> None:
         self._props["execution_context"] = context
 
-    def get_engine_information(self, format: Any) -> str:  # noqa: A002 - TensorRT's name
+    def get_engine_information(self, format: Any) -> str:
         trt = self._qb_module
         info = engine_information(self._engine._plan, self._known_shapes(), int(trt.__version__.split(".")[0]))
         if format == trt.LayerInformationFormat.ONELINE:

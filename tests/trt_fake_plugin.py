@@ -16,6 +16,7 @@ import sys
 
 import cuda_standin
 import trt_fake
+
 from quantbench.backends import cuda
 
 VERSION = os.environ.get("QB_FAKE_TENSORRT_VERSION", "10.16.1.11")

@@ -8,8 +8,8 @@ from pathlib import Path
 import onnxruntime as ort
 
 from quantbench.data.dataset import CocoDataset
-from quantbench.evaluation.detections import Detections, postprocess
 from quantbench.data.preprocess import iter_batches
+from quantbench.evaluation.detections import Detections, postprocess
 
 
 def yolo_detections(model: Path, ds: CocoDataset) -> dict[int, Detections]:

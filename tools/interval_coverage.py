@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from quantbench.data.assets import default_eval_data, default_model
-from quantbench.cache import ArtifactCache
-from quantbench.pipeline import Pipeline, PipelineSettings
-from quantbench.decision.uncertainty import prepare, weighted_maps
 from quantbench.build.variants import DEFAULT_VARIANTS, load_variants
+from quantbench.cache import ArtifactCache
+from quantbench.data.assets import default_eval_data, default_model
+from quantbench.decision.uncertainty import prepare, weighted_maps
+from quantbench.pipeline import Pipeline, PipelineSettings
 
 
 def subset_weights(total: int, members: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:

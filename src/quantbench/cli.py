@@ -19,22 +19,26 @@ from pathlib import Path
 from quantbench import __version__
 from quantbench.analysis import cli as analysis_cli
 from quantbench.argtypes import backend_name, latency_check, non_negative_int, positive_int
-from quantbench.data.assets import cache_root, default_model
-from quantbench.outputs.benchmark_json import failures_from_benchmark_json, records_from_benchmark_json, uncertainty_from_benchmark_json
 from quantbench.backends import BuildOptions
-from quantbench.cache import ArtifactCache, atomic_write_json, atomic_write_text, check_output_file, remove_stale_scratch
-from quantbench.outputs.compare import compare_runs, comparison_markdown
-from quantbench.errors import BackendError, ConfigError, OutputError, QuantbenchError
-from quantbench.outputs.history import build_history, history_markdown, load_run, load_runs, write_history
-from quantbench.pipeline import Pipeline, PipelineObserver, PipelineSettings
-from quantbench.outputs.provenance import cache_key, collect_provenance
 from quantbench.build.quantize import SCRATCH_PREFIX, ModelOptEcho
-from quantbench.records import to_dict
-from quantbench.outputs.report import format_selection_table, write_report
+from quantbench.build.variants import DEFAULT_VARIANTS, Variant, VariantKind, load_variants
+from quantbench.cache import ArtifactCache, atomic_write_json, atomic_write_text, check_output_file, remove_stale_scratch
+from quantbench.data.assets import cache_root, default_model
 from quantbench.decision.results_store import EvalSettings, RunLedger
 from quantbench.decision.selection import select
 from quantbench.decision.thresholds import Thresholds
-from quantbench.build.variants import DEFAULT_VARIANTS, Variant, VariantKind, load_variants
+from quantbench.errors import ConfigError, OutputError, QuantbenchError
+from quantbench.outputs.benchmark_json import (
+    failures_from_benchmark_json,
+    records_from_benchmark_json,
+    uncertainty_from_benchmark_json,
+)
+from quantbench.outputs.compare import compare_runs, comparison_markdown
+from quantbench.outputs.history import build_history, history_markdown, load_run, load_runs, write_history
+from quantbench.outputs.provenance import cache_key, collect_provenance
+from quantbench.outputs.report import format_selection_table, write_report
+from quantbench.pipeline import Pipeline, PipelineObserver, PipelineSettings
+from quantbench.records import to_dict
 
 Handler = Callable[[argparse.Namespace], int]
 

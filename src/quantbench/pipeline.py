@@ -22,20 +22,20 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quantbench.data.assets import default_calib_data, default_eval_data
 from quantbench.backends import Backend, BuildOptions, Engine, Runner, resolve_backend
-from quantbench.cache import ArtifactCache, ArtifactMissing, atomic_write_json, hash_key
-from quantbench.data.calibration import CalibrationSet, build_calibration
-from quantbench.data.dataset import CocoDataset
-from quantbench.errors import QuantbenchError, QuantizeError
-from quantbench.evaluation.evaluate import EvalSpec, evaluate_with_matches
 from quantbench.build.export import DEFAULT_IMGSZ, ModelInfo, resolve_model
 from quantbench.build.quantize import quantize_variant
-from quantbench.evaluation.matches import MatchTable
-from quantbench.records import AccuracyComparison, CalibrationSpread, EvalResult, VariantBuild, from_dict, to_dict
+from quantbench.build.variants import Variant
+from quantbench.cache import ArtifactCache, ArtifactMissing, atomic_write_json, hash_key
+from quantbench.data.assets import default_calib_data, default_eval_data
+from quantbench.data.calibration import CalibrationSet, build_calibration
+from quantbench.data.dataset import CocoDataset
 from quantbench.decision.results_store import EvalSettings, ResultsStore, StoredEval, eval_key
 from quantbench.decision.uncertainty import DROP_INTERVAL_METHOD, paired_bootstrap, seed_spread
-from quantbench.build.variants import Variant
+from quantbench.errors import QuantbenchError, QuantizeError
+from quantbench.evaluation.evaluate import EvalSpec, evaluate_with_matches
+from quantbench.evaluation.matches import MatchTable
+from quantbench.records import AccuracyComparison, CalibrationSpread, EvalResult, VariantBuild, from_dict, to_dict
 
 MATCHES_KIND = "matches"  # cache kind of an evaluation's MatchTable, keyed like the evaluation
 COMPARISON_KIND = "comparison"  # cache kind of a paired-bootstrap drop

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quantbench.argtypes import non_negative_int, positive_int
-from quantbench.data.assets import default_calib_data, default_model
-from quantbench.cache import ArtifactCache
-from quantbench.build.variants import CALIBRATION_METHODS
 from quantbench.analysis.search import DEFAULT_CONFIDENCE, SearchConfig, Strategy, run_search, verdict_sentence
 from quantbench.analysis.sensitivity import run_sensitivity
 from quantbench.analysis.setup import AnalysisOptions
+from quantbench.argtypes import non_negative_int, positive_int
+from quantbench.build.variants import CALIBRATION_METHODS
+from quantbench.cache import ArtifactCache
+from quantbench.data.assets import default_calib_data, default_model
 
 _OPTIONS = AnalysisOptions()
 _SEARCH = SearchConfig()

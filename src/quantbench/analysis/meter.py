@@ -30,17 +30,17 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import onnx
 
+from quantbench.analysis.qdq_graph import QdqModel
 from quantbench.backends.base import BuildOptions
 from quantbench.backends.ort import OrtBackend
 from quantbench.cache import ArtifactCache, hash_key, sha256_file
 from quantbench.data.dataset import CocoDataset
-from quantbench.evaluation.detections import NmsConfig
+from quantbench.decision.uncertainty import DROP_INTERVAL_METHOD, paired_bootstrap
 from quantbench.errors import ConfigError, DataError
+from quantbench.evaluation.detections import NmsConfig
 from quantbench.evaluation.evaluate import EvalSpec, evaluate_with_matches
 from quantbench.evaluation.matches import MatchTable
 from quantbench.records import BootstrapInterval
-from quantbench.decision.uncertainty import DROP_INTERVAL_METHOD, paired_bootstrap
-from quantbench.analysis.qdq_graph import QdqModel
 
 CACHE_KIND = "sensitivity"
 _FORMAT_VERSION = 1  # of cached probe scores

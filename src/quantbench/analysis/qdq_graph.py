@@ -35,8 +35,9 @@ from google.protobuf.message import DecodeError
 from onnx import shape_inference
 
 from quantbench.build import onnx_graph
-from quantbench.errors import ModelError
 from quantbench.build.onnx_graph import DEQUANTIZE, QUANTIZE
+from quantbench.errors import ModelError
+
 # Ops whose cost is multiply-accumulates over a weight or a second operand.
 LINEAR_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 # Everything ModelOpt's INT8 mode can quantize (modelopt/onnx/quantization/int8.py lists these;

@@ -28,11 +28,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from quantbench.cache import ArtifactCache, atomic_write_bytes, atomic_write_text
-from quantbench.errors import ConfigError
 from quantbench.analysis.meter import GraphMeter, OutputAgreement, error_power, sqnr_gain
 from quantbench.analysis.qdq_graph import QdqModel
 from quantbench.analysis.setup import AnalysisOptions, open_meter, prepare_analysis
+from quantbench.cache import ArtifactCache, atomic_write_bytes, atomic_write_text
+from quantbench.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import numpy as np
 
+from quantbench.analysis.meter import CocoProbe, GraphMeter
+from quantbench.analysis.qdq_graph import QdqModel
 from quantbench.argtypes import check_counts, is_count
+from quantbench.build.export import ModelInfo
+from quantbench.build.variants import CALIBRATION_METHODS, HIGH_PRECISION_DTYPES, VARIANT_NAME_RE, Variant, VariantKind
 from quantbench.cache import ArtifactCache
 from quantbench.data.calibration import CalibrationSet, calibration_images
 from quantbench.data.dataset import CocoDataset
 from quantbench.errors import ConfigError, DataError
-from quantbench.build.export import ModelInfo
 from quantbench.pipeline import Pipeline, PipelineSettings
 from quantbench.records import VariantBuild
-from quantbench.build.variants import CALIBRATION_METHODS, HIGH_PRECISION_DTYPES, VARIANT_NAME_RE, Variant, VariantKind
-from quantbench.analysis.meter import CocoProbe, GraphMeter
-from quantbench.analysis.qdq_graph import QdqModel
 
 
 @dataclass(frozen=True)

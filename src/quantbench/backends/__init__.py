@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 import logging
 
-from quantbench.errors import BackendUnavailable, ConfigError
 from quantbench.backends.base import Backend, BackendKind, BuildOptions, Engine, InputSpec, Runner, RunnerInfo, TimingSamples
+from quantbench.errors import BackendUnavailable, ConfigError
 
 __all__ = [
     "Backend",

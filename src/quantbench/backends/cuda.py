@@ -140,7 +140,7 @@ def memory_info() -> MemoryInfo:
 class _Resource:
     """Context-manager plumbing: ``close()`` is idempotent and runs on exit."""
 
-    def __enter__(self):  # noqa: ANN204 - returns the subclass
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -31,10 +31,10 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import load_external_data_for_model
 
+from quantbench.backends.base import Backend, BackendKind, BuildOptions, Engine, InputSpec, Runner, RunnerInfo, TimingSamples
 from quantbench.build import onnx_graph
 from quantbench.cache import ArtifactCache, hash_key, sha256_file
 from quantbench.errors import BackendError
-from quantbench.backends.base import Backend, BackendKind, BuildOptions, Engine, InputSpec, Runner, RunnerInfo, TimingSamples
 
 
 def _ort():

@@ -31,14 +31,14 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
-from quantbench.build import onnx_graph
-from quantbench.cache import ArtifactCache, atomic_write_bytes, atomic_write_text, hash_key, sha256_file
-from quantbench.errors import BackendError, BackendUnavailable, ConfigError, ModelError
-from quantbench.records import to_dict
 from quantbench.backends import cuda
 from quantbench.backends.base import Backend, BackendKind, BuildOptions, Engine, InputSpec, Runner, RunnerInfo, TimingSamples
 from quantbench.backends.trt_precision import NoInt8Warning, precision_report, qdq_layers
 from quantbench.backends.trt_version import TrtApi
+from quantbench.build import onnx_graph
+from quantbench.cache import ArtifactCache, atomic_write_bytes, atomic_write_text, hash_key, sha256_file
+from quantbench.errors import BackendError, BackendUnavailable, ConfigError, ModelError
+from quantbench.records import to_dict
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from quantbench.cache import ArtifactCache, hash_key, sha256_file
 from quantbench.data.dataset import list_images
-from quantbench.errors import ConfigError, DataError
 from quantbench.data.preprocess import IMGSZ, load_image
+from quantbench.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -37,10 +37,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from quantbench.errors import DataError
-from quantbench.records import AccuracyComparison, CalibrationSpread, EvalResult, LatencyResult
 from quantbench.decision.thresholds import ModelThresholds, check_accuracy, check_memory, check_speedup, relative_drop
 from quantbench.decision.uncertainty import BootstrapInterval, DropInterval, images_needed, latency_interval, speedup_interval
+from quantbench.errors import DataError
+from quantbench.records import AccuracyComparison, CalibrationSpread, EvalResult, LatencyResult
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 _TOLERANCE = 1e-9  # as thresholds.py: a drop equal to its limit up to float noise passes

@@ -29,7 +29,16 @@ from typing import Any
 from quantbench import __version__
 from quantbench.cache import ArtifactCache, atomic_write_json, atomic_write_text, hash_key, owner_is_gone, owner_tag
 from quantbench.evaluation.detections import NmsConfig
-from quantbench.records import SCHEMA_VERSION, AccuracyComparison, CalibrationSpread, EvalResult, LatencyResult, VariantBuild, from_dict, to_dict
+from quantbench.records import (
+    SCHEMA_VERSION,
+    AccuracyComparison,
+    CalibrationSpread,
+    EvalResult,
+    LatencyResult,
+    VariantBuild,
+    from_dict,
+    to_dict,
+)
 
 EVAL_KIND = "eval"
 RUNS_DIR = "runs"

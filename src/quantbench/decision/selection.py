@@ -39,9 +39,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from quantbench.records import AccuracyComparison, CalibrationSpread, EvalResult, LatencyResult
-from quantbench.decision.gate import Evidence, VariantOutcome, judge, median_standard_error
+from quantbench.decision.gate import Evidence, VariantOutcome, judge
 from quantbench.decision.thresholds import ModelThresholds, Thresholds
+from quantbench.records import AccuracyComparison, CalibrationSpread, EvalResult, LatencyResult
 
 # A failed build: keyed by variant name (every model) or by (model, variant).
 FailureKey = str | tuple[str, str]

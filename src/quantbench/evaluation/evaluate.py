@@ -32,13 +32,13 @@ from tqdm import tqdm
 
 from quantbench.backends.base import Runner
 from quantbench.data.dataset import CocoDataset
-from quantbench.evaluation.detections import Detections, NmsConfig, NmsKernel, postprocess
+from quantbench.data.preprocess import IMGSZ, Batch, Letterbox, default_workers, iter_batches
 from quantbench.errors import BackendError, ConfigError, DataError
+from quantbench.evaluation.detections import Detections, NmsConfig, NmsKernel, postprocess
 from quantbench.evaluation.matches import MatchTable
 from quantbench.evaluation.metrics import CocoEvaluator, make_scorer
-from quantbench.data.preprocess import IMGSZ, Batch, Letterbox, default_workers, iter_batches
-from quantbench.records import EvalResult, EvalTiming
 from quantbench.evaluation.stage_clock import Stage, StageClock
+from quantbench.records import EvalResult, EvalTiming
 
 # Raw outputs waiting for NMS are large (2.8 MB per image for YOLO11 at 640, 8.5 MB for YOLOv5):
 # at most this many per NMS thread are held in memory.

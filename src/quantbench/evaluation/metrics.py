@@ -39,8 +39,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from quantbench.data.dataset import CocoDataset, read_instances
-from quantbench.evaluation.detections import Detections
 from quantbench.errors import ConfigError, DataError
+from quantbench.evaluation.detections import Detections
 from quantbench.evaluation.matches import MAX_DETS, MatchTable, match_table, match_table_of
 from quantbench.records import CocoMetrics
 

@@ -18,8 +18,8 @@ from quantbench.backends.base import BuildOptions, InputSpec, Runner, RunnerInfo
 from quantbench.backends.ort import OrtBackend
 from quantbench.cache import ArtifactCache, hash_key, sha256_file
 from quantbench.data.dataset import CocoDataset
-from quantbench.errors import BackendError
 from quantbench.data.preprocess import iter_batches
+from quantbench.errors import BackendError
 
 
 def fingerprint(image: np.ndarray) -> float:

@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from quantbench.decision.thresholds import ModelThresholds, Thresholds
 from quantbench.outputs.history import HistoryError, HistoryRow, SavedRun, build_history, what_changed
 from quantbench.records import EvalResult, LatencyResult
-from quantbench.decision.thresholds import ModelThresholds, Thresholds
 
 # The fields of `records.LatencyStats` that pytest-benchmark's checks can name.
 LATENCY_FIELDS = ("min", "max", "mean", "median", "stddev")

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from quantbench.cache import atomic_write_bytes, atomic_write_text
-from quantbench.errors import ConfigError
-from quantbench.records import EvalResult, LatencyResult, Provenance
-from quantbench.outputs.benchmark_json import VariantOptions, records_from_benchmark_json
 from quantbench.decision.selection import Selection, select
 from quantbench.decision.thresholds import Thresholds
+from quantbench.errors import ConfigError
+from quantbench.outputs.benchmark_json import VariantOptions, records_from_benchmark_json
+from quantbench.records import EvalResult, LatencyResult, Provenance
 
 
 class HistoryError(ConfigError):

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from quantbench.cache import atomic_write_bytes, atomic_write_json, atomic_write_text
+from quantbench.decision.selection import Selection, VariantOutcome
 from quantbench.errors import ConfigError
 from quantbench.records import SCHEMA_VERSION, from_dict, to_dict
-from quantbench.decision.selection import Selection, VariantOutcome
 
 # selection.json's "kind": tells a selection file apart from any other JSON.
 SELECTION_KIND = "quantbench.decision.selection"
