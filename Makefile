@@ -5,15 +5,29 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: test bench ci-bench bench-host gpu-test clean
+.PHONY: test test-fast lint bench ci-bench bench-host gpu-test clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,lint]'
 	touch $@
 
+# `make test`: the whole suite, one pytest-xdist worker per core, the 15 slowest tests listed at the
+# end. `make test-fast`: the edit loop, tests not marked `slow` (no ModelOpt build, no Ultralytics
+# export, no `pytest bench` subprocess session, no evaluation of more than a few images).
+TEST_WORKERS ?= $(shell nproc)
+TEST_ARGS ?=
+
 test: $(VENV)/.installed
-	$(PYTEST) tests -q
+	$(PYTEST) tests -q -n $(TEST_WORKERS) --durations=15 $(TEST_ARGS)
+
+test-fast: $(VENV)/.installed
+	$(PYTEST) tests -q -n $(TEST_WORKERS) -m "not slow" --durations=5 $(TEST_ARGS)
+
+# ruff (rules and why: pyproject.toml [tool.ruff]) over the repository, mypy over the package.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # `make bench`: one serial pytest session that times with pytest-benchmark (which switches itself
 # off under pytest-xdist). --qb-build-workers makes it first run `pytest bench -n N -m accuracy`

@@ -12,7 +12,7 @@ import pytest
 from quantbench.data.dataset import CocoDataset
 from quantbench.evaluation.evaluate import EvalSpec, HostPipeline, evaluate
 from quantbench.evaluation.replay import ReplayRunner
-from quantbench.evaluation.stage_clock import Stage, StageClock
+from quantbench.stage_clock import Stage, StageClock
 from quantbench.records import EvalResult
 
 from .conftest import HostRun

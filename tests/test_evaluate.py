@@ -24,7 +24,7 @@ from quantbench.evaluation.detections import Detections
 from quantbench.evaluation.evaluate import EvalSpec, HostPipeline, evaluate
 from quantbench.evaluation.metrics import Scorer, make_scorer
 from quantbench.evaluation.replay import ReplayRunner, input_fingerprints, record_outputs
-from quantbench.evaluation.stage_clock import Stage, StageClock
+from quantbench.stage_clock import Stage, StageClock
 from quantbench.records import CocoMetrics, EvalResult
 
 

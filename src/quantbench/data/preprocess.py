@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from quantbench.errors import DataError
-from quantbench.evaluation.stage_clock import Stage, StageClock
+from quantbench.stage_clock import Stage, StageClock
 
 IMGSZ = 640
 PAD_VALUE = 114

@@ -37,7 +37,7 @@ from quantbench.errors import BackendError, ConfigError, DataError
 from quantbench.evaluation.detections import Detections, NmsConfig, NmsKernel, postprocess
 from quantbench.evaluation.matches import MatchTable
 from quantbench.evaluation.metrics import CocoEvaluator, make_scorer
-from quantbench.evaluation.stage_clock import Stage, StageClock
+from quantbench.stage_clock import Stage, StageClock
 from quantbench.records import EvalResult, EvalTiming
 
 # Raw outputs waiting for NMS are large (2.8 MB per image for YOLO11 at 640, 8.5 MB for YOLOv5):
