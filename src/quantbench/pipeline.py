@@ -149,12 +149,13 @@ class Pipeline:
             calib = self.calibration(variant.calib_images, model.input_size, seed=seed) \
                 if variant.needs_calibration else None
             try:
-                self._builds[key] = quantize_variant(model, variant, calib, self.cache)
+                build = quantize_variant(model, variant, calib, self.cache)
             except QuantizeError as exc:
                 self._builds[key] = exc
                 self.observer.failed(model.name, variant.name, str(exc))
             else:
-                self.observer.built(self._builds[key])
+                self._builds[key] = build
+                self.observer.built(build)
         return _or_raise(self._builds[key])
 
     def remember_failure(self, model: str, variant: Variant, reason: str) -> None:
@@ -323,7 +324,9 @@ class Pipeline:
         """
         probe = Pipeline(self.cache.read_only(), self.settings, backend=self.backend)
         probe._dataset = self._dataset
-        missing, cached, failing = [], [], []
+        missing: list[tuple[str, str]] = []
+        cached: list[tuple[str, str]] = []
+        failing: list[tuple[str, str]] = []
         for source, variant in pairs:
             pair = (source, variant.name)
             try:

@@ -240,7 +240,7 @@ class PinnedBuffer(_Resource):
             raise BackendError(f"a pinned buffer needs a positive size, got shape {self.shape}; check the tensor shape.")
         self._ptr: int | None = int(check(cudart().cudaMallocHost(self.nbytes), f"cudaMallocHost({self.nbytes})"))
         raw = (ctypes.c_uint8 * self.nbytes).from_address(self._ptr)
-        self._array: np.ndarray | None = np.frombuffer(raw, dtype=self.dtype).reshape(self.shape)
+        self._array: np.ndarray | None = np.frombuffer(memoryview(raw), dtype=self.dtype).reshape(self.shape)
 
     @property
     def ptr(self) -> int:

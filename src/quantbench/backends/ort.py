@@ -205,7 +205,7 @@ class OrtRunner(Runner):
     def close(self) -> None:
         if self.session is not None:
             self.info()
-        self.session = None  # type: ignore[assignment]
+        self.session = None
 
 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}

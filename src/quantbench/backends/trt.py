@@ -520,6 +520,8 @@ class TensorRTRunner(Runner):
             self._graph, self._graph_shape = None, None
         with cuda.GraphCapture(self._stream) as capture:
             self._enqueue()
+        if capture.graph is None:
+            raise BackendError("CUDA graph capture of the TensorRT enqueue produced no graph; open the backend with cuda_graph=False.")
         self._graph, self._graph_shape = capture.graph, shape
         return capture.graph
 
@@ -584,8 +586,9 @@ class TensorRTRunner(Runner):
         )
 
     def close(self) -> None:
-        if getattr(self, "_graph", None) is not None:
-            self._graph.close()
+        graph = getattr(self, "_graph", None)
+        if graph is not None:
+            graph.close()
             self._graph = None
         self._resources.close()  # buffers and stream, in reverse order of creation
         # TensorRT objects are freed when released, context before engine before runtime.
