@@ -22,8 +22,8 @@ from quantbench.data.assets import assets_root, cache_root
 from quantbench.data.dataset import CocoDataset
 from quantbench.errors import QuantbenchError
 from quantbench.evaluation.replay import ReplayRunner, input_fingerprints, record_outputs
-from quantbench.stage_clock import Stage
 from quantbench.records import CocoMetrics
+from quantbench.stage_clock import Stage
 
 HOST_RESULTS = pytest.StashKey["list[HostRun]"]()
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import pytest
 
+from bench_host.conftest import HostRun
 from quantbench.data.dataset import CocoDataset
 from quantbench.evaluation.evaluate import EvalSpec, HostPipeline, evaluate
 from quantbench.evaluation.replay import ReplayRunner
-from quantbench.stage_clock import Stage, StageClock
 from quantbench.records import EvalResult
-
-from .conftest import HostRun
+from quantbench.stage_clock import Stage, StageClock
 
 PIPELINES = {"reference": HostPipeline.reference(), "default": HostPipeline()}
 METRICS = ("map50_95", "map50", "map75", "map_small", "map_medium", "map_large", "ar100")

@@ -102,7 +102,7 @@ def collect(paths: list[Path], long_lines: int) -> list[ModuleShape]:
 def print_report(shapes: list[ModuleShape], long_lines: int) -> None:
     total = sum(s.lines for s in shapes)
     print(f"## files ({len(shapes)}, {total} lines)\n")
-    print("| module | lines | functions > %d lines | in-function imports |" % long_lines)
+    print(f"| module | lines | functions > {long_lines} lines | in-function imports |")
     print("| --- | ---: | --- | ---: |")
     for s in sorted(shapes, key=lambda s: -s.lines):
         longs = ", ".join(f"{n} {k}" for n, k in sorted(s.long_functions, key=lambda x: -x[1]))

@@ -288,7 +288,8 @@ class TensorRTBackend(Backend):
         if options.optimization_level not in OPTIMIZATION_LEVELS:
             raise ConfigError(f"optimization_level {options.optimization_level} is not in 0..5; pass 0 (fast build) to 5.")
         if options.workspace_mib is not None and options.workspace_mib < 1:
-            raise ConfigError(f"workspace_mib {options.workspace_mib} must be a positive number of MiB, or None for TensorRT's default.")
+            raise ConfigError(f"workspace_mib {options.workspace_mib} must be a positive number of MiB, "
+                              "or None for TensorRT's default.")
         trt, api = self._require()
         cuda.set_device(options.device_id)
         gpu = cuda.gpu_info(options.device_id)
@@ -521,7 +522,8 @@ class TensorRTRunner(Runner):
         with cuda.GraphCapture(self._stream) as capture:
             self._enqueue()
         if capture.graph is None:
-            raise BackendError("CUDA graph capture of the TensorRT enqueue produced no graph; open the backend with cuda_graph=False.")
+            raise BackendError("CUDA graph capture of the TensorRT enqueue produced no graph; "
+                               "open the backend with cuda_graph=False.")
         self._graph, self._graph_shape = capture.graph, shape
         return capture.graph
 

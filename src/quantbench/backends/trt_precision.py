@@ -174,7 +174,8 @@ def _load(inspector_json: str | bytes | Mapping[str, Any], where: str) -> Mappin
     return data
 
 
-def parse_engine_information(inspector_json: str | bytes | Mapping[str, Any], *, where: str = "the engine") -> tuple[EngineLayer, ...]:
+def parse_engine_information(inspector_json: str | bytes | Mapping[str, Any], *,
+                             where: str = "the engine") -> tuple[EngineLayer, ...]:
     """Every layer of the engine with its role, data types, precision and ONNX nodes."""
     data = _load(inspector_json, where)
     raw_layers = data.get("Layers")
