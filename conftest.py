@@ -1,7 +1,12 @@
-"""Root conftest: loads the bench suite's pytest plugin (see `fixtures/`).
+"""Root conftest. The bench plugin (`quantbench.plugin`) is found through its ``pytest11`` entry point
+once quantbench is installed (``pip install -e .``); it stays dormant for ``pytest tests``.
 
-It stays dormant for ``pytest tests``: the bench session is created only when ``bench/`` is among
-the paths pytest runs.
+A checkout used without installing it (``PYTHONPATH=src``, or an install made before the entry
+point existed) has no entry point: the plugin is loaded here instead. Loading it both ways would
+register the same module twice, which pytest refuses.
 """
 
-pytest_plugins = ["fixtures.plugin", "fixtures.fixtures"]
+from importlib.metadata import entry_points
+
+if not any(ep.value.startswith("quantbench.plugin") for ep in entry_points(group="pytest11")):
+    pytest_plugins = ["quantbench.plugin.entry"]

@@ -1,4 +1,4 @@
-"""The bench's planning and option table, without a pytest session: `Pipeline.plan` and `fixtures.options`."""
+"""The bench's planning and option table, without a pytest session: `Pipeline.plan` and `quantbench.plugin.options`."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from fixtures.options import BenchOptions, add_options, child_argv, describe, options_table
 from quantbench.build.variants import Variant, VariantKind
 from quantbench.cache import ArtifactCache
 from quantbench.pipeline import Pipeline, PipelineObserver, PipelineSettings
+from quantbench.plugin.options import BenchOptions, add_options, child_argv, describe, options_table
 
 FP32 = Variant(name="fp32", kind=VariantKind.FP32)
 

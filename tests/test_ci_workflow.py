@@ -20,8 +20,8 @@ import pytest
 
 yaml = pytest.importorskip("yaml", reason="PyYAML reads the workflow (it comes with ultralytics)")
 
-from fixtures.options import DEFAULT_REPORT_DIR  # noqa: E402
 from quantbench.cli import build_parser  # noqa: E402
+from quantbench.plugin.options import DEFAULT_REPORT_DIR  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / "docs" / "ci" / "nightly-gpu.yml"

@@ -12,6 +12,7 @@ from quantbench.analysis.setup import AnalysisOptions
 from quantbench.build.variants import load_variants
 from quantbench.cache import ArtifactCache
 from quantbench.cli import main
+from quantbench.defaults import VARIANTS
 
 
 def test_eval_writes_the_result_record(tmp_path: Path, yolov5n_onnx: Path, val500: Path, capsys):
@@ -189,11 +190,11 @@ def test_an_unwritable_json_path_is_refused_before_any_work(tmp_path: Path, caps
 
 def test_the_variant_table_is_found_from_any_folder_and_its_error_names_the_option(
         tmp_path: Path, yolov5n_onnx: Path, capsys, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.chdir(tmp_path)  # no bench/ here: the checkout's table is used
+    monkeypatch.chdir(tmp_path)  # no bench/ here: the table shipped in the package is used
     assert main(["quantize", "--variant", "int8-typo", "--model", str(yolov5n_onnx),
                  "--cache-dir", str(tmp_path / "cache")]) == 2
     err = capsys.readouterr().err
-    assert "variant 'int8-typo' is not in " in err and "bench/variants.toml" in err and "--variants-file" in err
+    assert f"variant 'int8-typo' is not in {VARIANTS.shipped_path};" in err and "--variants-file" in err
     assert main(["quantize", "--variant", "int8-max", "--variants-file", "nope.toml", "--model", str(yolov5n_onnx),
                  "--cache-dir", str(tmp_path / "cache")]) == 2
     assert capsys.readouterr().err.strip() == (

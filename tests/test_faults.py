@@ -238,7 +238,8 @@ def test_a_report_that_cannot_be_written_loses_no_result_and_every_variant_is_re
                         r"above and this run's records are kept in (\S+): `quantbench select \1 --report-dir DIR` "
                         r"writes the report from them\.", error)
     assert kept, error
-    assert re.search(r"^int8-bf16 .* FAIL +build failed: onnxruntime cannot run variant 'int8-bf16'", run.output, re.M), run.output
+    assert re.search(r"^int8-bf16 .* FAIL +build failed: onnxruntime cannot run variant 'int8-bf16'",
+                     run.output, re.M), run.output
 
     assert main(["select", kept.group(1), "--thresholds", str(work / "thresholds.toml"),
                  "--report-dir", str(tmp_path / "reports")]) == 0
@@ -287,8 +288,8 @@ def test_a_relative_assets_folder_reaches_the_parallel_build_phase(assets_dir: P
 
 
 def test_a_build_phase_error_not_tied_to_a_failed_build_fails_the_run(tmp_path: Path):
-    from fixtures.build_phase import build_phase_failure
     from quantbench.decision.results_store import RunLedger
+    from quantbench.plugin.build_phase import build_phase_failure
 
     ledger = RunLedger(tmp_path / "run")
     ledger.add_failure("m", "int8-per-node", "ModelOpt failed to build variant 'int8-per-node' of model m (...)")

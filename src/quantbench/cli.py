@@ -21,12 +21,13 @@ from quantbench.analysis import cli as analysis_cli
 from quantbench.argtypes import backend_name, latency_check, non_negative_int, positive_int
 from quantbench.backends import BuildOptions
 from quantbench.build.quantize import SCRATCH_PREFIX, ModelOptEcho
-from quantbench.build.variants import DEFAULT_VARIANTS, Variant, VariantKind, load_variants
+from quantbench.build.variants import Variant, VariantKind, load_variants
 from quantbench.cache import ArtifactCache, atomic_write_json, atomic_write_text, check_output_file, remove_stale_scratch
 from quantbench.data.assets import cache_root, default_model
 from quantbench.decision.results_store import EvalSettings, RunLedger
 from quantbench.decision.selection import select
 from quantbench.decision.thresholds import Thresholds
+from quantbench.defaults import THRESHOLDS, VARIANTS, DefaultTable, describe_default, resolve_table
 from quantbench.errors import ConfigError, OutputError, QuantbenchError
 from quantbench.outputs.benchmark_json import (
     failures_from_benchmark_json,
@@ -58,22 +59,9 @@ def _cache(args: argparse.Namespace):
     return cache
 
 
-# The source checkout this module runs from (an editable install): defaults are found there too.
-_CHECKOUT = Path(__file__).resolve().parents[2]
-
-
-def _table_path(given: str | None, default: Path, option: str, what: str) -> Path:
-    """``given``, else ``default`` in the current folder, else in the source checkout; one sentence if missing."""
-    if given:
-        path = Path(given).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"{what} {path} ({option}) does not exist; pass an existing file to {option}.")
-        return path
-    for path in (default, _CHECKOUT / default):
-        if path.is_file():
-            return path
-    raise ConfigError(f"no {what}: {default} is neither in the current folder nor in {_CHECKOUT}; "
-                      f"pass one with {option} PATH.")
+def _table_path(given: str | None, table: DefaultTable, option: str) -> Path:
+    """The table a command reads: ``given``, else the current folder's, else quantbench's own (`quantbench.defaults`)."""
+    return resolve_table(table, given, project=Path.cwd(), option=option)
 
 
 class _EvalNote(PipelineObserver):
@@ -106,7 +94,7 @@ def _variant(args: argparse.Namespace):
 
     if not args.variant:
         return Variant(name="base", kind=VariantKind.FP32)  # the base model itself
-    path = _table_path(args.variants_file, DEFAULT_VARIANTS, "--variants-file", "variant table")
+    path = _table_path(args.variants_file, VARIANTS, "--variants-file")
     table = {v.name: v for v in load_variants(path)}
     if args.variant not in table:
         raise ConfigError(f"variant {args.variant!r} is not in {path}; choose one of {', '.join(table)} "
@@ -192,7 +180,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         failures.update(records.failures)
         comparisons += records.comparisons
         spreads += records.spreads
-    thresholds = Thresholds.load(_table_path(args.thresholds, Path("thresholds.toml"), "--thresholds", "thresholds file"))
+    thresholds = Thresholds.load(_table_path(args.thresholds, THRESHOLDS, "--thresholds"))
     for warning in thresholds.check_models(sorted({r.model for r in (*evals, *latencies)})):
         print(f"quantbench: warning: {warning}", file=sys.stderr)
     selections = select(evals, latencies, thresholds, reference_batch=args.reference_batch,
@@ -208,7 +196,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    thresholds = Thresholds.load(Path(args.thresholds))
+    thresholds = Thresholds.load(_table_path(args.thresholds, THRESHOLDS, "--thresholds"))
     runs = load_runs([Path(p) for p in args.runs])
     histories = build_history(runs, thresholds, reference_batch=args.reference_batch, mix=args.mix)
     _emit(args, history_markdown(histories))
@@ -218,7 +206,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    thresholds = Thresholds.load(Path(args.thresholds))
+    thresholds = Thresholds.load(_table_path(args.thresholds, THRESHOLDS, "--thresholds"))
     comparison = compare_runs(load_run(Path(args.base)), load_run(Path(args.new)), thresholds, args.fail_latency or ())
     markdown = comparison_markdown(comparison)
     _emit(args, markdown)
@@ -245,7 +233,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _variant_opts(p: argparse.ArgumentParser, *, required: bool = False) -> None:
     p.add_argument("--variant", required=required, help="variant name from the variants table"
                    + ("" if required else " (default: the base model)"))
-    p.add_argument("--variants-file", help="variant table (default: bench/variants.toml here or in the checkout)")
+    p.add_argument("--variants-file", help=f"variant table (default: {describe_default(VARIANTS)})")
     p.add_argument("--calib-data", help="calibration images: a COCO folder or a folder of images")
     p.add_argument("--calib-images", type=positive_int, help="number of calibration images")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed for choosing calibration images")
@@ -286,7 +274,8 @@ def _stage_commands(sub) -> None:
     p.add_argument("--data", help="COCO folder (images/ + instances.json); default: val500 or COCO val2017 subset")
     p.add_argument("--limit", type=positive_int, help="evaluate only the first N images")
     p.add_argument("--batch-size", type=positive_int, default=1)
-    p.add_argument("--backend", type=backend_name, default="auto", help="auto (TensorRT when installed with a GPU, else ONNX Runtime), onnxruntime or tensorrt")
+    p.add_argument("--backend", type=backend_name, default="auto",
+                   help="auto (TensorRT when installed with a GPU, else ONNX Runtime), onnxruntime or tensorrt")
     p.add_argument("--json", type=Path, help="write the result record here")
     p.set_defaults(handler=cmd_eval)
 
@@ -296,14 +285,14 @@ def _record_commands(sub) -> None:
     p = sub.add_parser("select", help="rank saved pytest-benchmark JSON runs and name the winner")
     p.add_argument("json_files", nargs="+", help="pytest-benchmark --benchmark-json files, or run folders a bench "
                    "session kept in its cache (<cache>/runs/<id>) when it could not write its report")
-    p.add_argument("--thresholds", help="pass/fail criteria (default: thresholds.toml here or in the checkout)")
+    p.add_argument("--thresholds", help=f"pass/fail criteria (default: {describe_default(THRESHOLDS)})")
     p.add_argument("--reference-batch", type=positive_int, default=1)
     p.add_argument("--report-dir", help="also write report.md, selection.json and pareto.png here")
     p.set_defaults(handler=cmd_select)
 
     p = sub.add_parser("history", help="mAP and latency per variant over saved runs: a table and a PNG per model")
     p.add_argument("runs", nargs="+", help="pytest-benchmark --benchmark-json files, or --benchmark-storage folders")
-    p.add_argument("--thresholds", default="thresholds.toml", help="criteria that name each run's winner")
+    p.add_argument("--thresholds", help=f"criteria that name each run's winner (default: {describe_default(THRESHOLDS)})")
     p.add_argument("--reference-batch", type=positive_int, default=1)
     p.add_argument("--out-dir", default="reports/history", help="where history.md and history-<model>.png go")
     p.add_argument("--mix", action="store_true",
@@ -314,8 +303,8 @@ def _record_commands(sub) -> None:
                        "exit status 1 when one is beyond its limit")
     p.add_argument("base", help="the saved run to compare against (pytest-benchmark JSON)")
     p.add_argument("new", help="the run to gate (pytest-benchmark JSON)")
-    p.add_argument("--thresholds", default="thresholds.toml",
-                   help="mAP50-95 budget per model: a change beyond max_abs_drop or max_rel_drop fails")
+    p.add_argument("--thresholds", help="mAP50-95 budget per model: a change beyond max_abs_drop or max_rel_drop "
+                   f"fails (default: {describe_default(THRESHOLDS)})")
     p.add_argument("--fail-latency", action="append", type=latency_check, metavar="FIELD:LIMIT",
                    help="pytest-benchmark's --benchmark-compare-fail syntax, e.g. median:10%% or mean:0.002 "
                         "(seconds); repeatable (default: median:10%%)")

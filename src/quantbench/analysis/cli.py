@@ -23,6 +23,7 @@ from quantbench.argtypes import non_negative_int, positive_int
 from quantbench.build.variants import CALIBRATION_METHODS
 from quantbench.cache import ArtifactCache
 from quantbench.data.assets import default_calib_data, default_model
+from quantbench.defaults import THRESHOLDS, describe_default, resolve_table
 
 _OPTIONS = AnalysisOptions()
 _SEARCH = SearchConfig()
@@ -70,7 +71,8 @@ def add_analysis_options(p: argparse.ArgumentParser, out_dir: str) -> None:
 def add_search_options(p: argparse.ArgumentParser) -> None:
     """The options of `search` alone, each defaulting to its `SearchConfig` (or `AnalysisOptions`) field."""
     p.add_argument("--budget", type=float, help="max mAP50-95 drop vs FP32 as a fraction (default: thresholds.toml)")
-    p.add_argument("--thresholds", default="thresholds.toml", help="where the budget comes from without --budget")
+    p.add_argument("--thresholds", help="where the budget comes from without --budget "
+                   f"(default: {describe_default(THRESHOLDS)})")
     p.add_argument("--variant-name", default=_OPTIONS.variant_name, help="name of the emitted variant")
     # A float, not argtypes.fraction: SearchConfig's own error says 85 is not 0.85 (exit status 2).
     p.add_argument("--min-int8-flop-share", type=float, default=_SEARCH.min_int8_flop_share,
@@ -129,7 +131,9 @@ def cmd_sensitivity(args: argparse.Namespace, *, hooks: CliHooks) -> int:
 
 def cmd_search(args: argparse.Namespace, *, hooks: CliHooks) -> int:
     options, config = analysis_options(args), search_config(args)  # checked before anything is built
-    result = run_search(**_inputs(args, hooks), budget=args.budget, thresholds=Path(args.thresholds),
+    result = run_search(**_inputs(args, hooks), budget=args.budget,
+                        thresholds=None if args.budget is not None else
+                        resolve_table(THRESHOLDS, args.thresholds, project=Path.cwd(), option="--thresholds"),
                         options=options, config=config, progress=not args.quiet)
     o = result.outcome
     verdict = "within" if o.met_budget else "NOT within"
