@@ -185,6 +185,10 @@ class FakeCudaOrt(types.SimpleNamespace):
         self.SessionOptions, self.RunOptions = onnxruntime.SessionOptions, onnxruntime.RunOptions
         self.GraphOptimizationLevel = onnxruntime.GraphOptimizationLevel
         self.sessions: list[FakeCudaSession] = []
+        self.preloaded = 0
+
+    def preload_dlls(self, cuda: bool = True, cudnn: bool = True, msvc: bool = True, directory: Any = None) -> None:
+        self.preloaded += 1  # the real one loads CUDA/cuDNN from the nvidia-* packages; nothing to load here
 
     def get_available_providers(self) -> list[str]:
         return [CUDA, CPU] if self.cuda_build else [CPU]

@@ -56,6 +56,8 @@ def test_the_fake_has_the_real_iobinding_and_session_signatures():
     for name in ("run_with_iobinding", "get_provider_options", "get_providers", "get_inputs", "io_binding"):
         fake_params = list(inspect.signature(getattr(ort_cuda_fake.FakeCudaSession, name)).parameters)
         assert fake_params == list(inspect.signature(getattr(onnxruntime.InferenceSession, name)).parameters), name
+    fake_preload = list(inspect.signature(ort_cuda_fake.FakeCudaOrt.preload_dlls).parameters)[1:]  # less self
+    assert fake_preload == list(inspect.signature(onnxruntime.preload_dlls).parameters)
 
 
 def test_the_fake_refuses_a_cuda_graph_replay_into_other_addresses(monkeypatch, tmp_path):
@@ -201,9 +203,10 @@ def test_cuda_graph_timing_replays_a_captured_graph_in_every_timed_run(monkeypat
 
 
 def test_provider_options_land_in_runner_info_and_provenance(monkeypatch, tmp_path):
-    ort_cuda_fake.install(monkeypatch)
+    fake = ort_cuda_fake.install(monkeypatch)
     with OrtCudaBackend(cuda_graph=True).open_onnx(_tiny_model(tmp_path), BuildOptions()) as runner:
         info = runner.info()
+    assert fake.preloaded == 1  # CUDA libraries from the nvidia-* packages, before the session
     assert info.backend == "onnxruntime-cuda" and info.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
     assert info.cuda_graph and info.runtime_version == onnxruntime.__version__
     cuda_options = info.provider_options["CUDAExecutionProvider"]

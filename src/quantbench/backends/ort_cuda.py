@@ -111,6 +111,12 @@ class OrtCudaRunner(Runner):
 
     def _open(self, engine: Engine, model_bytes: bytes | None) -> None:
         ort = ort_backend._ort()
+        preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21
+        if preload is not None:
+            # CUDA and cuDNN from the nvidia-* pip packages (the GPU machine's torch environment has them),
+            # where they are not on the library path; what is loaded already is kept. It raises nothing:
+            # a library still missing shows as the CPU fallback refused below.
+            preload()
         self._stream = self._resources.enter_context(cuda.Stream())
         requested = provider_options(engine.options.device_id, self._stream.ptr, self.cuda_graph)
         so = ort.SessionOptions()
