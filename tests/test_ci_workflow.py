@@ -26,6 +26,7 @@ from quantbench.plugin.options import DEFAULT_REPORT_DIR  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / "docs" / "ci" / "nightly-gpu.yml"
 _EXPRESSION = re.compile(r"\$\{\{.*?\}\}")
+_MATRIX = re.compile(r"\$\{\{\s*matrix\.(\w+)\s*\}\}")
 _SUBSTITUTION = re.compile(r"\$\(([^()]*)\)")
 _OPERATORS = {";", "&&", "||", "|", "&", ">", ">>", "<", "(", ")"}
 
@@ -39,11 +40,20 @@ def steps() -> list[dict]:
     return [step for job in workflow()["jobs"].values() for step in job["steps"]]
 
 
+def matrix_entries() -> list[dict]:
+    """The job's matrix entries (``strategy.matrix.include``); one empty entry without a matrix."""
+    (job,) = workflow()["jobs"].values()
+    return job.get("strategy", {}).get("matrix", {}).get("include") or [{}]
+
+
 def commands() -> list[list[str]]:
-    """Every simple command of every ``run:`` script, ``$(...)`` substitutions included, as argv lists."""
+    """Every simple command of every ``run:`` script, ``$(...)`` substitutions included, as argv lists,
+    once per matrix entry with its ``${{ matrix.* }}`` values put in (other expressions become EXPR)."""
     found = []
-    for step in steps():
-        script = _EXPRESSION.sub("EXPR", step.get("run", "")).replace("\\\n", " ")
+    scripts = [_MATRIX.sub(lambda m, e=entry: str(e[m.group(1)]), step.get("run", ""))
+               for entry in matrix_entries() for step in steps()]
+    for script in scripts:
+        script = _EXPRESSION.sub("EXPR", script).replace("\\\n", " ")
         for line in script.splitlines():
             inner = _SUBSTITUTION.findall(line)
             for text in [*inner, _SUBSTITUTION.sub("SUBST", line)]:
@@ -87,6 +97,19 @@ def test_the_workflow_runs_nightly_on_a_self_hosted_gpu_runner():
     for step in steps():
         if "uses" in step:
             assert re.fullmatch(r"actions/(checkout|cache/restore|cache/save|upload-artifact)@v4", step["uses"]), step
+
+
+def test_a_matrix_entry_per_backend_the_cuda_provider_for_runners_without_tensorrt():
+    from quantbench.backends import BACKEND_CHOICES
+
+    entries = {e["backend"]: e for e in matrix_entries()}
+    assert set(entries) == {"tensorrt", "onnxruntime-cuda"} and set(entries) <= set(BACKEND_CHOICES)
+    assert entries["onnxruntime-cuda"]["runner"] == "no-tensorrt" and "trt" not in entries["onnxruntime-cuda"]["install"]
+    assert "onnxruntime-gpu[cuda,cudnn]" in entries["onnxruntime-cuda"]["install"]
+    assert entries["tensorrt"]["install"] == "'.[test,trt]'"
+    benches = [c for c in commands() if program(c) == "make" and "bench" in c]
+    assert {a for c in benches for a in c if a.startswith("BENCH_ARGS=")} == {
+        f"BENCH_ARGS=--junitxml=reports/junit.xml --qb-backend {b}" for b in entries}
 
 
 def test_every_make_target_and_variable_exists():

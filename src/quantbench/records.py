@@ -268,6 +268,8 @@ class Provenance:
     compute_capability: str | None = None  # "9.0"
     driver: str | None = None  # NVIDIA driver version ("580.65.06")
     cpu: str | None = None
+    # ONNX Runtime's execution-provider options as the session applied them ({provider: {key: value}}), None for others
+    provider_options: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Backend registry: names -> classes, and the `auto` rule.
 
-`auto` picks TensorRT when `tensorrt` imports and a CUDA device is present, else ONNX Runtime.
-TensorRT is imported only inside `backends.trt`, and only when that backend is used.
+`auto` picks TensorRT when `tensorrt` imports and a CUDA device is present, else ONNX Runtime's CUDA
+provider when onnxruntime has it and a CUDA device answers, else ONNX Runtime on the CPU.
+TensorRT is imported only inside `backends.trt`, and only when that backend is used; the CUDA
+provider's runner (`backends.ort_cuda`) imports cuda-python only when it opens an engine.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ log = logging.getLogger(__name__)
 _MODULES = {
     BackendKind.ONNXRUNTIME: ("quantbench.backends.ort", "OrtBackend"),
     BackendKind.TENSORRT: ("quantbench.backends.trt", "TensorRTBackend"),
+    BackendKind.ONNXRUNTIME_CUDA: ("quantbench.backends.ort_cuda", "OrtCudaBackend"),
 }
+# What `auto` tries, in order: the last one always runs (ONNX Runtime on the CPU).
+AUTO_ORDER = (BackendKind.TENSORRT, BackendKind.ONNXRUNTIME_CUDA, BackendKind.ONNXRUNTIME)
 BACKEND_CHOICES = ("auto", *(k.value for k in BackendKind))
 
 
@@ -46,11 +51,17 @@ def resolve_backend(name: str) -> tuple[type[Backend], str | None]:
     An explicitly named backend that cannot run here raises BackendUnavailable.
     """
     if name == "auto":
-        trt = backend_class(BackendKind.TENSORRT)
-        reason = trt.unavailable_reason()
-        if reason is None:
-            return trt, None
-        return backend_class(BackendKind.ONNXRUNTIME), reason
+        # The reason returned is TensorRT's (the drivers print "TensorRT not found (...)"); the CUDA
+        # provider's is logged, so that a GPU run that lands on the CPU says why.
+        fallback = None
+        for kind in AUTO_ORDER[:-1]:
+            cls = backend_class(kind)
+            reason = cls.unavailable_reason()
+            if reason is None:
+                return cls, fallback
+            fallback = fallback or reason
+            log.info("auto: %s cannot run here (%s)", kind.value, reason)
+        return backend_class(AUTO_ORDER[-1]), fallback
     try:
         kind = BackendKind(name)
     except ValueError:

@@ -23,6 +23,7 @@ from quantbench.errors import BackendError, ConfigError
 class BackendKind(str, enum.Enum):
     ONNXRUNTIME = "onnxruntime"
     TENSORRT = "tensorrt"
+    ONNXRUNTIME_CUDA = "onnxruntime-cuda"  # ONNX Runtime's CUDA provider, device-bound (`backends.ort_cuda`)
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ class RunnerInfo:
     gpu: str | None = None  # GPU name, where the engine runs on one
     compute_capability: str | None = None  # "9.0"
     providers: tuple[str, ...] = ()  # ONNX Runtime execution providers, in priority order
+    provider_options: Mapping[str, Mapping[str, str]] | None = None  # per provider, as ONNX Runtime applied them
     threads: int | None = None  # ONNX Runtime intra-op threads
     cuda_graph: bool = False  # Runner.time replays the enqueue from a CUDA graph
     engine_path: str | None = None  # the serialized plan (TensorRT)

@@ -268,7 +268,11 @@ class OrtBackend(Backend):
         return ["CPUExecutionProvider"]
 
     def open(self, engine: Engine) -> OrtRunner:
-        return OrtRunner(engine, self.providers(engine.options.device_id))
+        return self._runner(engine, None)
+
+    def _runner(self, engine: Engine, model_bytes: bytes | None) -> OrtRunner:
+        """The runner of ``engine`` (``model_bytes``: its repaired ModelProto, opened in memory); the CUDA backend's differs."""
+        return OrtRunner(engine, self.providers(engine.options.device_id), model_bytes=model_bytes)
 
     def open_onnx(self, onnx_path: Path, options: BuildOptions) -> OrtRunner:
         """Open any ONNX for inference, repairing float16 QuantizeLinear nodes in memory (nothing cached).
@@ -285,7 +289,7 @@ class OrtBackend(Backend):
         rewritten = repair_fp16_quantize(model)
         engine = Engine(self.kind, onnx_path, onnx_path, options,
                         meta={"fp16_quantize_repaired": rewritten, "repaired_in_memory": True})
-        return OrtRunner(engine, self.providers(options.device_id), model_bytes=model.SerializeToString())
+        return self._runner(engine, model.SerializeToString())
 
     def device_description(self) -> str:
         return _device_name(["CUDAExecutionProvider"] if self.use_cuda else ["CPUExecutionProvider"])

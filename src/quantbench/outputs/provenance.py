@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from quantbench import __version__
 from quantbench.backends.base import BackendKind, RunnerInfo
@@ -30,6 +31,7 @@ _ONNXRUNTIME_DISTS = ("onnxruntime-gpu", "onnxruntime")
 _MODELOPT_DISTS = ("nvidia-modelopt",)
 _TENSORRT_DISTS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-bindings", "tensorrt-cu12-bindings")
 _SUBPROCESS_TIMEOUT_S = 10
+_ORT_BACKENDS = (BackendKind.ONNXRUNTIME.value, BackendKind.ONNXRUNTIME_CUDA.value)
 _REPO = Path(__file__).resolve().parents[2]  # the checkout, for an editable install
 
 
@@ -39,10 +41,12 @@ def collect_provenance(runner: RunnerInfo | None = None) -> Provenance:
     if runner is None:
         return facts
     version = runner.runtime_version
-    overlay = {
+    overlay: dict[str, Any] = {
         # Only a TensorRT runner has a TensorRT: other backends do not use the installed one.
         "tensorrt": version if runner.backend == BackendKind.TENSORRT.value else None,
-        "onnxruntime": (version if runner.backend == BackendKind.ONNXRUNTIME.value else None) or facts.onnxruntime,
+        "onnxruntime": (version if runner.backend in _ORT_BACKENDS else None) or facts.onnxruntime,
+        "provider_options": ({k: dict(v) for k, v in runner.provider_options.items()}
+                             if runner.provider_options is not None else None),
         "gpu": runner.gpu or facts.gpu,
         "compute_capability": runner.compute_capability or facts.compute_capability,
     }

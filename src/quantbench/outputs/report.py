@@ -12,6 +12,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from quantbench.backends.base import BackendKind
+from quantbench.build.variants import VariantKind
 from quantbench.cache import atomic_write_bytes, atomic_write_json, atomic_write_text
 from quantbench.decision.selection import Selection, VariantOutcome
 from quantbench.errors import ConfigError
@@ -27,6 +29,23 @@ _COLUMNS = ("variant", "mAP50-95", "drop", "drop interval", "vs fp32", "latency 
 def simulated_prefix(selection: Selection) -> str:
     """"SIMULATED (why): " for a selection built on simulated records (a test fake), else nothing."""
     return f"SIMULATED ({selection.simulated}), not a measurement: " if selection.simulated else ""
+
+
+# An INT8 Q/DQ graph on ONNX Runtime's CUDA provider runs unfused QuantizeLinear/DequantizeLinear
+# kernels, not TensorRT's INT8 kernels: its latency carries this label and is never called INT8 speed.
+UNFUSED_QDQ = "unfused Q/DQ on ONNX Runtime CUDA, not TensorRT INT8"
+
+
+def unfused_qdq_variants(selection: Selection) -> tuple[str, ...]:
+    """The INT8 Q/DQ variants of a selection whose latency is ONNX Runtime CUDA's unfused Q/DQ."""
+    if selection.backend != BackendKind.ONNXRUNTIME_CUDA.value:
+        return ()
+    return tuple(o.variant for o in selection.outcomes if o.options.get("kind") == VariantKind.INT8.value)
+
+
+def unfused_qdq_lines(selection: Selection) -> list[str]:
+    names = unfused_qdq_variants(selection)
+    return [f"latency of {', '.join(names)}: {UNFUSED_QDQ} (its INT8 speed needs the tensorrt backend)"] if names else []
 
 
 def winner_line(selection: Selection) -> str:
@@ -45,7 +64,8 @@ def winner_line(selection: Selection) -> str:
                 "a re-run may rank them first")
     return (
         f"{simulated_prefix(s)}fastest passing: {s.model} {won.variant} on {s.backend} "
-        f"({won.latency_ms:.2f} ms, mAP {won.map50_95:.4f}){note}{untrained}{tied}"
+        f"({won.latency_ms:.2f} ms{f', {UNFUSED_QDQ}' if won.variant in unfused_qdq_variants(s) else ''}, "
+        f"mAP {won.map50_95:.4f}){note}{untrained}{tied}"
     )
 
 
@@ -90,7 +110,8 @@ def format_selection_table(selection: Selection) -> str:
             f"(batch {selection.reference_batch}, {_criteria_text(selection)})")
     body = [line(rows[0]), line(["-" * w for w in widths] + ["-" * len(_COLUMNS[-1])])]
     body += [line(r).rstrip() for r in rows[1:]]
-    return "\n".join([head, *body, winner_line(selection), *seed_lines(selection), *disturbed_lines(selection)])
+    return "\n".join([head, *body, winner_line(selection), *seed_lines(selection), *disturbed_lines(selection),
+                      *unfused_qdq_lines(selection)])
 
 
 def _row(selection: Selection, o: VariantOutcome) -> tuple[str, ...]:
@@ -101,7 +122,7 @@ def _row(selection: Selection, o: VariantOutcome) -> tuple[str, ...]:
         _drop(o),
         _interval(o.drop_interval, "{:+.2f}", scale=100) + (" pt" if o.drop_interval else ""),
         _reference(o),
-        _num(o.latency_ms, "{:.2f}"),
+        _num(o.latency_ms, "{:.2f}") + (" (unfused Q/DQ)" if o.variant in unfused_qdq_variants(selection) else ""),
         _num(o.images_per_s, "{:.1f}"),
         _num(o.speedup, "{:.2f}x"),
         _interval(o.speedup_interval, "{:.2f}x"),
@@ -303,7 +324,8 @@ def _selection_markdown(s: Selection) -> list[str]:
     for o in s.outcomes:
         cells = [c.replace("|", "\\|") or " " for c in _row(s, o)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"**{winner_line(s)}**", "", *(f"{line}\n" for line in (*seed_lines(s), *disturbed_lines(s)))]
+    lines += ["", f"**{winner_line(s)}**", "",
+              *(f"{line}\n" for line in (*seed_lines(s), *disturbed_lines(s), *unfused_qdq_lines(s)))]
     won = s.winning_outcome
     if won is not None:
         lines += [
