@@ -6,6 +6,7 @@ TensorRT is imported only inside `backends.trt`, and only when that backend is u
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import logging
 
@@ -24,6 +25,7 @@ __all__ = [
     "backend_class",
     "resolve_backend",
     "BACKEND_CHOICES",
+    "backend_name",
 ]
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,13 @@ _MODULES = {
     BackendKind.TENSORRT: ("quantbench.backends.trt", "TensorRTBackend"),
 }
 BACKEND_CHOICES = ("auto", *(k.value for k in BackendKind))
+
+
+def backend_name(text: str) -> str:
+    """argparse ``type=`` for ``--backend``/``--qb-backend``: one of `BACKEND_CHOICES`."""
+    if text not in BACKEND_CHOICES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(BACKEND_CHOICES)}")
+    return text
 
 
 def backend_class(kind: BackendKind) -> type[Backend]:
