@@ -85,7 +85,7 @@ def test_yolov5n_on_cpu_with_measured_numbers(tmp_path: Path):
 
 
 def test_a_runner_up_within_measurement_noise_is_named_beside_the_winner(tmp_path: Path):
-    from quantbench.decision.selection import median_standard_error
+    from quantbench.decision.gate import median_standard_error
     from quantbench.outputs.report import winner_line
 
     # Medians, standard deviations and rounds of one `pytest bench` run on this 2-core CPU (this

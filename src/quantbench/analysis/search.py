@@ -52,7 +52,6 @@ from quantbench.analysis.meter import GraphMeter, error_power
 from quantbench.analysis.qdq_graph import LayerGroup, QdqModel
 from quantbench.analysis.sensitivity import SensitivityReport, layer_sensitivity, write_sensitivity
 from quantbench.analysis.setup import AnalysisOptions, AnalysisSetup, open_meter, prepare_analysis
-from quantbench.argtypes import check_counts
 from quantbench.build.quantize import exact_name_pattern
 from quantbench.build.variants import Variant
 from quantbench.cache import ArtifactCache, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
@@ -61,6 +60,7 @@ from quantbench.decision.thresholds import Thresholds
 from quantbench.decision.uncertainty import images_needed
 from quantbench.errors import ConfigError, QuantbenchError
 from quantbench.records import BootstrapInterval, VariantBuild
+from quantbench.rules import check_counts
 
 log = logging.getLogger(__name__)
 

@@ -33,6 +33,7 @@ from quantbench.analysis.qdq_graph import QdqModel
 from quantbench.analysis.setup import AnalysisOptions, open_meter, prepare_analysis
 from quantbench.cache import ArtifactCache, atomic_write_bytes, atomic_write_text
 from quantbench.errors import ConfigError
+from quantbench.rules import new_figure, png_bytes
 
 
 @dataclass(frozen=True)
@@ -262,14 +263,10 @@ def sensitivity_markdown(report: SensitivityReport) -> str:
 
 def sensitivity_chart(report: SensitivityReport, path: Path, *, top: int = 30) -> Path:
     """Bar chart of the ``top`` ranked groups: error share, and probe gain where probed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     shown = report.groups[:top]
     labels = [f"{g.rank}. {g.name[-48:]}" for g in shown][::-1]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 0.32 * len(shown) + 1.6), sharey=True)
+    fig = new_figure(14, 0.32 * len(shown) + 1.6, constrained=False)
+    axes = fig.subplots(1, 2, sharey=True)
     axes[0].barh(labels, [100 * g.error_share for g in shown][::-1], color="tab:blue")
     axes[0].set_xlabel("share of the INT8 error caused by the group alone (%, scores and boxes)")
     probe_gain = [0.0 if g.probe_gain is None else 100 * g.probe_gain for g in shown][::-1]
@@ -278,10 +275,7 @@ def sensitivity_chart(report: SensitivityReport, path: Path, *, top: int = 30) -
     axes[1].set_xlabel("probe mAP50-95 gained when kept in high precision (points; gray: not probed)")
     fig.suptitle(f"INT8 sensitivity of {report.model} ({report.num_groups} layer groups, top {len(shown)})")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_bytes(path, png_bytes(fig))
 
 
 def write_sensitivity(report: SensitivityReport, out_dir: Path) -> SensitivityReport:

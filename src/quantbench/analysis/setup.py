@@ -6,6 +6,7 @@ exactly what `quantbench quantize` and the bench build, from the same cache).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,6 @@ import numpy as np
 
 from quantbench.analysis.meter import CocoProbe, GraphMeter
 from quantbench.analysis.qdq_graph import QdqModel
-from quantbench.argtypes import check_counts, is_count
 from quantbench.build.export import ModelInfo
 from quantbench.build.variants import CALIBRATION_METHODS, HIGH_PRECISION_DTYPES, VARIANT_NAME_RE, Variant, VariantKind
 from quantbench.cache import ArtifactCache
@@ -22,6 +22,7 @@ from quantbench.data.dataset import CocoDataset
 from quantbench.errors import ConfigError, DataError
 from quantbench.pipeline import Pipeline, PipelineSettings
 from quantbench.records import VariantBuild
+from quantbench.rules import check_counts, is_count
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,10 @@ class AnalysisOptions:
                        calib_images=self.calib_images, high_precision_dtype=self.high_precision_dtype)
 
 
-def _group_names(groups: object) -> tuple[str, ...]:
+def _group_names(groups: Iterable[str]) -> tuple[str, ...]:
     if isinstance(groups, str):
         raise ConfigError(f"groups={groups!r} is one string; pass a list of layer group names.")
-    names = tuple(groups)  # type: ignore[call-overload]
+    names = tuple(groups)
     if not names or not all(isinstance(g, str) for g in names):
         raise ConfigError(f"groups={names!r} names no layer group; pass node names, or None for all groups.")
     return names

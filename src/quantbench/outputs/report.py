@@ -7,7 +7,6 @@ matplotlib's object API with the Agg canvas: no pyplot global state, no display 
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from quantbench.cache import atomic_write_bytes, atomic_write_json, atomic_write
 from quantbench.decision.selection import Selection, VariantOutcome
 from quantbench.errors import ConfigError
 from quantbench.records import SCHEMA_VERSION, from_dict, to_dict
+from quantbench.rules import new_figure, png_bytes
 
 # selection.json's "kind": tells a selection file apart from any other JSON.
 SELECTION_KIND = "quantbench.decision.selection"
@@ -319,22 +319,16 @@ def _selection_markdown(s: Selection) -> list[str]:
 
 def pareto_png(selections: Sequence[Selection]) -> bytes:
     """Latency vs mAP50-95, one panel per (model, backend): pass, fail, not gated, winner, front."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     n = len(selections)
     cols = min(n, 2)
     rows = (n + cols - 1) // cols
-    fig = Figure(figsize=(6.4 * cols, 4.8 * rows), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(6.4 * cols, 4.8 * rows)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, s in zip(axes, selections):
         _pareto_panel(ax, s)
     for ax in axes[n:]:
         ax.set_visible(False)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=100)
 
 
 def _pareto_panel(ax, s: Selection) -> None:
