@@ -4,7 +4,8 @@
   (0.2427 - 0.2327 = 0.010000000000000009), so a value equal to its limit up to rounding noise is
   within it; one constant, so that no step is "over budget" by one check and "pass" by another;
 - number checks for values already parsed (dataclass fields, TOML values, keyword arguments):
-  `is_number`, `is_count`, `check_number`, `check_count`, `check_counts`; each raises the given
+  `is_number`, `is_count`, `is_confidence` and their raising forms `check_number`, `check_count`,
+  `check_counts`, `check_confidence`; each raises the given
   `QuantbenchError` subclass with one sentence naming the value and the fix;
 - "did you mean" suggestions (`closest`);
 - installed tool versions, read from package metadata without importing the tool (`tool_version`);
@@ -50,28 +51,34 @@ def is_count(value: object, minimum: int = 1) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
-def check_number(value: object, name: str, *, low: float | None = None, high: float | None = None,
-                 below_high: bool = False, fix: str, error: type[QuantbenchError] = ConfigError) -> float:
-    """``value`` as a float when it is a finite number from ``low`` to ``high`` (either may be None;
-    ``below_high``: ``high`` itself excluded); else ``error("<name>=<value> is not <range>; <fix>.")``."""
-    ok = is_number(value)
-    if ok and low is not None:
-        ok = value >= low  # type: ignore[operator]
-    if ok and high is not None:
-        ok = value < high if below_high else value <= high  # type: ignore[operator]
-    if not ok:
-        raise error(f"{name}={value!r} is not {_range_words(low, high, below_high)}; {fix.rstrip('.')}.")
-    return float(value)  # type: ignore[arg-type]
+def check_number(value: object, name: str, *, low: float | None = None, high: float | None = None, fix: str,
+                 error: type[QuantbenchError] = ConfigError) -> float:
+    """``value`` as a float when it is a finite number from ``low`` to ``high`` (either may be None);
+    else ``error("<name>=<value> is not <range>; <fix>.")``."""
+    number = float(value) if is_number(value) else math.nan  # type: ignore[arg-type]
+    if math.isnan(number) or (low is not None and number < low) or (high is not None and number > high):
+        raise error(f"{name}={value!r} is not {_range_words(low, high)}; {fix.rstrip('.')}.")
+    return number
 
 
-def _range_words(low: float | None, high: float | None, below_high: bool) -> str:
+def _range_words(low: float | None, high: float | None) -> str:
     if low is not None and high is not None:
-        return f"a number from {low:g} to {'below ' if below_high else ''}{high:g}"
+        return f"a number from {low:g} to {high:g}"
     if low is not None:
         return f"a number >= {low:g}"
-    if high is not None:
-        return f"a number {'<' if below_high else '<='} {high:g}"
-    return "a finite number"
+    return "a finite number" if high is None else f"a number <= {high:g}"
+
+
+def is_confidence(value: object) -> bool:
+    """A confidence level of an interval: from 0.5 (a coin toss) to below 1 (an interval of everything)."""
+    return is_number(value) and 0.5 <= value < 1.0  # type: ignore[operator]
+
+
+def check_confidence(value: object, name: str, *, error: type[QuantbenchError] = ConfigError) -> float:
+    """``value`` as a float when `is_confidence`; else ``error`` naming it and the fix."""
+    if not is_confidence(value):
+        raise error(f"{name}={value!r} is not a level from 0.5 to below 1; pass e.g. 0.95.")
+    return float(value)  # type: ignore[arg-type]
 
 
 def check_count(value: object, name: str, *, minimum: int = 1, fix: str,

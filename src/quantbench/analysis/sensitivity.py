@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from quantbench.analysis.meter import GraphMeter, OutputAgreement, error_power, sqnr_gain
 from quantbench.analysis.qdq_graph import QdqModel
-from quantbench.analysis.setup import AnalysisOptions, open_meter, prepare_analysis
-from quantbench.cache import ArtifactCache, atomic_write_bytes, atomic_write_text
+from quantbench.analysis.setup import DEFAULT_OPTIONS, AnalysisInputs, AnalysisOptions, open_meter
+from quantbench.cache import atomic_write_bytes, atomic_write_text
 from quantbench.errors import ConfigError
 from quantbench.rules import new_figure, png_bytes
 
@@ -293,26 +293,19 @@ def write_sensitivity(report: SensitivityReport, out_dir: Path) -> SensitivityRe
 # Library entry point (what `quantbench sensitivity` calls)
 
 
-def run_sensitivity(
-    model: str | Path,
-    calib_folder: Path,
-    probe_folder: Path | None,
-    out_dir: Path,
-    *,
-    cache: ArtifactCache,
-    options: AnalysisOptions = AnalysisOptions(),
-    progress: bool = True,
-) -> SensitivityReport:
-    """Sensitivity of ``model``'s INT8 build (ModelOpt, ``options.calibration_method`` on ``calib_folder``).
+def run_sensitivity(inputs: AnalysisInputs, out_dir: Path, *, options: AnalysisOptions = DEFAULT_OPTIONS,
+                    progress: bool = True) -> SensitivityReport:
+    """Sensitivity of the INT8 build of ``inputs.model`` (ModelOpt, ``options.calibration_method`` on
+    ``inputs.calib_folder``).
 
-    Writes sensitivity.md, sensitivity.csv and sensitivity.png into ``out_dir``. ``probe_folder``
+    Writes sensitivity.md, sensitivity.csv and sensitivity.png into ``out_dir``. ``inputs.probe_folder``
     (a COCO folder: images/ + instances.json) must not overlap the data the model is finally
     evaluated on; calibration images in it are left out of the probe. Without it only the
     proxies are measured.
     """
-    setup = prepare_analysis(model, calib_folder, probe_folder, cache, options)
+    setup = inputs.prepare(options)
     _, meter = open_meter(setup)
     with meter:
-        report = layer_sensitivity(meter, model=setup.model.name, top_k=options.top_k if probe_folder else 0,
+        report = layer_sensitivity(meter, model=setup.model.name, top_k=options.top_k if inputs.probe_folder else 0,
                                    groups=options.groups, fp32_onnx=Path(setup.model.path), progress=progress)
     return write_sensitivity(report, Path(out_dir))

@@ -110,6 +110,24 @@ def probe_split(probe_folder: Path, calib: CalibrationSet, calib_images_dir: Pat
     )
 
 
+DEFAULT_OPTIONS = AnalysisOptions()
+
+
+@dataclass(frozen=True)
+class AnalysisInputs:
+    """What an analysis reads: the model source (resolved at ``options.imgsz``), the calibration folder,
+    the probe folder (a COCO folder disjoint from the evaluation data; None: proxies only) and the cache."""
+
+    model: str | Path
+    calib_folder: Path
+    probe_folder: Path | None
+    cache: ArtifactCache
+
+    def prepare(self, options: AnalysisOptions = DEFAULT_OPTIONS) -> AnalysisSetup:
+        """`prepare_analysis` of these inputs."""
+        return prepare_analysis(self.model, self.calib_folder, self.probe_folder, self.cache, options)
+
+
 def analysis_pipeline(calib_folder: Path, cache: ArtifactCache, options: AnalysisOptions) -> Pipeline:
     """The pipeline an analysis builds through: its calibration folder and seed, its input side.
 
@@ -125,7 +143,7 @@ def prepare_analysis(
     calib_folder: Path,
     probe_folder: Path | None,
     cache: ArtifactCache,
-    options: AnalysisOptions = AnalysisOptions(),
+    options: AnalysisOptions = DEFAULT_OPTIONS,
 ) -> AnalysisSetup:
     """Resolve the model, calibrate, build the INT8 analysis graph, pick the probe and proxy images.
 

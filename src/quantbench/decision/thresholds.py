@@ -44,7 +44,7 @@ from typing import Any
 
 from quantbench.backends.base import BackendKind
 from quantbench.errors import ConfigError
-from quantbench.rules import closest, is_number
+from quantbench.rules import closest, is_confidence, is_number
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ def _parse_model_table(table: Mapping[str, Any], base: ModelThresholds, where: s
         changes["verdicts"] = table["verdicts"]
     if "confidence" in table:
         value = table["confidence"]
-        if not (is_number(value) and 0.5 <= value < 1.0):
+        if not is_confidence(value):
             raise ConfigError(f"{where}: {prefix}confidence = {value!r} must be a level from 0.5 to below 1, "
                               "e.g. 0.95.")
         changes["confidence"] = float(value)

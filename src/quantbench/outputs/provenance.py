@@ -39,14 +39,14 @@ def collect_provenance(runner: RunnerInfo | None = None) -> Provenance:
     if runner is None:
         return facts
     version = runner.runtime_version
-    overlay = {
+    return dataclasses.replace(
+        facts,
         # Only a TensorRT runner has a TensorRT: other backends do not use the installed one.
-        "tensorrt": version if runner.backend == BackendKind.TENSORRT.value else None,
-        "onnxruntime": (version if runner.backend == BackendKind.ONNXRUNTIME.value else None) or facts.onnxruntime,
-        "gpu": runner.gpu or facts.gpu,
-        "compute_capability": runner.compute_capability or facts.compute_capability,
-    }
-    return dataclasses.replace(facts, **overlay)
+        tensorrt=version if runner.backend == BackendKind.TENSORRT.value else None,
+        onnxruntime=(version if runner.backend == BackendKind.ONNXRUNTIME.value else None) or facts.onnxruntime,
+        gpu=runner.gpu or facts.gpu,
+        compute_capability=runner.compute_capability or facts.compute_capability,
+    )
 
 
 @functools.cache

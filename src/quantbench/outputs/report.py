@@ -61,8 +61,9 @@ def seed_lines(selection: Selection) -> list[str]:
             share = f"; its drop ({o.drop_abs * 100:+.2f} points) is within what the seeds alone move"
         else:
             share = ""
+        stdev = "" if o.calib_seed_stdev is None else f" (stdev {o.calib_seed_stdev * 100:.2f})"
         lines.append(f"calibration luck: {o.variant} mAP50-95 spans {o.calib_seed_range * 100:.2f} points over "
-                     f"{o.calib_seeds} calibration seeds (stdev {o.calib_seed_stdev * 100:.2f}){share}")
+                     f"{o.calib_seeds} calibration seeds{stdev}{share}")
     return lines
 
 
@@ -70,9 +71,9 @@ def disturbed_lines(selection: Selection) -> list[str]:
     """A warning when some timings show interference from other load on the machine, else nothing."""
     if not selection.disturbed:
         return []
-    worst = ", ".join(f"{o.variant} median {o.latency_ms:.2f} ms vs min {o.latency_min_ms:.2f} ms "
-                      f"(+{100 * (o.latency_ms / o.latency_min_ms - 1):.0f} %)"
-                      for o in map(selection.outcome, selection.disturbed))
+    worst = ", ".join(f"{o.variant} median {ms:.2f} ms vs min {fastest:.2f} ms (+{100 * (ms / fastest - 1):.0f} %)"
+                      for o in map(selection.outcome, selection.disturbed)
+                      if (ms := o.latency_ms) is not None and (fastest := o.latency_min_ms))
     return [f"timing disturbed: {worst}: other load on the machine? The ranking may not repeat; "
             "re-run on an idle machine."]
 
@@ -378,9 +379,10 @@ def _error_bars(ax, plotted: Sequence[VariantOutcome]) -> None:
     """The intervals: latency (order statistics of the median) across, the paired mAP drop up and down
     (the variant's mAP as the baseline's minus the drop interval)."""
     for o in plotted:
-        if o.latency_interval_ms is None and o.drop_interval is None:
+        ms = o.latency_ms
+        if ms is None or (o.latency_interval_ms is None and o.drop_interval is None):
             continue
-        xerr = ([[o.latency_ms - o.latency_interval_ms[0]], [o.latency_interval_ms[1] - o.latency_ms]]
+        xerr = ([[ms - o.latency_interval_ms[0]], [o.latency_interval_ms[1] - ms]]
                 if o.latency_interval_ms else None)
         yerr = ([[o.drop_interval[1] - o.drop_abs], [o.drop_abs - o.drop_interval[0]]]
                 if o.drop_interval and o.drop_abs is not None else None)
@@ -396,9 +398,10 @@ def _kind(o: VariantOutcome) -> str:
 
 def _pareto_front(outcomes: Sequence[VariantOutcome]) -> list[VariantOutcome]:
     """Points no other point beats on both latency (lower) and mAP (higher), by latency."""
+    measured = [(o.latency_ms, o.map50_95, o) for o in outcomes if o.latency_ms is not None and o.map50_95 is not None]
     front, best = [], float("-inf")
-    for o in sorted(outcomes, key=lambda o: (o.latency_ms, -o.map50_95)):
-        if o.map50_95 > best:
+    for _, score, o in sorted(measured, key=lambda m: (m[0], -m[1])):
+        if score > best:
             front.append(o)
-            best = o.map50_95
+            best = score
     return front
