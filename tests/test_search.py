@@ -23,22 +23,24 @@ from quantbench.analysis.search import (
     STATE_FILE,
     FlopCost,
     SearchConfig,
+    SearchHooks,
     SearchStateError,
+    SplitTarget,
     Strategy,
     check_budget,
     excluded_patterns,
     run_search,
     search_order,
     search_split,
-    variant_toml,
     within_floor,
 )
 from quantbench.analysis.sensitivity import layer_sensitivity
+from quantbench.analysis.setup import AnalysisInputs
 from quantbench.backends import BackendKind, BuildOptions, Engine
 from quantbench.backends.ort import OrtBackend, fp16_quantize_nodes
 from quantbench.build.export import resolve_model
 from quantbench.build.quantize import matching_nodes, quantize_variant
-from quantbench.build.variants import Variant, VariantKind, load_variants
+from quantbench.build.variants import Variant, VariantKind, load_variants, variant_toml
 from quantbench.cache import ArtifactCache
 from quantbench.data.calibration import build_calibration
 from quantbench.errors import ConfigError
@@ -151,8 +153,8 @@ def test_search_meets_the_budget_with_a_minimal_split(tiny: Tiny, order_and_full
     config = SearchConfig(strategy=strategy, max_steps=30, min_int8_flop_share=0.0)  # no floor: the budget decides
     with _meter(tiny, ArtifactCache(tmp_path / "cache")) as meter:
         reference = meter.probe_score_of_file(tiny.model.path)
-        outcome = search_split(meter, order, reference_score=reference, budget=budget, config=config,
-                               progress=False)
+        outcome = search_split(meter, order, SplitTarget(reference, budget), config,
+                               SearchHooks(progress=False))
         assert reference == pytest.approx(0.0, abs=1e-12)  # FP32 against itself
         assert outcome.met_budget and 0 < len(outcome.excluded) < len(tiny.qdq.groups)
         # Re-measured from scratch, not read from the trace: the split really is within budget.
@@ -182,8 +184,8 @@ def test_search_keeps_the_int8_flop_floor(tiny: Tiny, order_and_full_drop, tmp_p
     order, _ = order_and_full_drop
     floor = 0.6
     with _meter(tiny, ArtifactCache(tmp_path / "cache")) as meter:
-        outcome = search_split(meter, order, reference_score=0.0, budget=0.0, progress=False,
-                               config=SearchConfig(min_int8_flop_share=floor, trim=False))
+        outcome = search_split(meter, order, SplitTarget(0.0, 0.0),
+                               SearchConfig(min_int8_flop_share=floor, trim=False), SearchHooks(progress=False))
     # An exact budget is out of reach: the search ends on the longest allowed prefix, and says so.
     assert not outcome.met_budget
     assert outcome.int8_flop_share >= floor
@@ -196,8 +198,9 @@ def test_search_stops_at_max_steps_when_the_budget_is_out_of_reach(tiny: Tiny, o
                                                                   tmp_path: Path) -> None:
     order, _ = order_and_full_drop
     with _meter(tiny, ArtifactCache(tmp_path / "cache")) as meter:
-        outcome = search_split(meter, order, reference_score=0.0, budget=0.0, progress=False,
-                               config=SearchConfig(strategy=Strategy.GREEDY, max_steps=3, min_int8_flop_share=0.0))
+        outcome = search_split(meter, order, SplitTarget(0.0, 0.0),
+                               SearchConfig(strategy=Strategy.GREEDY, max_steps=3, min_int8_flop_share=0.0),
+                               SearchHooks(progress=False))
     assert len(outcome.steps) == 3 and not outcome.met_budget
     assert [s.action for s in outcome.steps] == ["start", "add", "add"]
 
@@ -209,8 +212,8 @@ def test_resumed_search_matches_an_uninterrupted_one(tiny: Tiny, order_and_full_
     def run(cache_dir: str, state: Path, probe: CountingProbe):
         # Each run gets an empty artefact cache: only the state file can carry the earlier trials.
         with _meter(tiny, ArtifactCache(tmp_path / cache_dir), probe) as meter:
-            return search_split(meter, order, reference_score=0.0, budget=0.25 * full_drop, config=config,
-                                state_path=state, progress=False)
+            return search_split(meter, order, SplitTarget(0.0, 0.25 * full_drop), config,
+                                SearchHooks(state_path=state, progress=False))
 
     straight_probe = CountingProbe(tiny.images, tiny.model.path)
     straight = run("c1", tmp_path / "a" / STATE_FILE, straight_probe)
@@ -247,8 +250,8 @@ def test_search_verifies_with_a_real_modelopt_build(tiny: Tiny, order_and_full_d
             builds.append(build)
             return Path(build.onnx_path)
 
-        outcome = search_split(meter, order, reference_score=0.0, budget=0.25 * full_drop,
-                               config=SearchConfig(min_int8_flop_share=0.0), verify=verify, progress=False)
+        outcome = search_split(meter, order, SplitTarget(0.0, 0.25 * full_drop),
+                               SearchConfig(min_int8_flop_share=0.0), SearchHooks(verify=verify, progress=False))
     checks = [s for s in outcome.steps if s.action == "verify"]
     assert checks and len(checks) == len(builds)
     assert outcome.verified_score == checks[-1].score == meter.probe_score_of_file(Path(builds[-1].onnx_path))
@@ -311,13 +314,13 @@ def test_search_refuses_bad_configuration(tiny: Tiny, order_and_full_drop, tmp_p
     order, _ = order_and_full_drop
     with _meter(tiny, ArtifactCache(tmp_path / "c")) as meter:
         with pytest.raises(ConfigError, match="search budget -0.01"):
-            search_split(meter, order, reference_score=0.0, budget=-0.01, progress=False)
+            search_split(meter, order, SplitTarget(0.0, -0.01), hooks=SearchHooks(progress=False))
     # run_search checks its budget, and reads thresholds.toml, before any work: the model named
     # here does not exist, and the error is about the budget all the same.
     cache = ArtifactCache(tmp_path / "c")
     with pytest.raises(ConfigError, match="no search budget"):
-        run_search("missing.onnx", tmp_path, tmp_path, tmp_path, cache=cache)
+        run_search(AnalysisInputs("missing.onnx", tmp_path, tmp_path, cache), tmp_path)
     with pytest.raises(ConfigError, match="search budget -1"):
-        run_search("missing.onnx", tmp_path, tmp_path, tmp_path, cache=cache, budget=-1)
+        run_search(AnalysisInputs("missing.onnx", tmp_path, tmp_path, cache), tmp_path, budget=-1)
     with pytest.raises(ConfigError, match="nothing.toml"):
-        run_search("missing.onnx", tmp_path, tmp_path, tmp_path, cache=cache, thresholds=tmp_path / "nothing.toml")
+        run_search(AnalysisInputs("missing.onnx", tmp_path, tmp_path, cache), tmp_path, budget=tmp_path / "nothing.toml")

@@ -22,10 +22,12 @@ from quantbench.analysis.qdq_graph import QdqModel
 from quantbench.analysis.search import (
     STATE_FILE,
     SearchConfig,
+    SearchHooks,
     SearchResult,
+    SplitTarget,
+    budget_source,
     search_markdown,
     search_split,
-    step_verdict,
 )
 from quantbench.analysis.setup import probe_split
 from quantbench.build.export import resolve_model
@@ -33,7 +35,7 @@ from quantbench.build.quantize import quantize_variant
 from quantbench.build.variants import Variant, VariantKind
 from quantbench.cache import ArtifactCache
 from quantbench.data.calibration import build_calibration
-from quantbench.decision.gate import FAIL, INCONCLUSIVE, PASS, Evidence, interval_verdict, judge
+from quantbench.decision.gate import FAIL, INCONCLUSIVE, PASS, Evidence, drop_verdict, interval_verdict, judge
 from quantbench.decision.thresholds import ModelThresholds
 from quantbench.decision.uncertainty import images_needed, paired_bootstrap
 from quantbench.errors import ConfigError
@@ -114,8 +116,8 @@ def test_every_trial_states_its_interval_and_a_tiny_budget_is_warned_about(v5n: 
     config = SearchConfig(min_int8_flop_share=0.0, max_steps=6, resamples=RESAMPLES)
     state = tmp_path / STATE_FILE
     with caplog.at_level(logging.WARNING, logger="quantbench.analysis.search"), _meter(v5n, probe_cache) as meter:
-        outcome = search_split(meter, ORDER, reference_score=reference, budget=budget, config=config,
-                               reference_onnx=v5n.fp32, state_path=state, progress=False)
+        outcome = search_split(meter, ORDER, SplitTarget(reference, budget, v5n.fp32), config,
+                               SearchHooks(state_path=state, progress=False))
     needed = math.ceil(16 * (half_width / budget) ** 2)  # the half-width shrinks as 1/sqrt(images)
     assert needed == 16 * 16 or needed == 16 * 16 + 1  # (half / quarter)^2 up to float rounding
     warning = (f"budget {100 * budget:.2f} points is below the probe's resolution (+-{100 * half_width:.2f} points "
@@ -147,8 +149,8 @@ def test_every_trial_states_its_interval_and_a_tiny_budget_is_warned_about(v5n: 
     # A budget well above the resolution: no warning (and full INT8 already fits it).
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="quantbench.analysis.search"), _meter(v5n, probe_cache) as meter:
-        wide = search_split(meter, ORDER, reference_score=reference, budget=full.upper + 4 * half_width,
-                            config=config, reference_onnx=v5n.fp32, progress=False)
+        wide = search_split(meter, ORDER, SplitTarget(reference, full.upper + 4 * half_width, v5n.fp32),
+                            config, SearchHooks(progress=False))
     assert wide.warnings == () and not caplog.records
     assert wide.resolution.half_width == pytest.approx(half_width) and wide.verdict == PASS
 
@@ -162,8 +164,8 @@ def test_the_verifying_build_gets_the_gates_verdict(v5n: V5n, probe_cache: Artif
         ci = meter.probe_drop_of_file(built, v5n.fp32, resamples=RESAMPLES)
 
         def search(budget: float):
-            return search_split(meter, (), reference_score=reference, budget=budget, config=config,
-                                verify=lambda excluded: built, reference_onnx=v5n.fp32, progress=False)
+            return search_split(meter, (), SplitTarget(reference, budget, v5n.fp32), config,
+                                SearchHooks(verify=lambda excluded: built, progress=False))
 
         straddling = search((ci.point + ci.upper) / 2)  # point within, the interval's top beyond
         clear = search(ci.upper + 0.001)
@@ -199,9 +201,9 @@ def test_a_search_verdict_is_the_gates_verdict(lower: float, upper: float, verdi
                           baseline_accuracy=_eval("fp32", 0.40), drop=DropInterval(ci, ci, None),
                           judge_latency=False),
                  ModelThresholds(baseline="fp32", max_abs_drop=budget, max_rel_drop=1.0))
-    assert step_verdict(point, ci, budget) == gate.accuracy_verdict == verdict
+    assert drop_verdict(point, ci, budget) == gate.accuracy_verdict == verdict
     # Without an interval (a label-free probe) the point alone decides, as the gate's "point" mode.
-    assert step_verdict(point, None, budget) == (PASS if point <= budget else FAIL)
+    assert drop_verdict(point, None, budget) == (PASS if point <= budget else FAIL)
 
 
 def test_search_config_checks_its_interval_settings() -> None:
@@ -215,7 +217,6 @@ def test_search_config_checks_its_interval_settings() -> None:
 
 def test_the_interval_settings_come_from_the_command_line_or_thresholds_toml(tmp_path: Path) -> None:
     from quantbench.analysis.cli import search_config
-    from quantbench.analysis.search import _budget_source
     from quantbench.cli import build_parser
 
     assert search_config(build_parser().parse_args(["search"])) == SearchConfig()  # confidence None, 1000 resamples
@@ -223,5 +224,5 @@ def test_the_interval_settings_come_from_the_command_line_or_thresholds_toml(tmp
     assert (given.confidence, given.resamples) == (0.9, 500)
     thresholds = tmp_path / "thresholds.toml"
     thresholds.write_text("max_abs_drop = 0.02\nconfidence = 0.9\n[model.m]\nmax_abs_drop = 0.004\n")
-    assert _budget_source(None, thresholds)("m") == (0.004, 0.9)  # the gate's level for the gate's budget
-    assert _budget_source(0.01, thresholds)("m") == (0.01, 0.95)  # a budget given by hand: the default level
+    assert budget_source(thresholds)("m") == (0.004, 0.9)  # the gate's level for the gate's budget
+    assert budget_source(0.01)("m") == (0.01, 0.95)  # a budget given by hand: the default level

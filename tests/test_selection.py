@@ -365,7 +365,8 @@ def test_foreign_record_schema_is_rejected_with_its_place(tmp_path: Path):
     bench = _bench("test_latency[x]", None, None, None)
     bench["extra_info"]["quantbench"]["latency"] = latency
     path = _benchmark_json(tmp_path / "old.json", [bench])
-    with pytest.raises(RecordError, match=r"benchmarks\[0\] \(test_latency\[x\]\) extra_info.quantbench.latency: schema version 99"):
+    with pytest.raises(RecordError,
+                       match=r"benchmarks\[0\] \(test_latency\[x\]\) extra_info.quantbench.latency: schema version 99"):
         records_from_benchmark_json([path])
     with pytest.raises(ConfigError, match="no benchmark JSON files given"):
         records_from_benchmark_json([])

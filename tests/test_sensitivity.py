@@ -22,7 +22,7 @@ from quantbench.analysis.meter import GraphMeter, output_agreement, run_batches
 from quantbench.analysis.qdq_graph import QdqModel
 from quantbench.analysis.search import excluded_patterns, run_search
 from quantbench.analysis.sensitivity import layer_sensitivity, run_sensitivity
-from quantbench.analysis.setup import AnalysisOptions, probe_split
+from quantbench.analysis.setup import AnalysisInputs, AnalysisOptions, probe_split
 from quantbench.backends import BuildOptions
 from quantbench.backends.ort import OrtBackend, fp16_quantize_nodes
 from quantbench.build.export import resolve_model
@@ -201,8 +201,8 @@ def test_sensitivity_on_yolo11n_writes_ranked_report(y11: Y11, calib500: Path, y
               "/model.23/cv3.0/cv3.0.2/Conv"]
     options = AnalysisOptions(calibration_method="max", calib_images=2, imgsz=SIZE, probe_images=3, proxy_images=2,
                               top_k=2, groups=subset, batch_size=2)
-    report = run_sensitivity(yolo11n_onnx, calib500, calib500, tmp_path / "out", cache=y11.cache, options=options,
-                             progress=False)
+    report = run_sensitivity(AnalysisInputs(yolo11n_onnx, calib500, calib500, y11.cache), tmp_path / "out",
+                             options=options, progress=False)
     assert sorted(report.ranking) == sorted(subset) and [g.rank for g in report.groups] == list(range(1, 7))
     probed = [g for g in report.groups if g.probe_score is not None]
     assert len(probed) == 2 and report.groups[:2] == tuple(probed)  # probed groups rank first
@@ -271,8 +271,8 @@ def test_run_search_end_to_end_on_yolo11n(y11: Y11, calib500: Path, yolo11n_onnx
     out = tmp_path / "search"
     options = AnalysisOptions(calibration_method="max", calib_images=2, imgsz=SIZE, probe_images=3, proxy_images=2,
                               top_k=1, groups=subset, high_precision_dtype="fp16", batch_size=2)
-    result = run_search(yolo11n_onnx, calib500, calib500, out, budget=0.0, cache=y11.cache, options=options,
-                        progress=False)
+    result = run_search(AnalysisInputs(yolo11n_onnx, calib500, calib500, y11.cache), out, budget=0.0,
+                        options=options, progress=False)
     o = result.outcome
     assert o.steps[0].action == "start" and o.steps[-1].action == "verify"
     assert o.verified_score == o.steps[-1].score and o.met_budget == o.steps[-1].within_budget

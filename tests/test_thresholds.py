@@ -6,13 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from quantbench.decision.thresholds import (
-    ModelThresholds,
-    Thresholds,
-    check_accuracy,
-    check_memory,
-    check_speedup,
-)
+from quantbench.decision.gate import check_accuracy, check_memory, check_speedup
+from quantbench.decision.thresholds import ModelThresholds, Thresholds
 from quantbench.errors import ConfigError
 
 REPO_THRESHOLDS = Path(__file__).resolve().parents[1] / "thresholds.toml"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from quantbench.build.variants import DEFAULT_VARIANTS, Variant, VariantKind, load_variants
+from quantbench.build.variants import DEFAULT_VARIANTS, Variant, VariantKind, load_variants, variant_toml
 from quantbench.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -229,3 +229,28 @@ def test_bad_tables_are_one_config_error(tmp_path: Path, case: str):
 def test_missing_table_file(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"variant table .*nope\.toml does not exist"):
         load_variants(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        Variant(name="fp32", kind=VariantKind.FP32),
+        Variant(name="fp16-head", kind=VariantKind.FP16, calib_images=64, calib_seed=0, exclude_head=True,
+                gated=False, models=("yolo11*",)),
+        Variant(name="int8-auto", kind=VariantKind.INT8, calibration_method="entropy", calib_seed=3,
+                op_types_to_exclude=("Concat",), op_types_to_quantize=("Conv", "MatMul"),
+                nodes_to_exclude=("^/model\\.0/conv/Conv$", '/model\\.23/"quoted"'), high_precision_dtype="bf16",
+                calibrate_per_node=True, passes=(), description='found "automatically" \\o/ ünïcode'),
+        Variant(name="int8-default-passes", kind=VariantKind.INT8, passes=("concat_elimination",)),
+    ],
+    ids=lambda v: v.name,
+)
+def test_written_table_reads_back_equal(tmp_path: Path, variant: Variant):
+    # calib_seed=0 and passes=() differ from their defaults (None) only by being falsy: both must survive.
+    path = _table(tmp_path, variant_toml(variant) + "\n" + variant_toml(Variant(name="other", kind=VariantKind.FP16)))
+    assert load_variants(path) == (variant, Variant(name="other", kind=VariantKind.FP16))
+
+
+def test_written_table_leaves_defaults_and_inapplicable_options_out():
+    text = variant_toml(Variant(name="fp32", kind=VariantKind.FP32, calib_images=7))
+    assert text == '[[variant]]\nname = "fp32"\nkind = "fp32"\n'  # calib_images does not apply to fp32

@@ -1,18 +1,19 @@
-"""Command-line value parsers shared by `quantbench`'s CLI, the bench suite's pytest options and the analysis;
-and their counterparts for values already parsed (`is_count`, `check_counts` for dataclass fields).
+"""Command-line value parsers shared by `quantbench`'s CLI, the bench suite's pytest options and the analysis.
 
 Each is an argparse ``type=``: it returns the parsed value or raises ``ArgumentTypeError`` with the
 reason, so a bad value stops the program before any work, with argparse's (or pytest's) usage line.
+The checks themselves are `quantbench.rules`' (shared with values that arrive already parsed); the
+backend and latency-check parsers live beside what they parse (`backends.backend_name`,
+`outputs.compare.latency_check`).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import math
 from pathlib import Path
 
-from quantbench.backends import BACKEND_CHOICES
-from quantbench.errors import ConfigError
+from quantbench.rules import is_count
 
 MODEL_SUFFIXES = (".onnx", ".pt", ".yaml", ".yml")
 
@@ -23,29 +24,17 @@ def whole_number(text: str, minimum: int) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < minimum:
+    if not is_count(value, minimum):
         raise argparse.ArgumentTypeError(f"{text!r} must be {'at least 1' if minimum == 1 else f'{minimum} or more'}")
     return value
 
 
-def is_count(value: object, minimum: int = 1) -> bool:
-    """True for an int (not a bool) of at least ``minimum``: `whole_number`'s check for values already
-    parsed (dataclass fields, keyword arguments), which raise their own error naming the field."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def check_counts(config: object, minimums: dict[str, int]) -> None:
-    """Refuse a dataclass whose named fields are not whole numbers of at least their minimum.
-
-    For ``__post_init__``: the `ConfigError` names the field, the value and, as the example, the
-    field's default.
-    """
-    defaults = {f.name: f.default for f in dataclasses.fields(config)}  # type: ignore[arg-type]
-    for name, minimum in minimums.items():
-        value = getattr(config, name)
-        if not is_count(value, minimum):
-            kind = "a positive" if minimum >= 1 else "a non-negative"
-            raise ConfigError(f"{name}={value!r} is not {kind} whole number; pass e.g. {defaults[name]}.")
+def _number(text: str) -> float:
+    """``text`` as a float; NaN (which every range check refuses) when it is not a number."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def positive_int(text: str) -> int:
@@ -60,10 +49,7 @@ def non_negative_int(text: str) -> int:
 
 def fraction(text: str) -> float:
     """A number from 0 to 1 (a share, a confidence level)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
+    value = _number(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
     return value
@@ -71,11 +57,8 @@ def fraction(text: str) -> float:
 
 def seconds(text: str) -> float:
     """A finite number of seconds >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 0 or value == float("inf"):
+    value = _number(text)
+    if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0; pass e.g. 5 (0: rounds only)")
     return value
 
@@ -115,12 +98,6 @@ def output_dir(text: str) -> Path:
     return path.resolve()
 
 
-def backend_name(text: str) -> str:
-    if text not in BACKEND_CHOICES:
-        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(BACKEND_CHOICES)}")
-    return text
-
-
 def name_patterns(text: str) -> tuple[str, ...]:
     """``int8-max,int8-entropy*`` -> names or shell-style globs, matched against the variant table later."""
     patterns = tuple(part.strip() for part in text.split(",") if part.strip())
@@ -137,10 +114,3 @@ def batch_sizes(text: str) -> tuple[int, ...]:
     if len(set(sizes)) != len(sizes):
         raise argparse.ArgumentTypeError(f"{text!r} repeats a batch size; list each once")
     return sizes
-
-
-def latency_check(text: str):
-    """``compare --fail-latency`` checks (pytest-benchmark's syntax, `compare.parse_latency_check`)."""
-    from quantbench.outputs.compare import parse_latency_check  # pytest_benchmark is imported only when compare is used
-
-    return parse_latency_check(text)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from quantbench import __version__
 from quantbench.analysis import cli as analysis_cli
-from quantbench.argtypes import backend_name, latency_check, non_negative_int, positive_int
-from quantbench.backends import BuildOptions
+from quantbench.argtypes import non_negative_int, positive_int
+from quantbench.backends import BuildOptions, backend_name
 from quantbench.build.quantize import SCRATCH_PREFIX, ModelOptEcho
 from quantbench.build.variants import Variant, VariantKind, load_variants
 from quantbench.cache import ArtifactCache, atomic_write_json, atomic_write_text, check_output_file, remove_stale_scratch
@@ -34,7 +34,7 @@ from quantbench.outputs.benchmark_json import (
     records_from_benchmark_json,
     uncertainty_from_benchmark_json,
 )
-from quantbench.outputs.compare import compare_runs, comparison_markdown
+from quantbench.outputs.compare import compare_runs, comparison_markdown, latency_check
 from quantbench.outputs.history import build_history, history_markdown, load_run, load_runs, write_history
 from quantbench.outputs.provenance import cache_key, collect_provenance
 from quantbench.outputs.report import format_selection_table, write_report

@@ -18,7 +18,7 @@ from typing import Any
 
 from quantbench.analysis.search import DEFAULT_CONFIDENCE, SearchConfig, Strategy, run_search, verdict_sentence
 from quantbench.analysis.sensitivity import run_sensitivity
-from quantbench.analysis.setup import AnalysisOptions
+from quantbench.analysis.setup import AnalysisInputs, AnalysisOptions
 from quantbench.argtypes import non_negative_int, positive_int
 from quantbench.build.variants import CALIBRATION_METHODS
 from quantbench.cache import ArtifactCache
@@ -104,24 +104,22 @@ def analysis_options(args: argparse.Namespace) -> AnalysisOptions:
 
 def search_config(args: argparse.Namespace) -> SearchConfig:
     """The `SearchConfig` of a parsed `search` command (checked: `ConfigError`)."""
-    return SearchConfig(**_from_args(SearchConfig, args), **({"max_verify": 0} if args.no_verify else {}))
+    given = _from_args(SearchConfig, args)
+    if args.no_verify:
+        given["max_verify"] = 0
+    return SearchConfig(**given)
 
 
-def _inputs(args: argparse.Namespace, hooks: CliHooks) -> dict[str, Any]:
+def _inputs(args: argparse.Namespace, hooks: CliHooks) -> AnalysisInputs:
     calib = Path(args.calib_data) if args.calib_data else default_calib_data()
-    return {
-        # The source as given: the analysis resolves (exports) it at --imgsz.
-        "model": args.model or default_model(),
-        "calib_folder": calib,
-        "probe_folder": Path(args.probe_data) if args.probe_data else calib,
-        "out_dir": Path(args.out_dir),
-        "cache": hooks.open_cache(args),
-    }
+    # The model source as given: the analysis resolves (exports) it at --imgsz.
+    return AnalysisInputs(model=args.model or default_model(), calib_folder=calib,
+                          probe_folder=Path(args.probe_data) if args.probe_data else calib, cache=hooks.open_cache(args))
 
 
 def cmd_sensitivity(args: argparse.Namespace, *, hooks: CliHooks) -> int:
     options = analysis_options(args)  # checked before anything is resolved or built
-    report = run_sensitivity(**_inputs(args, hooks), options=options, progress=not args.quiet)
+    report = run_sensitivity(_inputs(args, hooks), Path(args.out_dir), options=options, progress=not args.quiet)
     hooks.emit(args, f"{report.num_groups} quantized layer groups of {report.model}, most sensitive first:")
     for group in report.groups[:10]:
         hooks.emit(args, f"  {group.name}")
@@ -131,10 +129,10 @@ def cmd_sensitivity(args: argparse.Namespace, *, hooks: CliHooks) -> int:
 
 def cmd_search(args: argparse.Namespace, *, hooks: CliHooks) -> int:
     options, config = analysis_options(args), search_config(args)  # checked before anything is built
-    result = run_search(**_inputs(args, hooks), budget=args.budget,
-                        thresholds=None if args.budget is not None else
-                        resolve_table(THRESHOLDS, args.thresholds, project=Path.cwd(), option="--thresholds"),
-                        options=options, config=config, progress=not args.quiet)
+    budget = args.budget if args.budget is not None else \
+        resolve_table(THRESHOLDS, args.thresholds, project=Path.cwd(), option="--thresholds")
+    result = run_search(_inputs(args, hooks), Path(args.out_dir), budget=budget, options=options, config=config,
+                        progress=not args.quiet)
     o = result.outcome
     verdict = "within" if o.met_budget else "NOT within"
     hooks.emit(args, f"{result.variant_name}: {len(o.excluded)} layer groups kept out of INT8, "

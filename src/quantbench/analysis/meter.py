@@ -131,11 +131,14 @@ class MatchingProbe(Probe, Protocol):
     def score_with_matches(self, onnx_path: Path) -> tuple[float, MatchTable]: ...
 
 
+_DEFAULT_NMS = NmsConfig()  # the evaluation's NMS (frozen: one instance serves every probe)
+
+
 class CocoProbe:
     """mAP50-95 of a model on a COCO folder subset, through ONNX Runtime and `evaluate`."""
 
     def __init__(self, dataset: CocoDataset, *, imgsz: int = 640, batch_size: int = 8,
-                 nms: NmsConfig = NmsConfig(), threads: int | None = None):
+                 nms: NmsConfig = _DEFAULT_NMS, threads: int | None = None):
         if len(dataset) == 0:
             raise DataError(f"probe dataset {dataset.name} has no images; give the probe at least one image.")
         self.dataset, self.imgsz, self.batch_size, self.nms = dataset, imgsz, batch_size, nms

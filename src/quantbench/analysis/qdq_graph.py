@@ -203,7 +203,7 @@ class QdqModel:
                 if reader not in keep and self._group_by_name[reader].is_linear:
                     rewires[(reader, dq_out)] = pair.source
 
-        dropped_nodes = set()
+        dropped_nodes: set[str] = set()
         for dq_out in drop_pairs:
             pair = self.pairs[dq_out]
             dropped_nodes.update((pair.quantize_node, pair.dequantize_node))

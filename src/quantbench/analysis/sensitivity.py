@@ -30,9 +30,10 @@ from tqdm import tqdm
 
 from quantbench.analysis.meter import GraphMeter, OutputAgreement, error_power, sqnr_gain
 from quantbench.analysis.qdq_graph import QdqModel
-from quantbench.analysis.setup import AnalysisOptions, open_meter, prepare_analysis
-from quantbench.cache import ArtifactCache, atomic_write_bytes, atomic_write_text
+from quantbench.analysis.setup import DEFAULT_OPTIONS, AnalysisInputs, AnalysisOptions, open_meter
+from quantbench.cache import atomic_write_bytes, atomic_write_text
 from quantbench.errors import ConfigError
+from quantbench.rules import new_figure, png_bytes
 
 
 @dataclass(frozen=True)
@@ -262,14 +263,10 @@ def sensitivity_markdown(report: SensitivityReport) -> str:
 
 def sensitivity_chart(report: SensitivityReport, path: Path, *, top: int = 30) -> Path:
     """Bar chart of the ``top`` ranked groups: error share, and probe gain where probed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     shown = report.groups[:top]
     labels = [f"{g.rank}. {g.name[-48:]}" for g in shown][::-1]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 0.32 * len(shown) + 1.6), sharey=True)
+    fig = new_figure(14, 0.32 * len(shown) + 1.6, constrained=False)
+    axes = fig.subplots(1, 2, sharey=True)
     axes[0].barh(labels, [100 * g.error_share for g in shown][::-1], color="tab:blue")
     axes[0].set_xlabel("share of the INT8 error caused by the group alone (%, scores and boxes)")
     probe_gain = [0.0 if g.probe_gain is None else 100 * g.probe_gain for g in shown][::-1]
@@ -278,10 +275,7 @@ def sensitivity_chart(report: SensitivityReport, path: Path, *, top: int = 30) -
     axes[1].set_xlabel("probe mAP50-95 gained when kept in high precision (points; gray: not probed)")
     fig.suptitle(f"INT8 sensitivity of {report.model} ({report.num_groups} layer groups, top {len(shown)})")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_bytes(path, png_bytes(fig))
 
 
 def write_sensitivity(report: SensitivityReport, out_dir: Path) -> SensitivityReport:
@@ -299,26 +293,19 @@ def write_sensitivity(report: SensitivityReport, out_dir: Path) -> SensitivityRe
 # Library entry point (what `quantbench sensitivity` calls)
 
 
-def run_sensitivity(
-    model: str | Path,
-    calib_folder: Path,
-    probe_folder: Path | None,
-    out_dir: Path,
-    *,
-    cache: ArtifactCache,
-    options: AnalysisOptions = AnalysisOptions(),
-    progress: bool = True,
-) -> SensitivityReport:
-    """Sensitivity of ``model``'s INT8 build (ModelOpt, ``options.calibration_method`` on ``calib_folder``).
+def run_sensitivity(inputs: AnalysisInputs, out_dir: Path, *, options: AnalysisOptions = DEFAULT_OPTIONS,
+                    progress: bool = True) -> SensitivityReport:
+    """Sensitivity of the INT8 build of ``inputs.model`` (ModelOpt, ``options.calibration_method`` on
+    ``inputs.calib_folder``).
 
-    Writes sensitivity.md, sensitivity.csv and sensitivity.png into ``out_dir``. ``probe_folder``
+    Writes sensitivity.md, sensitivity.csv and sensitivity.png into ``out_dir``. ``inputs.probe_folder``
     (a COCO folder: images/ + instances.json) must not overlap the data the model is finally
     evaluated on; calibration images in it are left out of the probe. Without it only the
     proxies are measured.
     """
-    setup = prepare_analysis(model, calib_folder, probe_folder, cache, options)
+    setup = inputs.prepare(options)
     _, meter = open_meter(setup)
     with meter:
-        report = layer_sensitivity(meter, model=setup.model.name, top_k=options.top_k if probe_folder else 0,
+        report = layer_sensitivity(meter, model=setup.model.name, top_k=options.top_k if inputs.probe_folder else 0,
                                    groups=options.groups, fp32_onnx=Path(setup.model.path), progress=progress)
     return write_sensitivity(report, Path(out_dir))

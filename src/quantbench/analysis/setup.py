@@ -6,6 +6,7 @@ exactly what `quantbench quantize` and the bench build, from the same cache).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,6 @@ import numpy as np
 
 from quantbench.analysis.meter import CocoProbe, GraphMeter
 from quantbench.analysis.qdq_graph import QdqModel
-from quantbench.argtypes import check_counts, is_count
 from quantbench.build.export import ModelInfo
 from quantbench.build.variants import CALIBRATION_METHODS, HIGH_PRECISION_DTYPES, VARIANT_NAME_RE, Variant, VariantKind
 from quantbench.cache import ArtifactCache
@@ -22,6 +22,7 @@ from quantbench.data.dataset import CocoDataset
 from quantbench.errors import ConfigError, DataError
 from quantbench.pipeline import Pipeline, PipelineSettings
 from quantbench.records import VariantBuild
+from quantbench.rules import check_counts, is_count
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,10 @@ class AnalysisOptions:
                        calib_images=self.calib_images, high_precision_dtype=self.high_precision_dtype)
 
 
-def _group_names(groups: object) -> tuple[str, ...]:
+def _group_names(groups: Iterable[str]) -> tuple[str, ...]:
     if isinstance(groups, str):
         raise ConfigError(f"groups={groups!r} is one string; pass a list of layer group names.")
-    names = tuple(groups)  # type: ignore[call-overload]
+    names = tuple(groups)
     if not names or not all(isinstance(g, str) for g in names):
         raise ConfigError(f"groups={names!r} names no layer group; pass node names, or None for all groups.")
     return names
@@ -109,6 +110,24 @@ def probe_split(probe_folder: Path, calib: CalibrationSet, calib_images_dir: Pat
     )
 
 
+DEFAULT_OPTIONS = AnalysisOptions()
+
+
+@dataclass(frozen=True)
+class AnalysisInputs:
+    """What an analysis reads: the model source (resolved at ``options.imgsz``), the calibration folder,
+    the probe folder (a COCO folder disjoint from the evaluation data; None: proxies only) and the cache."""
+
+    model: str | Path
+    calib_folder: Path
+    probe_folder: Path | None
+    cache: ArtifactCache
+
+    def prepare(self, options: AnalysisOptions = DEFAULT_OPTIONS) -> AnalysisSetup:
+        """`prepare_analysis` of these inputs."""
+        return prepare_analysis(self.model, self.calib_folder, self.probe_folder, self.cache, options)
+
+
 def analysis_pipeline(calib_folder: Path, cache: ArtifactCache, options: AnalysisOptions) -> Pipeline:
     """The pipeline an analysis builds through: its calibration folder and seed, its input side.
 
@@ -124,7 +143,7 @@ def prepare_analysis(
     calib_folder: Path,
     probe_folder: Path | None,
     cache: ArtifactCache,
-    options: AnalysisOptions = AnalysisOptions(),
+    options: AnalysisOptions = DEFAULT_OPTIONS,
 ) -> AnalysisSetup:
     """Resolve the model, calibrate, build the INT8 analysis graph, pick the probe and proxy images.
 

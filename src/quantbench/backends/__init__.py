@@ -8,6 +8,7 @@ provider's runner (`backends.ort_cuda`) imports cuda-python only when it opens a
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import logging
 
@@ -26,6 +27,7 @@ __all__ = [
     "backend_class",
     "resolve_backend",
     "BACKEND_CHOICES",
+    "backend_name",
 ]
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,13 @@ _MODULES = {
 # What `auto` tries, in order: the last one always runs (ONNX Runtime on the CPU).
 AUTO_ORDER = (BackendKind.TENSORRT, BackendKind.ONNXRUNTIME_CUDA, BackendKind.ONNXRUNTIME)
 BACKEND_CHOICES = ("auto", *(k.value for k in BackendKind))
+
+
+def backend_name(text: str) -> str:
+    """argparse ``type=`` for ``--backend``/``--qb-backend``: one of `BACKEND_CHOICES`."""
+    if text not in BACKEND_CHOICES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(BACKEND_CHOICES)}")
+    return text
 
 
 def backend_class(kind: BackendKind) -> type[Backend]:

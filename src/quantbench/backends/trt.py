@@ -39,6 +39,7 @@ from quantbench.build import onnx_graph
 from quantbench.cache import ArtifactCache, atomic_write_bytes, atomic_write_text, hash_key, sha256_file
 from quantbench.errors import BackendError, BackendUnavailable, ConfigError, ModelError
 from quantbench.records import to_dict
+from quantbench.rules import is_count
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def profile_shapes(
     Dynamic height/width take ``imgsz``.
     """
     sizes = tuple(batch_sizes)
-    if not sizes or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in sizes):
+    if not sizes or not all(is_count(b) for b in sizes):
         raise ConfigError(f"BuildOptions.batch_sizes must be positive integers, got {sizes!r}; pass e.g. (1, 8).")
     if len(input_shape) != 4:
         raise ModelError(f"{where} has an input of rank {len(input_shape)}; quantbench needs an NCHW image input.")

@@ -18,13 +18,11 @@ ModelOpt / ONNX Runtime / ONNX versions; ``ArtifactCache`` publishes atomically 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from importlib.metadata import version as dist_version
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +30,13 @@ import numpy as np
 import onnx
 
 from quantbench.build import onnx_graph
+from quantbench.build.export import ModelInfo, validate_onnx
+from quantbench.build.variants import Variant, VariantKind
 from quantbench.cache import ArtifactCache, hash_key, owned_scratch_dir, sha256_file
 from quantbench.data.calibration import CalibrationSet
 from quantbench.errors import ModelError, QuantizeError
-from quantbench.build.export import ModelInfo, validate_onnx
 from quantbench.records import VariantBuild
-from quantbench.build.variants import Variant, VariantKind
+from quantbench.rules import closest, tool_version
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,8 @@ _LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueez
 
 
 def modelopt_version() -> str:
-    return dist_version("nvidia-modelopt")
+    # ModelOpt is installed wherever a variant is quantized: "unknown" only on a broken install.
+    return tool_version("nvidia-modelopt") or "unknown"
 
 
 def _tool_versions() -> dict[str, str]:
@@ -323,8 +323,8 @@ def check_against_model(base: onnx.ModelProto, model: ModelInfo, variant: Varian
     names = [n.name for n in base.graph.node]
     for pattern in variant.nodes_to_exclude:
         if not matching_nodes(base, [pattern]):
-            near = difflib.get_close_matches(pattern, names, n=1, cutoff=0.6)
-            hint = f" (a node is named {near[0]!r})" if near else ""
+            near = closest(pattern, names)
+            hint = f" (a node is named {near!r})" if near else ""
             raise fail("nodes_to_exclude", f"{pattern!r} matches no node of the model{hint}; patterns are "
                        "regular expressions matched from the start of the node name (ONNX names start with '/').")
     op_types = {n.op_type for n in base.graph.node}

@@ -7,6 +7,9 @@ suggestion), keys that do not apply to a kind, unknown kinds, calibration method
 types that are not ONNX operators, node patterns that are not regular expressions, and duplicate
 names all raise one ``ConfigError`` sentence naming the file, the variant and the key.
 
+`variant_toml` writes one table back (what `quantbench search` emits); `load_variants` reads it
+as the same `Variant`.
+
 File layout: one ``[[variant]]`` table per variant, in the order they are reported::
 
     [[variant]]
@@ -29,16 +32,18 @@ File layout: one ``[[variant]]`` table per variant, in the order they are report
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
+import json
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from quantbench.errors import ConfigError
+from quantbench.rules import closest, is_count
 
 DEFAULT_VARIANTS = Path("bench/variants.toml")
 
@@ -129,9 +134,9 @@ _COMMON_KEYS = ("name", "kind", "gated", "models", "description")
 _ALL_KEYS = tuple(f.name for f in fields(Variant))
 
 
-def _closest(word: str, choices: tuple[str, ...] | list[str]) -> str:
-    match = difflib.get_close_matches(word, list(choices), n=1)
-    return f"did you mean {match[0]!r}?" if match else f"known keys: {', '.join(choices)}."
+def _closest(word: str, choices: tuple[str, ...]) -> str:
+    match = closest(word, choices)
+    return f"did you mean {match!r}?" if match else f"known keys: {', '.join(choices)}."
 
 
 class _TableReader:
@@ -161,13 +166,13 @@ class _TableReader:
 
     def positive_int(self, key: str) -> int:
         value = self.table[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        if not is_count(value, 1):
             raise self.fail(key, f"{value!r} is not a positive whole number; write e.g. 128.")
         return value
 
     def seed(self, key: str) -> int:
         value = self.table[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if not is_count(value, 0):
             raise self.fail(key, f"{value!r} is not a whole number >= 0; write e.g. 0.")
         return value
 
@@ -194,8 +199,8 @@ class _TableReader:
         for op in ops:
             if not onnx.defs.has(op):
                 known = sorted({schema.name for schema in onnx.defs.get_all_schemas()})
-                hint = difflib.get_close_matches(op, known, n=1)
-                fix = f"did you mean {hint[0]!r}?" if hint else "use ONNX operator names such as Conv or Concat."
+                hint = closest(op, known)
+                fix = f"did you mean {hint!r}?" if hint else "use ONNX operator names such as Conv or Concat."
                 raise self.fail(key, f"{op!r} is not an ONNX operator type; {fix}")
         return ops
 
@@ -231,7 +236,7 @@ class _TableReader:
             if key not in allowed:
                 raise self.fail(key, f"does not apply to kind {kind.value!r}; remove it or change the kind.")
 
-        readers = {
+        readers: dict[str, Callable[[str], Any]] = {
             "gated": self.boolean,
             "models": self.model_names,
             "description": self.string,
@@ -246,7 +251,7 @@ class _TableReader:
             "calibrate_per_node": self.boolean,
             "passes": self.passes,
         }
-        values = {key: readers[key](key) for key in self.table if key in readers}
+        values: dict[str, Any] = {key: readers[key](key) for key in self.table if key in readers}
         both = sorted(set(values.get("op_types_to_quantize", ())) & set(values.get("op_types_to_exclude", ())))
         if both:  # ModelOpt would silently let the exclusion win
             raise self.fail("op_types_to_exclude", f"{', '.join(both)} is also in op_types_to_quantize; "
@@ -289,3 +294,33 @@ def load_variants(path: Path) -> tuple[Variant, ...]:
         seen.add(variant.name)
         variants.append(variant)
     return tuple(variants)
+
+
+def variant_toml(variant: Variant) -> str:
+    """One ``[[variant]]`` table for a variant table: `load_variants` reads it back as ``variant``.
+
+    Keys at their default are left out (``None`` among them, which TOML cannot spell), as are build
+    options that do not apply to the variant's kind (the reader would refuse them; they change nothing).
+    """
+    keys = (*_KIND_OPTIONS[variant.kind], "gated", "models", "description")
+    lines = ["[[variant]]", f"name = {_toml_value(variant.name)}", f"kind = {_toml_value(variant.kind.value)}"]
+    for f in fields(Variant):
+        value = getattr(variant, f.name)
+        if f.name not in keys or value is None or value == f.default:
+            continue
+        if isinstance(value, tuple) and value:
+            lines += [f"{f.name} = [", *(f"  {_toml_value(v)}," for v in value), "]"]
+        else:
+            lines.append(f"{f.name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: object) -> str:
+    """A TOML scalar or empty array: JSON's string escapes and numbers are valid TOML; booleans are lower case."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):  # only the empty one: `variant_toml` writes the others one item a line
+        return "[]"
+    if not isinstance(value, str | int | float):
+        raise TypeError(f"variant value {value!r} has no TOML form here; variants hold strings, numbers, booleans")
+    return json.dumps(value)

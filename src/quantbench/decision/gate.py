@@ -34,16 +34,25 @@ Rules (the report repeats them):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from quantbench.decision.thresholds import ModelThresholds, check_accuracy, check_memory, check_speedup, relative_drop
-from quantbench.decision.uncertainty import BootstrapInterval, DropInterval, images_needed, latency_interval, speedup_interval
+from quantbench.decision.thresholds import ModelThresholds
+from quantbench.decision.uncertainty import (
+    BootstrapInterval,
+    DropInterval,
+    MedianInterval,
+    images_needed,
+    latency_interval,
+    speedup_interval,
+)
 from quantbench.errors import DataError
 from quantbench.records import AccuracyComparison, CalibrationSpread, EvalResult, LatencyResult
+from quantbench.rules import is_number, within
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
-_TOLERANCE = 1e-9  # as thresholds.py: a drop equal to its limit up to float noise passes
+_MIB = 1024 * 1024
 SPEEDUP_RESAMPLES = 2000  # bootstrap resamples of the speed-up (two medians' ratio; cheap)
 
 
@@ -133,7 +142,8 @@ def judge(e: Evidence, t: ModelThresholds) -> VariantOutcome:
     if e.build_failure and lr is None:
         latency = []
     base = e.baseline_accuracy if e.variant != t.baseline else ev
-    interval = e.drop.map50_95 if e.drop is not None and e.variant != t.baseline and t.verdicts == "interval" else None
+    drop = e.drop if e.drop is not None and e.variant != t.baseline and t.verdicts == "interval" else None
+    interval = drop.map50_95 if drop is not None else None
     median_ci = _median_interval(lr, t)
     verdict = _verdict(failed + accuracy + latency)
     return VariantOutcome(
@@ -159,7 +169,7 @@ def judge(e: Evidence, t: ModelThresholds) -> VariantOutcome:
         accuracy_verdict=_verdict(failed + accuracy), latency_verdict=_verdict(failed + latency),
         confidence=t.confidence if interval or speed_ci or median_ci else None,
         drop_interval=(interval.lower, interval.upper) if interval else None,
-        map50_drop_interval=(e.drop.map50.lower, e.drop.map50.upper) if interval else None,
+        map50_drop_interval=(drop.map50.lower, drop.map50.upper) if drop is not None else None,
         images=ev.num_images if ev else None,
         images_needed=next((f.images_needed for f in accuracy if f.images_needed), None),
         latency_interval_ms=(median_ci.lower, median_ci.upper) if median_ci else None,
@@ -179,7 +189,7 @@ def _verdict(findings: list[Finding]) -> str:
     return FAIL if FAIL in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
 
 
-def _failures(reasons: list[str | None]) -> list[Finding]:
+def _failures(reasons: Sequence[str | None]) -> list[Finding]:
     return [Finding(FAIL, r) for r in reasons if r]
 
 
@@ -217,12 +227,32 @@ def drop_limit(t: ModelThresholds, baseline_map: float) -> float:
 def interval_verdict(ci: BootstrapInterval, limit: float) -> str:
     """The rule for one drop interval against its limit: PASS when the whole interval is within the
     limit, FAIL when the whole interval is beyond it, INCONCLUSIVE when it straddles the limit.
-
-    Shared with `quantbench search`'s verdict on its verifying build.
     """
-    if ci.upper <= limit + _TOLERANCE:
+    if within(ci.upper, limit):
         return PASS
-    return FAIL if ci.lower > limit + _TOLERANCE else INCONCLUSIVE
+    return INCONCLUSIVE if within(ci.lower, limit) else FAIL
+
+
+def drop_verdict(drop: float, ci: BootstrapInterval | None, limit: float) -> str:
+    """The verdict on one drop against its limit: by its interval where there is one
+    (`interval_verdict`), else by the point alone (pass or fail, the ``"point"`` mode's rule).
+
+    Shared with `quantbench search`'s trials and its verifying build.
+    """
+    if ci is not None:
+        return interval_verdict(ci, limit)
+    return PASS if within(drop, limit) else FAIL
+
+
+def limits_broken(t: ModelThresholds, drop: float, baseline_map: float) -> list[str]:
+    """Which of ``t``'s two drop limits an mAP50-95 ``drop`` from ``baseline_map`` breaks, each as
+    "<measured> > <allowed> allowed"; empty exactly when ``within(drop, drop_limit(t, baseline_map))``."""
+    broken = []
+    if not within(drop, t.max_abs_drop):
+        broken.append(f"{drop * 100:.2f} points > {t.max_abs_drop * 100:.2f} allowed")
+    if baseline_map > 0 and not within(drop, t.max_rel_drop * baseline_map):
+        broken.append(f"{drop / baseline_map * 100:.1f} % > {t.max_rel_drop * 100:.1f} % allowed")
+    return broken
 
 
 def _drop_findings(ci: BootstrapInterval, t: ModelThresholds, baseline_map: float) -> list[Finding]:
@@ -265,11 +295,11 @@ def _latency(e: Evidence, t: ModelThresholds
 
 
 def _speedup_findings(ci: BootstrapInterval, required: float, backend: str, t: ModelThresholds) -> list[Finding]:
-    if ci.lower + _TOLERANCE >= required:
+    if within(required, ci.lower):
         return []
     measured = (f"speed-up {ci.point:.2f}x ({ci.confidence:.0%} interval {ci.lower:.2f}x to {ci.upper:.2f}x) "
                 f"over baseline {t.baseline}")
-    if ci.upper + _TOLERANCE < required:
+    if not within(required, ci.upper):
         return [Finding(FAIL, f"{measured} < {required:.2f}x required on {backend}")]
     return [Finding(INCONCLUSIVE, f"{measured} straddles the {required:.2f}x required on {backend}; time more "
                                   "rounds (--qb-rounds, --qb-min-time) on an idle machine to decide it")]
@@ -283,7 +313,7 @@ def _speedup_interval(base: LatencyResult, lr: LatencyResult, t: ModelThresholds
                             resamples=SPEEDUP_RESAMPLES)
 
 
-def _median_interval(lr: LatencyResult | None, t: ModelThresholds):
+def _median_interval(lr: LatencyResult | None, t: ModelThresholds) -> MedianInterval | None:
     if lr is None or t.verdicts != "interval" or not lr.host.samples_ms:
         return None
     try:
@@ -299,3 +329,59 @@ def median_standard_error(stddev_ms: float, rounds: int) -> float:
     two?", not a confidence interval to quote.
     """
     return math.sqrt(math.pi / 2) * stddev_ms / math.sqrt(rounds) if rounds > 0 else math.inf
+
+
+# --- point rules: the gate's checks of point estimates (the "point" mode, and where no interval exists)
+
+
+def check_accuracy(t: ModelThresholds, variant: str, map_variant: float, map_baseline: float) -> str | None:
+    """Why ``variant``'s mAP50-95 fails ``t`` (the drop within `drop_limit`: both limits), or None."""
+    if not is_number(map_variant):
+        return f"mAP50-95 of {variant} is {map_variant}, not a number"
+    if variant == t.baseline:
+        if t.min_map is not None and not within(t.min_map, map_variant):
+            return f"baseline {variant} mAP50-95 {map_variant:.4f} < {t.min_map:.4f} floor (min_map)"
+        return None
+    if not is_number(map_baseline):
+        return f"mAP50-95 of baseline {t.baseline} is {map_baseline}, not a number"
+    broken = limits_broken(t, map_baseline - map_variant, map_baseline)
+    if not broken:
+        return None
+    return f"mAP50-95 drop {' and '.join(broken)} ({map_variant:.4f} vs baseline {t.baseline} {map_baseline:.4f})"
+
+
+def check_speedup(t: ModelThresholds, backend: str, variant_ms: float, baseline_ms: float) -> str | None:
+    """Why the speed-up over the baseline misses ``backend``'s minimum, or None (also when none is set)."""
+    required = t.min_speedup.get(backend)
+    if required is None:
+        return None
+    if not (variant_ms > 0 and baseline_ms > 0):
+        return f"latency {variant_ms} ms vs baseline {baseline_ms} ms cannot give a speed-up (not positive)"
+    speedup = baseline_ms / variant_ms
+    if not within(required, speedup):
+        return (
+            f"speed-up {speedup:.2f}x < {required:.2f}x required on {backend} "
+            f"({variant_ms:.2f} ms vs baseline {t.baseline} {baseline_ms:.2f} ms)"
+        )
+    return None
+
+
+def check_memory(t: ModelThresholds, variant_bytes: int | None, baseline_bytes: int | None) -> str | None:
+    """Why peak device memory grew more than allowed over the baseline's, or None.
+
+    None also when no limit is set or either side was not measured (ONNX Runtime on the CPU).
+    """
+    if t.max_memory_increase is None or variant_bytes is None or not baseline_bytes:
+        return None
+    increase = variant_bytes / baseline_bytes - 1.0
+    if not within(increase, t.max_memory_increase):
+        return (
+            f"GPU memory {increase * 100:+.1f} % > {t.max_memory_increase * 100:+.1f} % allowed "
+            f"({variant_bytes / _MIB:.1f} MiB vs baseline {t.baseline} {baseline_bytes / _MIB:.1f} MiB)"
+        )
+    return None
+
+
+def relative_drop(map_variant: float, map_baseline: float) -> float | None:
+    """Drop as a fraction of the baseline's mAP; None when the baseline's mAP is not positive."""
+    return (map_baseline - map_variant) / map_baseline if map_baseline > 0 else None

@@ -41,7 +41,7 @@ from typing import Any
 
 from quantbench.decision.gate import Evidence, VariantOutcome, judge
 from quantbench.decision.thresholds import ModelThresholds, Thresholds
-from quantbench.records import AccuracyComparison, CalibrationSpread, EvalResult, LatencyResult
+from quantbench.records import AccuracyComparison, CalibrationSpread, DropInterval, EvalResult, LatencyResult
 
 # A failed build: keyed by variant name (every model) or by (model, variant).
 FailureKey = str | tuple[str, str]
@@ -126,12 +126,15 @@ class _Records:
             | {v for m, b, v, _ in self.lat if m == model and b == backend}
             | {k[1] if isinstance(k, tuple) else k for k in self.failures if not isinstance(k, tuple) or k[0] == model}
         )
-        accuracy = {v: self.acc[model, source, v] for v in variants if (model, source, v) in self.acc}
+        # Keyed by variant alone: ``source`` is None where no backend measured accuracy (nothing matches then).
+        measured = {v: r for (m, b, v), r in self.acc.items() if (m, b) == (model, source)}
+        accuracy = {v: measured[v] for v in variants if v in measured}
+        spreads = {v: s for (m, b, v), s in self.spreads.items() if (m, b) == (model, source)}
         latency = {v: self.lat[model, backend, v, batch] for v in variants if (model, backend, v, batch) in self.lat}
         outcomes = [judge(Evidence(
             model=model, variant=v, backend=backend, reference_batch=batch,
             accuracy=accuracy.get(v), baseline_accuracy=accuracy.get(t.baseline),
-            drop=self._drop(model, source, v, t.baseline, accuracy), spread=self.spreads.get((model, source, v)),
+            drop=self._drop(model, source, v, t.baseline, accuracy), spread=spreads.get(v),
             reference=self._reference(model, source, v, t.baseline, accuracy),
             latency=latency.get(v), baseline_latency=latency.get(t.baseline),
             build_failure=self.failures.get((model, v)) or self.failures.get(v),
@@ -139,17 +142,21 @@ class _Records:
             other_batches=tuple(sorted(bs for m, b, vv, bs in self.lat if (m, b, vv) == (model, backend, v) and bs != batch)),
         ), t) for v in variants]
         ranked = tuple(sorted(outcomes, key=_rank_key))
+        records: list[LatencyResult | EvalResult] = [*latency.values(), *accuracy.values()]
         winner = next((o for o in ranked if o.passed and o.gated), None)
         return Selection(
             model=model, backend=backend, baseline=t.baseline, reference_batch=batch, outcomes=ranked,
             winner=winner.variant if winner else None, criteria=_criteria(t),
             within_noise=_within_noise(winner, ranked),
             disturbed=tuple(o.variant for o in ranked if _disturbed(o)),
-            simulated=next((r.simulated for r in (*latency.values(), *accuracy.values()) if r.simulated), None),
+            simulated=next((r.simulated for r in records if r.simulated), None),
         )
 
-    def _drop(self, model: str, source: str | None, variant: str, baseline: str, accuracy: Mapping[str, EvalResult]):
+    def _drop(self, model: str, source: str | None, variant: str, baseline: str,
+              accuracy: Mapping[str, EvalResult]) -> DropInterval | None:
         """The paired drop of ``variant``, when it was measured against this baseline on the judged images."""
+        if source is None:
+            return None
         c = self.drops.get((model, source, variant, baseline))
         ev = accuracy.get(variant)
         if c is None or ev is None or (c.dataset, c.num_images) != (ev.dataset, ev.num_images):
@@ -171,13 +178,14 @@ DISTURBED_SPREAD = 0.25
 
 
 def _disturbed(o: VariantOutcome) -> bool:
-    return bool(o.latency_ms and o.latency_min_ms) and o.latency_ms > (1 + DISTURBED_SPREAD) * o.latency_min_ms
+    ms, fastest = o.latency_ms, o.latency_min_ms
+    return bool(ms and fastest) and ms is not None and fastest is not None and ms > (1 + DISTURBED_SPREAD) * fastest
 
 
 def _within_noise(winner: VariantOutcome | None, ranked: Sequence[VariantOutcome]) -> tuple[str, ...]:
     """Passing gated variants a re-run could rank first: latency intervals that overlap the winner's
     (where both have one), else a median difference under twice the combined standard error."""
-    if winner is None or winner.latency_noise_ms is None:
+    if winner is None or winner.latency_noise_ms is None or winner.latency_ms is None:
         return ()
     tied = []
     for o in ranked:

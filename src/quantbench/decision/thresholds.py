@@ -29,14 +29,12 @@ mAP50-95 drops are within their limits (the absolute limit protects strong model
 one weak models). The baseline itself is gated only by `min_map`. Speed-ups and memory are
 checked only where a threshold is set and the measurement exists.
 
-The `check_*` functions return a reason string that names the measured value and the threshold,
-or None when the check passes.
+The rules that apply these criteria to measurements (point and interval) are the gate's
+(`quantbench.decision.gate`), the only place that decides pass or fail.
 """
 
 from __future__ import annotations
 
-import difflib
-import math
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -46,11 +44,7 @@ from typing import Any
 
 from quantbench.backends.base import BackendKind
 from quantbench.errors import ConfigError
-
-# Measurements are floats (0.2427 - 0.2327 = 0.010000000000000009): a drop that equals its limit
-# up to rounding noise passes.
-_TOLERANCE = 1e-9
-_MIB = 1024 * 1024
+from quantbench.rules import closest, is_confidence, is_number
 
 
 @dataclass(frozen=True)
@@ -178,65 +172,6 @@ class Thresholds:
                     )
 
 
-def check_accuracy(t: ModelThresholds, variant: str, map_variant: float, map_baseline: float) -> str | None:
-    """Why ``variant``'s mAP50-95 fails ``t`` (both drop limits must hold), or None."""
-    if not math.isfinite(map_variant):
-        return f"mAP50-95 of {variant} is {map_variant}, not a number"
-    if variant == t.baseline:
-        if t.min_map is not None and map_variant + _TOLERANCE < t.min_map:
-            return f"baseline {variant} mAP50-95 {map_variant:.4f} < {t.min_map:.4f} floor (min_map)"
-        return None
-    if not math.isfinite(map_baseline):
-        return f"mAP50-95 of baseline {t.baseline} is {map_baseline}, not a number"
-    drop_abs = map_baseline - map_variant
-    broken = []
-    if drop_abs > t.max_abs_drop + _TOLERANCE:
-        broken.append(f"{drop_abs * 100:.2f} points > {t.max_abs_drop * 100:.2f} allowed")
-    drop_rel = relative_drop(map_variant, map_baseline)
-    if drop_rel is not None and drop_rel > t.max_rel_drop + _TOLERANCE:
-        broken.append(f"{drop_rel * 100:.1f} % > {t.max_rel_drop * 100:.1f} % allowed")
-    if not broken:
-        return None
-    return f"mAP50-95 drop {' and '.join(broken)} ({map_variant:.4f} vs baseline {t.baseline} {map_baseline:.4f})"
-
-
-def check_speedup(t: ModelThresholds, backend: str, variant_ms: float, baseline_ms: float) -> str | None:
-    """Why the speed-up over the baseline misses ``backend``'s minimum, or None (also when none is set)."""
-    required = t.min_speedup.get(backend)
-    if required is None:
-        return None
-    if not (variant_ms > 0 and baseline_ms > 0):
-        return f"latency {variant_ms} ms vs baseline {baseline_ms} ms cannot give a speed-up (not positive)"
-    speedup = baseline_ms / variant_ms
-    if speedup + _TOLERANCE < required:
-        return (
-            f"speed-up {speedup:.2f}x < {required:.2f}x required on {backend} "
-            f"({variant_ms:.2f} ms vs baseline {t.baseline} {baseline_ms:.2f} ms)"
-        )
-    return None
-
-
-def check_memory(t: ModelThresholds, variant_bytes: int | None, baseline_bytes: int | None) -> str | None:
-    """Why peak device memory grew more than allowed over the baseline's, or None.
-
-    None also when no limit is set or either side was not measured (ONNX Runtime on the CPU).
-    """
-    if t.max_memory_increase is None or variant_bytes is None or not baseline_bytes:
-        return None
-    increase = variant_bytes / baseline_bytes - 1.0
-    if increase > t.max_memory_increase + _TOLERANCE:
-        return (
-            f"GPU memory {increase * 100:+.1f} % > {t.max_memory_increase * 100:+.1f} % allowed "
-            f"({variant_bytes / _MIB:.1f} MiB vs baseline {t.baseline} {baseline_bytes / _MIB:.1f} MiB)"
-        )
-    return None
-
-
-def relative_drop(map_variant: float, map_baseline: float) -> float | None:
-    """Drop as a fraction of the baseline's mAP; None when the baseline's mAP is not positive."""
-    return (map_baseline - map_variant) / map_baseline if map_baseline > 0 else None
-
-
 # --- parsing ---------------------------------------------------------------------------------
 
 
@@ -258,7 +193,7 @@ def _parse_model_table(table: Mapping[str, Any], base: ModelThresholds, where: s
         changes["verdicts"] = table["verdicts"]
     if "confidence" in table:
         value = table["confidence"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.5 <= value < 1.0:
+        if not is_confidence(value):
             raise ConfigError(f"{where}: {prefix}confidence = {value!r} must be a level from 0.5 to below 1, "
                               "e.g. 0.95.")
         changes["confidence"] = float(value)
@@ -286,7 +221,7 @@ def _spelling(name: str) -> str:
 
 
 def _fraction(value: Any, where: str, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         raise ConfigError(f"{where}: {key} = {value!r} must be a number (a fraction: 0.01 = 1 %).")
     if not 0.0 <= value <= 1.0:
         raise ConfigError(
@@ -304,7 +239,7 @@ def _speedups(value: Any, where: str, prefix: str) -> dict[str, float]:
     _reject_unknown(value, _BACKENDS, where, key)
     out = {}
     for backend, factor in value.items():
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
+        if not (is_number(factor) and factor > 0):
             raise ConfigError(
                 f"{where}: {key}.{backend} = {factor!r} is impossible; give a speed-up factor above 0 "
                 "(1.33 = 33 % faster than the baseline)."
@@ -323,5 +258,5 @@ def _reject_unknown(table: Mapping[str, Any], allowed: tuple[str, ...], where: s
 
 
 def _suggest(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    close = closest(word, choices)
+    return f" (did you mean {close!r}?)" if close else ""

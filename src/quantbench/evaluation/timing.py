@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from quantbench.errors import ConfigError
+from quantbench.rules import check_count, check_number
 
 # A bound on the rounds a time target can ask for: with a sub-millisecond estimate a 5 s target
 # would otherwise keep millions of samples in memory for no gain in precision.
@@ -41,12 +41,10 @@ class TimingPlan:
     warmup_s: float = 0.2  # trtexec's --warmUp default: lets GPU clocks settle
 
     def __post_init__(self) -> None:
-        for name, value, least in (("warmup", self.warmup, 0), ("min_rounds", self.min_rounds, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ConfigError(f"timing {name}={value!r} is not a whole number >= {least}; pass e.g. 10.")
-        for name, value in (("min_time_s", self.min_time_s), ("warmup_s", self.warmup_s)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"timing {name}={value!r} is not a number of seconds >= 0; pass e.g. 5.")
+        for name, least in (("warmup", 0), ("min_rounds", 1)):
+            check_count(getattr(self, name), f"timing {name}", minimum=least, fix="pass e.g. 10")
+        for name in ("min_time_s", "warmup_s"):
+            check_number(getattr(self, name), f"timing {name}", low=0, fix="pass a number of seconds, e.g. 5")
 
     def rounds_for(self, round_ms: float) -> int:
         """Timed rounds that meet both targets when one round takes ``round_ms`` milliseconds."""

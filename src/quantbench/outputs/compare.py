@@ -9,32 +9,34 @@ exits 1 when, for any (model, variant, backend, batch size) timed in both runs,
   They read quantbench's latency record (the same samples pytest-benchmark timed), in seconds as
   pytest-benchmark does, for the fields that record keeps: min, max, mean, median, stddev;
 - or the variant's mAP50-95 moved between the runs by more than the model's accuracy budget in
-  ``thresholds.toml``: more than ``max_abs_drop`` points or ``max_rel_drop`` of the base's value.
+  ``thresholds.toml``, by the gate's rule (`gate.drop_limit`, `gate.limits_broken`): more than
+  ``max_abs_drop`` points or ``max_rel_drop`` of the base's value.
   Both directions fail: the same variant on the same data should score the same, so a rise beyond
   the budget means the measurement changed (data, pipeline, recipe) and the base run no longer
   stands for it. Accuracy measured on other data (dataset or image count) is not comparable: a failure.
 
 Runs of one model on different devices of one backend are refused (HistoryError, exit 2): a
-latency change there says nothing about the code; so are two runs with nothing in common. Variants present in only one run, changed
-build options and changed versions (TensorRT, driver, ONNX Runtime, ModelOpt) are listed as notes.
+latency change there says nothing about the code; so are two runs with nothing in common. Variants
+present in only one run, changed build options and changed versions (TensorRT, driver, ONNX
+Runtime, ModelOpt) are listed as notes.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from quantbench.decision.gate import limits_broken
 from quantbench.decision.thresholds import ModelThresholds, Thresholds
 from quantbench.outputs.history import HistoryError, HistoryRow, SavedRun, build_history, what_changed
 from quantbench.records import EvalResult, LatencyResult
+from quantbench.rules import is_number
 
 # The fields of `records.LatencyStats` that pytest-benchmark's checks can name.
 LATENCY_FIELDS = ("min", "max", "mean", "median", "stddev")
 DEFAULT_LATENCY_CHECK = "median:10%"
-_TOLERANCE = 1e-9  # as thresholds.check_accuracy: a change equal to its limit up to rounding passes
 
 
 def parse_latency_check(text: str) -> Any:
@@ -46,6 +48,11 @@ def parse_latency_check(text: str) -> Any:
         raise argparse.ArgumentTypeError(
             f"{text!r}: quantbench's latency record keeps {', '.join(LATENCY_FIELDS)}, not {check.field}")
     return check
+
+
+def latency_check(text: str) -> Any:
+    """argparse ``type=`` of ``quantbench compare --fail-latency`` (`parse_latency_check`)."""
+    return parse_latency_check(text)
 
 
 def describe_check(check: Any) -> str:
@@ -161,14 +168,11 @@ def _accuracy_line(old: EvalResult, e: EvalResult, t: ModelThresholds) -> Compar
 
 def map_change_reason(t: ModelThresholds, was: float, now: float) -> str | None:
     """Why an mAP50-95 change of one variant between two runs is beyond ``t``'s budget, or None."""
-    if not (math.isfinite(was) and math.isfinite(now)):
+    if not (is_number(was) and is_number(now)):
         return f"mAP50-95 {was} -> {now} is not a number"
     change = now - was
-    broken = []
-    if abs(change) > t.max_abs_drop + _TOLERANCE:
-        broken.append(f"{abs(change) * 100:.2f} points > {t.max_abs_drop * 100:.2f} allowed")
-    if was > 0 and abs(change) / was > t.max_rel_drop + _TOLERANCE:
-        broken.append(f"{abs(change) / was * 100:.1f} % > {t.max_rel_drop * 100:.1f} % allowed")
+    # The gate's accuracy budget, held to the change in either direction (the module docstring).
+    broken = limits_broken(t, abs(change), was)
     if not broken:
         return None
     return f"mAP50-95 {'fell' if change < 0 else 'rose'} {' and '.join(broken)} ({was:.4f} -> {now:.4f})"

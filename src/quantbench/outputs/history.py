@@ -20,7 +20,6 @@ atomically, with matplotlib's object API on the Agg canvas as `report` does.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import re
@@ -35,6 +34,7 @@ from quantbench.decision.thresholds import Thresholds
 from quantbench.errors import ConfigError
 from quantbench.outputs.benchmark_json import VariantOptions, records_from_benchmark_json
 from quantbench.records import EvalResult, LatencyResult, Provenance
+from quantbench.rules import new_figure, png_bytes
 
 
 class HistoryError(ConfigError):
@@ -274,13 +274,9 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 def history_png(h: ModelHistory) -> bytes:
     """mAP50-95 (top) and median latency (bottom) per variant over the runs; winners starred, failures
     crossed, each change a dotted line numbered in the list under the plot."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     changes = [(i, r) for i, r in enumerate(h.rows) if r.changes]
     notes = [f"[{n}] before #{r.run}: {c}" for n, (_, r) in enumerate(changes, start=1) for c in r.changes]
-    fig = Figure(figsize=(max(8.5, 1.2 * len(h.rows) + 4.5), 7.0 + 0.14 * len(notes)), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(max(8.5, 1.2 * len(h.rows) + 4.5), 7.0 + 0.14 * len(notes))
     acc_ax, lat_ax, note_ax = fig.subplots(3, 1, height_ratios=[3, 3, 0.15 + 0.12 * len(notes)])
     xs = list(range(len(h.rows)))
     _plot_variants(acc_ax, lat_ax, h)
@@ -309,9 +305,7 @@ def history_png(h: ModelHistory) -> bytes:
     note_ax.axis("off")
     note_ax.text(0, 1, "\n".join(notes) or "no change of device, versions or variant table between these runs",
                  va="top", ha="left", fontsize=7, transform=note_ax.transAxes)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=100)
 
 
 def _plot_variants(acc_ax: Any, lat_ax: Any, h: ModelHistory) -> None:

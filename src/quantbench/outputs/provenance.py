@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.metadata
 import platform
 import re
 import shutil
@@ -25,6 +24,7 @@ from typing import Any
 from quantbench import __version__
 from quantbench.backends.base import BackendKind, RunnerInfo
 from quantbench.records import Provenance
+from quantbench.rules import tool_version
 
 # Distributions that install each module (the first one found wins).
 _ONNXRUNTIME_DISTS = ("onnxruntime-gpu", "onnxruntime")
@@ -73,15 +73,8 @@ def environment_provenance() -> Provenance:
 
 
 def distribution_version(names: tuple[str, ...]) -> str | None:
-    """Version of the first installed distribution among ``names`` (read from metadata, nothing imported)."""
-    for name in names:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        except Exception:  # broken metadata must not fail a measurement
-            return None
-    return None
+    """Version of the first installed distribution among ``names`` (`rules.tool_version`: metadata, nothing imported)."""
+    return tool_version(*names)
 
 
 def installed_tensorrt() -> str | None:

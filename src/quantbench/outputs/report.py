@@ -7,7 +7,6 @@ matplotlib's object API with the Agg canvas: no pyplot global state, no display 
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from quantbench.cache import atomic_write_bytes, atomic_write_json, atomic_write
 from quantbench.decision.selection import Selection, VariantOutcome
 from quantbench.errors import ConfigError
 from quantbench.records import SCHEMA_VERSION, from_dict, to_dict
+from quantbench.rules import new_figure, png_bytes
 
 # selection.json's "kind": tells a selection file apart from any other JSON.
 SELECTION_KIND = "quantbench.decision.selection"
@@ -81,8 +81,9 @@ def seed_lines(selection: Selection) -> list[str]:
             share = f"; its drop ({o.drop_abs * 100:+.2f} points) is within what the seeds alone move"
         else:
             share = ""
+        stdev = "" if o.calib_seed_stdev is None else f" (stdev {o.calib_seed_stdev * 100:.2f})"
         lines.append(f"calibration luck: {o.variant} mAP50-95 spans {o.calib_seed_range * 100:.2f} points over "
-                     f"{o.calib_seeds} calibration seeds (stdev {o.calib_seed_stdev * 100:.2f}){share}")
+                     f"{o.calib_seeds} calibration seeds{stdev}{share}")
     return lines
 
 
@@ -90,9 +91,9 @@ def disturbed_lines(selection: Selection) -> list[str]:
     """A warning when some timings show interference from other load on the machine, else nothing."""
     if not selection.disturbed:
         return []
-    worst = ", ".join(f"{o.variant} median {o.latency_ms:.2f} ms vs min {o.latency_min_ms:.2f} ms "
-                      f"(+{100 * (o.latency_ms / o.latency_min_ms - 1):.0f} %)"
-                      for o in map(selection.outcome, selection.disturbed))
+    worst = ", ".join(f"{o.variant} median {ms:.2f} ms vs min {fastest:.2f} ms (+{100 * (ms / fastest - 1):.0f} %)"
+                      for o in map(selection.outcome, selection.disturbed)
+                      if (ms := o.latency_ms) is not None and (fastest := o.latency_min_ms))
     return [f"timing disturbed: {worst}: other load on the machine? The ranking may not repeat; "
             "re-run on an idle machine."]
 
@@ -341,22 +342,16 @@ def _selection_markdown(s: Selection) -> list[str]:
 
 def pareto_png(selections: Sequence[Selection]) -> bytes:
     """Latency vs mAP50-95, one panel per (model, backend): pass, fail, not gated, winner, front."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     n = len(selections)
     cols = min(n, 2)
     rows = (n + cols - 1) // cols
-    fig = Figure(figsize=(6.4 * cols, 4.8 * rows), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(6.4 * cols, 4.8 * rows)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, s in zip(axes, selections):
         _pareto_panel(ax, s)
     for ax in axes[n:]:
         ax.set_visible(False)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=100)
 
 
 def _pareto_panel(ax, s: Selection) -> None:
@@ -406,9 +401,10 @@ def _error_bars(ax, plotted: Sequence[VariantOutcome]) -> None:
     """The intervals: latency (order statistics of the median) across, the paired mAP drop up and down
     (the variant's mAP as the baseline's minus the drop interval)."""
     for o in plotted:
-        if o.latency_interval_ms is None and o.drop_interval is None:
+        ms = o.latency_ms
+        if ms is None or (o.latency_interval_ms is None and o.drop_interval is None):
             continue
-        xerr = ([[o.latency_ms - o.latency_interval_ms[0]], [o.latency_interval_ms[1] - o.latency_ms]]
+        xerr = ([[ms - o.latency_interval_ms[0]], [o.latency_interval_ms[1] - ms]]
                 if o.latency_interval_ms else None)
         yerr = ([[o.drop_interval[1] - o.drop_abs], [o.drop_abs - o.drop_interval[0]]]
                 if o.drop_interval and o.drop_abs is not None else None)
@@ -424,9 +420,10 @@ def _kind(o: VariantOutcome) -> str:
 
 def _pareto_front(outcomes: Sequence[VariantOutcome]) -> list[VariantOutcome]:
     """Points no other point beats on both latency (lower) and mAP (higher), by latency."""
+    measured = [(o.latency_ms, o.map50_95, o) for o in outcomes if o.latency_ms is not None and o.map50_95 is not None]
     front, best = [], float("-inf")
-    for o in sorted(outcomes, key=lambda o: (o.latency_ms, -o.map50_95)):
-        if o.map50_95 > best:
+    for _, score, o in sorted(measured, key=lambda m: (m[0], -m[1])):
+        if score > best:
             front.append(o)
-            best = o.map50_95
+            best = score
     return front
