@@ -93,3 +93,14 @@ def yolo11n_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def yolo11s_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """YOLO11s from Ultralytics' YAML: random weights (graph, latency, plumbing only; no mAP)."""
     return _export_yaml(tmp_path_factory, "yolo11s")
+
+
+# Fixtures whose first use exports a model through Ultralytics (seconds each): every test that asks
+# for one is slow, so `make test-fast` never waits on an export.
+EXPORTING_FIXTURES = frozenset({"yolo11n_onnx", "yolo11s_onnx"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if EXPORTING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

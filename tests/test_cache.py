@@ -184,6 +184,7 @@ def _hold_lock(root: str, ready: str) -> None:
     ArtifactCache(root).get_or_build("demo", "locked", ".txt", build, label="demo build of m/v")
 
 
+@pytest.mark.slow
 def test_a_process_waiting_on_a_lock_says_what_it_waits_for(tmp_path: Path):
     ready = tmp_path / "ready"
     holder = mp.get_context("spawn").Process(target=_hold_lock, args=(str(tmp_path / "c"), str(ready)))

@@ -147,6 +147,7 @@ def test_load_refuses_a_tensor_that_does_not_match_its_record(few_images: Path, 
         calib.load()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_fixture", ["yolo11n_onnx", "yolo11s_onnx", "yolov5n_onnx"])
 def test_calibration_tensor_feeds_yolo_graphs(
     model_fixture: str, request: pytest.FixtureRequest, calib500: Path, session_cache: ArtifactCache

@@ -139,6 +139,7 @@ def pytest_arguments() -> list[list[str]]:
     return [[a for a in args if a != "bench"] for args in found]
 
 
+@pytest.mark.slow
 def test_every_pytest_option_of_the_workflow_and_its_make_recipes_is_accepted(tmp_path: Path):
     arguments = pytest_arguments()
     assert any("--junitxml=reports/junit.xml" in args for args in arguments)  # the gate keeps JUnit XML

@@ -28,6 +28,7 @@ def test_eval_writes_the_result_record(tmp_path: Path, yolov5n_onnx: Path, val50
     assert "mAP50-95" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_quantize_then_eval_a_variant_reuses_the_cached_build(tmp_path: Path, yolov5n_onnx: Path, calib500: Path,
                                                               val500: Path, capsys):
     common = ["--model", str(yolov5n_onnx), "--cache-dir", str(tmp_path / "cache"), "--variant", "int8-max",
@@ -79,6 +80,7 @@ def test_analysis_option_defaults_are_the_library_defaults():
     assert search_config(build_parser().parse_args(["search", "--no-verify"])).max_verify == 0
 
 
+@pytest.mark.slow
 def test_sensitivity_writes_the_ranked_report(yolo11n_onnx: Path, calib500: Path, session_cache: ArtifactCache,
                                               tmp_path: Path, capsys):
     out = tmp_path / "sensitivity"
@@ -96,6 +98,7 @@ def test_sensitivity_writes_the_ranked_report(yolo11n_onnx: Path, calib500: Path
     assert all(name in printed for name in Y11_GROUPS) and str(out / "sensitivity.csv") in printed
 
 
+@pytest.mark.slow
 def test_search_takes_its_budget_from_thresholds_and_verifies(yolo11n_onnx: Path, calib500: Path,
                                                               session_cache: ArtifactCache, tmp_path: Path, capsys):
     thresholds = tmp_path / "thresholds.toml"
@@ -117,6 +120,7 @@ def test_search_takes_its_budget_from_thresholds_and_verifies(yolo11n_onnx: Path
     assert variant.name == "int8-cli" and variant.high_precision_dtype == "fp16" and variant.calib_images == 2
 
 
+@pytest.mark.slow
 def test_search_exits_1_when_the_budget_is_not_met(yolov5n_onnx: Path, calib500: Path, session_cache: ArtifactCache,
                                                   tmp_path: Path, capsys):
     """yolov5n-coco, INT8 from 2 calibration images, no group allowed out of INT8 (the floor is 100 %).

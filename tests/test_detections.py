@@ -49,6 +49,7 @@ def yolov5n_outputs(yolov5n_onnx: Path, val500: Path) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: batch})[0]
 
 
+@pytest.mark.slow
 def test_agrees_with_ultralytics_nms_on_yolov5n_outputs(yolov5n_outputs: np.ndarray):
     cfg = NmsConfig()
     ours = postprocess(yolov5n_outputs, cfg)
@@ -65,6 +66,7 @@ def test_agrees_with_ultralytics_when_max_nms_truncates(yolov5n_outputs: np.ndar
         assert_same(det, ref)
 
 
+@pytest.mark.slow
 def test_agrees_with_ultralytics_on_a_yolo11n_graph(yolo11n_onnx: Path, val500: Path):
     """YOLO11 head layout: 8400 anchors, DFL-decoded boxes, 80 classes.
 

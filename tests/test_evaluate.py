@@ -105,6 +105,7 @@ def test_yolo11n_graph_runs_end_to_end(yolo11n_onnx: Path, val500: Path, session
     assert all(0 <= v < 0.01 for v in values)
 
 
+@pytest.mark.slow
 def test_batch_size_two_gives_the_same_detections_as_one(
     yolov5n_onnx: Path, val500: Path, session_cache: ArtifactCache, monkeypatch
 ):
@@ -239,6 +240,7 @@ def test_default_pipeline_equals_the_reference_on_trained_models(
         assert_same_metrics(result, reference)
 
 
+@pytest.mark.slow
 def test_replayed_outputs_score_like_the_engine_itself(
     yolov5n_onnx: Path, val500: Path, session_cache: ArtifactCache
 ):

@@ -57,6 +57,7 @@ def test_validate_yolov5n_coco(yolov5n_onnx: Path):
     assert info.untrained is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fixture", ["yolo11n_onnx", "yolo11s_onnx"])
 def test_validate_yolo11_graphs(fixture: str, request: pytest.FixtureRequest):
     path = request.getfixturevalue(fixture)
@@ -185,6 +186,7 @@ def test_bad_sizes_are_refused(yolov5n_onnx: Path, cache: ArtifactCache, kwargs:
         resolve_model(yolov5n_onnx, cache, **kwargs)
 
 
+@pytest.mark.slow
 def test_yaml_export_is_cached(cache: ArtifactCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     ultralytics = pytest.importorskip("ultralytics")
     real_yolo = ultralytics.YOLO
@@ -208,6 +210,7 @@ def test_yaml_export_is_cached(cache: ArtifactCache, tmp_path: Path, monkeypatch
     assert list(workdir.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_pt_export_never_writes_beside_the_source(cache: ArtifactCache, tmp_path: Path):
     ultralytics = pytest.importorskip("ultralytics")
     source = tmp_path / "weights" / "mynet.pt"

@@ -35,6 +35,7 @@ def yolo24(val24_and_detections) -> dict[int, Detections]:
     return val24_and_detections[1]
 
 
+@pytest.mark.slow
 @EVALUATORS
 def test_table_maps_equal_the_scorers_on_yolo11n(val24: CocoDataset, yolo24: dict[int, Detections],
                                                  evaluator: CocoEvaluator):

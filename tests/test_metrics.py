@@ -120,6 +120,7 @@ def assert_equal_metrics(got: CocoMetrics, want: CocoMetrics) -> None:
     assert got.per_class_ap == pytest.approx(want.per_class_ap, abs=1e-12)
 
 
+@pytest.mark.slow
 @EVALUATORS
 def test_scorer_equals_one_shot_cocoeval_on_yolov5n_detections(yolov5n_onnx: Path, val500: Path,
                                                                evaluator: CocoEvaluator):

@@ -24,6 +24,7 @@ def pipeline(tmp_path: Path, val500: Path, calib500: Path) -> Pipeline:
     return Pipeline(ArtifactCache(tmp_path / "cache"), settings)
 
 
+@pytest.mark.slow
 def test_evaluations_keep_their_matches_and_the_paired_comparison_is_cached(pipeline: Pipeline, assets_dir: Path):
     model = pipeline.model(assets_dir / "models" / "yolo11n-coco.onnx")
     fp32, fp16 = pipeline.evaluation(model, FP32), pipeline.evaluation(model, FP16)
@@ -39,6 +40,7 @@ def test_evaluations_keep_their_matches_and_the_paired_comparison_is_cached(pipe
     assert again.comparison(model, FP16, FP32, confidence=0.9) == comparison
 
 
+@pytest.mark.slow
 def test_older_stored_evaluations_get_their_matches_by_evaluating_again(pipeline: Pipeline, assets_dir: Path):
     model = pipeline.model(assets_dir / "models" / "yolo11n-coco.onnx")
     stored = pipeline.evaluation(model, FP32)

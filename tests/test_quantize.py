@@ -333,6 +333,7 @@ def test_modelopt_itself_raising_is_a_failed_build_of_that_variant(models: dict[
     assert not after.cached and after.quantized_nodes > 50
 
 
+@pytest.mark.slow
 def test_the_record_says_how_many_calibration_images_were_used(models: dict[str, ModelInfo], calib8: CalibrationSet,
                                                                 session_cache: ArtifactCache):
     build = quantize_variant(models["yolo11n"], INT8_HEAD, calib8, session_cache)  # the table says 128

@@ -74,6 +74,7 @@ def _meter(v5n: V5n, cache: ArtifactCache) -> GraphMeter:
     return GraphMeter(v5n.qdq, cache, probe=v5n.probe)
 
 
+@pytest.mark.slow
 def test_the_coco_probe_keeps_match_tables_and_gives_paired_intervals(v5n: V5n, tmp_path: Path) -> None:
     cache = ArtifactCache(tmp_path / "cache")
     int8 = v5n.qdq.group_names
@@ -108,6 +109,7 @@ def _full_int8_drop(v5n: V5n, cache: ArtifactCache) -> tuple[float, BootstrapInt
                                                                      resamples=RESAMPLES)
 
 
+@pytest.mark.slow
 def test_every_trial_states_its_interval_and_a_tiny_budget_is_warned_about(v5n: V5n, probe_cache: ArtifactCache,
                                                                           tmp_path: Path, caplog) -> None:
     reference, full = _full_int8_drop(v5n, probe_cache)
@@ -155,6 +157,7 @@ def test_every_trial_states_its_interval_and_a_tiny_budget_is_warned_about(v5n: 
     assert wide.resolution.half_width == pytest.approx(half_width) and wide.verdict == PASS
 
 
+@pytest.mark.slow
 def test_the_verifying_build_gets_the_gates_verdict(v5n: V5n, probe_cache: ArtifactCache, tmp_path: Path) -> None:
     """The "real build" here is the INT8 analysis graph itself: its interval is known, the budget placed around it."""
     reference, _ = _full_int8_drop(v5n, probe_cache)

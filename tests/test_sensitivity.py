@@ -72,6 +72,7 @@ def _signature(model: onnx.ModelProto) -> dict[str, list[str]]:
     return sig
 
 
+@pytest.mark.slow
 def test_yolo11n_groups_cover_attention_dfl_and_residuals(y11: Y11) -> None:
     groups = {g.name: g for g in y11.qdq.groups}
     assert {g.op_type for g in groups.values()} >= {"Conv", "MatMul", "Add", "MaxPool", "Resize"}
@@ -97,6 +98,7 @@ def test_flops_match_ultralytics_count(y11: Y11) -> None:
     assert mm.flops == 2 * 2 * 100 * 32 * 100
 
 
+@pytest.mark.slow
 def test_bypass_reproduces_modelopt_nodes_to_exclude(y11: Y11) -> None:
     excluded = [
         f"{ATTN}/MatMul",  # attention matmul
@@ -116,6 +118,7 @@ def test_bypass_reproduces_modelopt_nodes_to_exclude(y11: Y11) -> None:
     assert set(real.excluded_nodes) == set(excluded)
 
 
+@pytest.mark.slow
 def test_bypassing_every_group_gives_the_fp32_model(y11: Y11, tmp_path: Path) -> None:
     images = y11.calib.load()
     fp32 = run_batches(Path(y11.model.path), images, 2)[0]
@@ -174,6 +177,7 @@ def v5n_qdq(yolov5n_onnx: Path, calib500: Path, session_cache: ArtifactCache) ->
     return model, calib, QdqModel.load(build.onnx_path, input_size=model.input_size)
 
 
+@pytest.mark.slow
 def test_a_damaged_layer_ranks_first(v5n_qdq, tmp_path: Path) -> None:
     model, calib, qdq = v5n_qdq
     # A conv in the middle of the backbone whose activation pair feeds it alone (no other reader).
@@ -195,6 +199,7 @@ def test_a_damaged_layer_ranks_first(v5n_qdq, tmp_path: Path) -> None:
     assert min(report.groups, key=lambda g: g.only.score_sqnr_db).name == victim  # alone, it hurts most too
 
 
+@pytest.mark.slow
 def test_sensitivity_on_yolo11n_writes_ranked_report(y11: Y11, calib500: Path, yolo11n_onnx: Path,
                                                     tmp_path: Path) -> None:
     subset = [f"{ATTN}/MatMul", f"{ATTN}/MatMul_1", f"{ATTN}/Add", DFL_CONV, "/model.0/conv/Conv",
@@ -265,6 +270,7 @@ def test_analysis_options_refuse_bad_values(field: str, value: object, message: 
     assert AnalysisOptions(groups=["a", "b"]).groups == ("a", "b")  # any sequence, kept as a tuple
 
 
+@pytest.mark.slow
 def test_run_search_end_to_end_on_yolo11n(y11: Y11, calib500: Path, yolo11n_onnx: Path, tmp_path: Path) -> None:
     """Plumbing only (random weights score ~0 mAP): analysis, search, a verifying ModelOpt build, files."""
     subset = [f"{ATTN}/MatMul", DFL_CONV, "/model.0/conv/Conv"]

@@ -86,6 +86,7 @@ def pycocotools_on_copies(ds: CocoDataset, dets: dict[int, Detections], copies: 
     return float(evaluator.stats[0]), float(evaluator.stats[1])
 
 
+@pytest.mark.slow
 def test_weighted_maps_equal_pycocotools_on_duplicated_images(val16: CocoDataset, yolo16: dict[int, Detections],
                                                               table16: MatchTable):
     weights = np.vstack([resample_weights(16, 3, seed=7), np.tile([0, 3, 1, 2], 4)])
@@ -241,6 +242,7 @@ def test_seed_spread():
         seed_spread([0.35])
 
 
+@pytest.mark.slow
 def test_too_large_a_table_is_refused_in_one_sentence(table16: MatchTable, monkeypatch):
     monkeypatch.setattr(uncertainty, "_MAX_DENSE_ELEMENTS", 1000)
     with pytest.raises(DataError, match=r"of 16 images has \d+ true positives.*bootstrap a subset"):
