@@ -119,6 +119,9 @@ class EvalResult:
     timing: EvalTiming
     schema: int = SCHEMA_VERSION
     simulated: str | None = None  # why this is no measurement on the named backend (a test fake), else None
+    # skipped images counted by reason (`quantbench.data.preprocess.UNREADABLE`, `SIZE_MISMATCH`);
+    # records written before it existed read back with {}
+    skip_reasons: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import logging
 import math
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +40,22 @@ from quantbench.evaluation.stage_clock import Stage, StageClock
 IMGSZ = 640
 PAD_VALUE = 114
 
-SkipCallback = Callable[[Path, str], None]
+UNREADABLE = "unreadable"
+SIZE_MISMATCH = "size differs from the annotations"
+
+
+class SkipReason(str):
+    """Why an image was skipped: the sentence (it is the string) and its ``kind``, for counting."""
+
+    kind: str
+
+    def __new__(cls, message: str, kind: str) -> SkipReason:
+        reason = super().__new__(cls, message)
+        reason.kind = kind
+        return reason
+
+
+SkipCallback = Callable[[Path, str], None]  # called with a SkipReason
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +151,25 @@ def _letterboxed_input(resized_bgr: np.ndarray, box: Letterbox) -> np.ndarray:
 
 def load_image(path: Path, size: int = IMGSZ) -> tuple[np.ndarray, Letterbox]:
     """Decode, letterbox and normalise one image: CHW float32 RGB / 255 and its Letterbox."""
+    _quiet_opencv()
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:  # cv2.imread returns None for missing, unreadable and corrupt files alike
         reason = "file not found" if not Path(path).is_file() else "OpenCV cannot decode it"
         raise DataError(f"image {path} could not be read ({reason}); replace or remove the file.")
     resized, box = _resize_long_side(img, size)
     return _letterboxed_input(resized, box), box
+
+
+def _quiet_opencv() -> None:
+    """OpenCV's own "[ WARN ] imread_(...): can't open/read file" lines: quantbench says it in one
+    sentence (a skipped image's reason), so OpenCV's duplicate goes. Errors still print."""
+    global _opencv_quiet
+    if not _opencv_quiet:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        _opencv_quiet = True
+
+
+_opencv_quiet = False
 
 
 @dataclass(frozen=True)
@@ -170,6 +198,7 @@ def iter_batches(
     on_skip: SkipCallback | None = None,
     clock: StageClock | None = None,
     reuse_buffers: bool = False,
+    expected_sizes: Mapping[Path, tuple[int, int]] | None = None,
 ) -> Iterator[Batch]:
     """Decode ``paths`` in a thread pool and yield batches of ``batch_size`` in input order.
 
@@ -179,6 +208,10 @@ def iter_batches(
     images, so every batch but the last has ``batch_size`` images. Batches of several images are
     stacked on a thread of their own, so the consumer (the inference thread) only picks them up.
     ``clock`` gets the decoding threads' CPU time (``Stage.DECODE``).
+
+    ``expected_sizes`` maps paths to the (width, height) their annotations declare: an image that
+    decodes to another size is skipped too (reason kind `SIZE_MISMATCH`), since ground-truth boxes
+    drawn on the declared size would be compared with detections on another one.
 
     ``reuse_buffers=True`` stacks into a few arrays used in turn, so a batch's ``images`` are
     overwritten a few batches later: for a consumer that is done with a batch when it asks for
@@ -193,9 +226,17 @@ def iter_batches(
     def decode(path: Path) -> tuple[np.ndarray, Letterbox] | str:
         with clock.measure(Stage.DECODE) if clock else contextlib.nullcontext():
             try:
-                return load_image(path, size)
+                decoded = load_image(path, size)
             except DataError as exc:
-                return str(exc)
+                return SkipReason(str(exc), UNREADABLE)
+        declared = expected_sizes.get(path) if expected_sizes else None
+        box = decoded[1]
+        if declared is not None and declared != (box.orig_w, box.orig_h):
+            return SkipReason(
+                f"image {path} is {box.orig_w}x{box.orig_h} pixels but its annotations declare "
+                f"{declared[0]}x{declared[1]}; restore the original image or fix width/height in instances.json.",
+                SIZE_MISMATCH)
+        return decoded
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qb-decode")
     # Its own thread: queued behind the decodes of later batches, stacking would hold up the consumer.
@@ -234,7 +275,7 @@ def _in_order(pool: ThreadPoolExecutor, work: Callable[[_Item], _Result], items:
         yield first, future.result()
 
 
-def _readable(decoded: Iterable[tuple[Path, tuple[np.ndarray, Letterbox] | str]],
+def _readable(decoded: Iterable[tuple[Path, tuple[np.ndarray, Letterbox] | SkipReason]],
               on_skip: SkipCallback | None) -> Iterator[_Decoded]:
     for path, result in decoded:
         if isinstance(result, str):
