@@ -8,6 +8,7 @@ input size and N: renaming or moving the folder reuses it, editing an image rebu
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from quantbench.cache import ArtifactCache, hash_key, sha256_file
+from quantbench.cache import ArtifactCache, hash_key, no_space_error, sha256_file
 from quantbench.data.dataset import list_images
 from quantbench.data.preprocess import IMGSZ, load_image
 from quantbench.errors import ConfigError, DataError
@@ -102,9 +103,18 @@ def build_calibration(
     key = hash_key(CACHE_KIND, _FORMAT_VERSION, cache.file_digests(chosen), seed, size, num_images)
 
     def build(tmp: Path) -> dict:
+        try:
+            return write(tmp)
+        except OSError as exc:  # get_or_build removes the temporary file: nothing half-written is published
+            raise no_space_error(exc, cache.path_for(CACHE_KIND, key, ".npy")) or exc from None
+
+    def write(tmp: Path) -> dict:
         log.info("preprocessing %d calibration images from %s", num_images, images_dir)
-        # Written row by row into a memory-mapped .npy: 500 images at 640 are 2.4 GB.
+        # Written row by row into a memory-mapped .npy: 500 images at 640 are 2.4 GB. The file's
+        # blocks are reserved first: a full disk then fails here with ENOSPC, not with SIGBUS when
+        # a page of the (otherwise sparse) map is written.
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(num_images, 3, size, size))
+        _reserve(tmp)
         workers = max(1, min(4, os.cpu_count() or 1))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qb-calib") as pool:
             rows = pool.map(lambda p: load_image(p, size)[0], chosen)
@@ -118,3 +128,16 @@ def build_calibration(
     entry = cache.get_or_build(CACHE_KIND, key, ".npy", build)
     return CalibrationSet(path=entry.path, sha256=entry.meta["sha256"], num_images=num_images, files=names,
                           seed=seed, size=size)
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the blocks of sparse file ``path``, as long as it is (ENOSPC now rather than SIGBUS later); filesystems
+    without fallocate (some network ones) are left to fail on the writes themselves."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
