@@ -217,3 +217,29 @@ def test_a_quantize_run_logs_each_modelopt_line_once_without_nvml_noise_and_reco
     assert "NVML" not in done.stderr and "Failed to get GPU count" not in done.stderr  # CPU machine: no GPU to count
     modelopt_lines = [line for line in done.stderr.splitlines() if "Found QuantizeLinear/DequantizeLinear nodes" in line]
     assert len(modelopt_lines) == 1, done.stderr  # ModelOpt prints it; the root logger does not print it again
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["eval", "--model", "{tmp}/absent.onnx", "--cache-dir", "/sys/quantbench-cache"],
+     "cache folder (--cache-dir or QUANTBENCH_CACHE) /sys/quantbench-cache cannot be written"),
+    (["eval", "--model", "{tmp}/absent.onnx", "--cache-dir", "{tmp}/file/cache"],
+     "cache folder (--cache-dir or QUANTBENCH_CACHE) {tmp}/file/cache cannot be written"),
+    (["calibrate", "--cache-dir", "{tmp}/file"], "cache folder (--cache-dir or QUANTBENCH_CACHE) {tmp}/file is a file"),
+    (["select", "{tmp}/absent.json", "--report-dir", "{tmp}/file"], "--report-dir {tmp}/file is a file, not a folder"),
+    (["select", "{tmp}/absent.json", "--report-dir", "/sys/qb-report"], "--report-dir /sys/qb-report cannot be written"),
+    (["history", "{tmp}/absent.json", "--out-dir", "{tmp}/file"], "--out-dir {tmp}/file is a file, not a folder"),
+    (["history", "{tmp}/absent.json", "--out-dir", "/sys/qb-history"], "--out-dir /sys/qb-history cannot be written"),
+    (["compare", "{tmp}/a.json", "{tmp}/b.json", "--markdown", "{tmp}"], "--markdown file {tmp} is a folder"),
+    (["compare", "{tmp}/a.json", "{tmp}/b.json", "--markdown", "/sys/qb/compare.md"],
+     "the folder of --markdown file /sys/qb cannot be written"),
+], ids=["eval-readonly-cache", "eval-cache-under-a-file", "calibrate-cache-is-a-file", "select-report-on-a-file",
+        "select-report-readonly", "history-on-a-file", "history-readonly", "compare-on-a-folder", "compare-readonly"])
+def test_output_folders_and_the_cache_are_checked_before_any_work(argv, named, tmp_path: Path, capsys):
+    """Issue 22 (5): these gave PermissionError/FileExistsError tracebacks after the work was done.
+    The inputs do not even exist: the output places are checked first."""
+    (tmp_path / "file").write_text("x")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("quantbench: error: ") and named.replace("{tmp}", str(tmp_path)) in err, err
+    assert "\n" not in err

@@ -22,7 +22,13 @@ from quantbench.argtypes import backend_name, latency_check, non_negative_int, p
 from quantbench.backends import BuildOptions
 from quantbench.build.quantize import SCRATCH_PREFIX, ModelOptEcho
 from quantbench.build.variants import DEFAULT_VARIANTS, Variant, VariantKind, load_variants
-from quantbench.cache import ArtifactCache, atomic_write_json, atomic_write_text, check_output_file, remove_stale_scratch
+from quantbench.cache import (
+    ArtifactCache,
+    atomic_write_json,
+    atomic_write_text,
+    check_writable,
+    remove_stale_scratch,
+)
 from quantbench.data.assets import cache_root, default_model
 from quantbench.decision.results_store import EvalSettings, RunLedger
 from quantbench.decision.selection import select
@@ -52,6 +58,8 @@ def _cache(args: argparse.Namespace):
     """The artefact cache; on first use, what killed runs left in it and in the temp dir is removed."""
     cache = ArtifactCache(args.cache_dir or cache_root())
     if not getattr(args, "cache_cleaned", False):
+        # Before any work: a cache that cannot be written would fail minutes later, deep in a build.
+        check_writable(folders=[(cache.root, "cache folder (--cache-dir or QUANTBENCH_CACHE)")])
         cache.remove_stale_files()
         remove_stale_scratch(SCRATCH_PREFIX)
         args.cache_cleaned = True
@@ -150,7 +158,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:  # checked before the evaluation, which may take minutes
-        check_output_file(args.json, what="--json file")
+        check_writable(files=[(args.json, "--json file")])
     note = _EvalNote()
     pipeline = _pipeline(args, observer=note)
     if pipeline.fallback_reason:
@@ -175,6 +183,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
+    if args.report_dir:  # before reading anything: a report that cannot be written loses the selection
+        check_writable(folders=[(args.report_dir, "--report-dir")])
     ledgers = [Path(p) for p in args.json_files if Path(p).is_dir()]
     files = [Path(p) for p in args.json_files if not Path(p).is_dir()]
     evals, latencies, options = records_from_benchmark_json(files) if files else ([], [], {})
@@ -208,6 +218,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    check_writable(folders=[(args.out_dir, "--out-dir")])
     thresholds = Thresholds.load(Path(args.thresholds))
     runs = load_runs([Path(p) for p in args.runs])
     histories = build_history(runs, thresholds, reference_batch=args.reference_batch, mix=args.mix)
@@ -218,6 +229,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.markdown:
+        check_writable(files=[(args.markdown, "--markdown file")])
     thresholds = Thresholds.load(Path(args.thresholds))
     comparison = compare_runs(load_run(Path(args.base)), load_run(Path(args.new)), thresholds, args.fail_latency or ())
     markdown = comparison_markdown(comparison)
