@@ -243,3 +243,18 @@ def test_output_folders_and_the_cache_are_checked_before_any_work(argv, named, t
     err = capsys.readouterr().err.strip()
     assert err.startswith("quantbench: error: ") and named.replace("{tmp}", str(tmp_path)) in err, err
     assert "\n" not in err
+
+
+def test_eval_refuses_a_baseline_that_its_table_keeps_off_the_model(tmp_path: Path, yolov5n_onnx: Path, capsys,
+                                                                    monkeypatch):
+    """Issue 22 (4): the variant table's `models` key kept the baseline off yolov5n-coco."""
+    (tmp_path / "variants.toml").write_text(
+        '[[variant]]\nname = "fp16"\nkind = "fp16"\nmodels = ["yolo11*"]\n\n[[variant]]\nname = "fp32x"\nkind = "fp32"\n')
+    (tmp_path / "thresholds.toml").write_text('baseline = "fp16"\n')
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--model", str(yolov5n_onnx), "--variant", "fp32x", "--variants-file", "variants.toml",
+                 "--cache-dir", str(tmp_path / "cache"), "--limit", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("quantbench: error: thresholds.toml makes 'fp16' the baseline of yolov5n-coco, but variants.toml "
+                   "restricts 'fp16' to yolo11* (its 'models' key); add yolov5n-coco to its models or choose another "
+                   "baseline for it.")

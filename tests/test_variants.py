@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from quantbench.build.variants import DEFAULT_VARIANTS, Variant, VariantKind, load_variants
+from quantbench.build.variants import DEFAULT_VARIANTS, Variant, VariantKind, check_baselines, load_variants
 from quantbench.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -229,3 +229,24 @@ def test_bad_tables_are_one_config_error(tmp_path: Path, case: str):
 def test_missing_table_file(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"variant table .*nope\.toml does not exist"):
         load_variants(tmp_path / "nope.toml")
+
+
+def test_a_baseline_kept_off_a_model_by_its_models_key_is_refused(tmp_path: Path):
+    """Issue 22 (4): the baseline was skipped on the run's model, yet named the winner."""
+    path = _table(tmp_path, '''
+[[variant]]
+name = "fp16"
+kind = "fp16"
+models = ["yolo11*"]
+
+[[variant]]
+name = "int8-max"
+kind = "int8"
+''')
+    variants = load_variants(path)
+    check_baselines(variants, {"yolo11n-coco": "fp16", "yolov5n-coco": "int8-max"}, table=path, thresholds="t.toml")
+    with pytest.raises(ConfigError) as err:
+        check_baselines(variants, {"yolo11n-coco": "fp16", "yolov5n-coco": "fp16"}, table=path, thresholds="t.toml")
+    assert str(err.value) == (
+        f"t.toml makes 'fp16' the baseline of yolov5n-coco, but {path} restricts 'fp16' to yolo11* (its 'models' "
+        "key); add yolov5n-coco to its models or choose another baseline for it.")

@@ -21,7 +21,7 @@ from quantbench.analysis import cli as analysis_cli
 from quantbench.argtypes import backend_name, latency_check, non_negative_int, positive_int
 from quantbench.backends import BuildOptions
 from quantbench.build.quantize import SCRATCH_PREFIX, ModelOptEcho
-from quantbench.build.variants import DEFAULT_VARIANTS, Variant, VariantKind, load_variants
+from quantbench.build.variants import DEFAULT_VARIANTS, Variant, VariantKind, check_baselines, load_variants
 from quantbench.cache import (
     ArtifactCache,
     atomic_write_json,
@@ -115,7 +115,8 @@ def _variant(args: argparse.Namespace):
     if not args.variant:
         return Variant(name="base", kind=VariantKind.FP32)  # the base model itself
     path = _table_path(args.variants_file, DEFAULT_VARIANTS, "--variants-file", "variant table")
-    table = {v.name: v for v in load_variants(path)}
+    args.variant_table = (path, variants := load_variants(path))
+    table = {v.name: v for v in variants}
     if args.variant not in table:
         raise ConfigError(f"variant {args.variant!r} is not in {path}; choose one of {', '.join(table)} "
                           "or pass another table with --variants-file.")
@@ -131,6 +132,11 @@ def _model_and_variant(args: argparse.Namespace, pipeline):
     model = pipeline.model(args.model or default_model())
     if not variant.applies_to(model.name):
         raise ConfigError(f"{variant.skip_reason(model.name)}; choose a variant meant for {model.name}.")
+    thresholds = next((p for p in (Path("thresholds.toml"), _CHECKOUT / "thresholds.toml") if p.is_file()), None)
+    if thresholds is not None and hasattr(args, "variant_table"):  # a variant table and a baseline to check
+        path, variants = args.variant_table
+        check_baselines(variants, {model.name: Thresholds.load(thresholds).for_model(model.name).baseline},
+                        table=path, thresholds=thresholds)
     return model, variant
 
 
