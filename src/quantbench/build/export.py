@@ -281,8 +281,9 @@ def _with_fixed_shape(info: ModelInfo, cache: ArtifactCache, imgsz: int, batch: 
     dynamic_side = not isinstance(in_dims[2], int)
     if not dynamic_side and info.input_size != imgsz:
         raise ModelError(
-            f"{info.path} has a fixed {info.input_size}x{info.input_size} input but imgsz={imgsz} was asked; "
-            f"pass imgsz={info.input_size} or re-export the model with dynamic=True."
+            # The CLI's eval and the bench have no imgsz option: the fix named is one every caller can apply.
+            f"{info.path} has a fixed {info.input_size}x{info.input_size} input but this run uses "
+            f"{imgsz}x{imgsz} inputs; re-export the model at imgsz={imgsz} or with dynamic=True."
         )
     if batch is not None and info.batch is not None and batch != info.batch:
         raise ModelError(
