@@ -21,7 +21,13 @@ import pytest
 
 from quantbench.cache import ArtifactCache, CacheEntry, sha256_file
 import quantbench.data.calibration as calibration_module
-from quantbench.data.calibration import CACHE_KIND, CalibrationSet, build_calibration, choose_images
+from quantbench.data.calibration import (
+    CACHE_KIND,
+    CalibrationSet,
+    build_calibration,
+    check_calibration_folder,
+    choose_images,
+)
 from quantbench.data.preprocess import PAD_VALUE, load_image
 from quantbench.errors import ConfigError, DataError, OutputError
 
@@ -204,3 +210,23 @@ def test_enospc_from_the_reservation_is_an_output_error(few_images: Path, cache:
     with pytest.raises(OutputError, match="^no space left on device writing .*QUANTBENCH_CACHE elsewhere.$"):
         build_calibration(few_images, 3, cache=cache, size=64)
     assert [p for p in (cache.root / CACHE_KIND).iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_check_calibration_folder_finds_every_problem_up_front(few_images: Path, tmp_path: Path):
+    """Issue 22: too few, corrupt or no images were found only inside the build."""
+    assert check_calibration_folder(few_images, 4, seed=1) == choose_images(sorted(few_images.iterdir()), 4, 1,
+                                                                            few_images)
+    with pytest.raises(ConfigError, match=f"7 calibration images asked for but {few_images} holds only 6"):
+        check_calibration_folder(few_images, 7)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match=f"image folder {empty} has no images"):
+        check_calibration_folder(empty, 1)
+    with pytest.raises(DataError, match=f"calibration folder {few_images / 'x.jpg'} is a file, not a folder"):
+        (few_images / "x.jpg").write_bytes(b"x")
+        check_calibration_folder(few_images / "x.jpg", 1)
+    (few_images / "x.jpg").unlink()
+    broken = sorted(few_images.iterdir())[0]
+    broken.write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=f"6 chosen images cannot be decoded \\(first: {broken.name}\\); replace"):
+        check_calibration_folder(few_images, 6)

@@ -56,6 +56,9 @@ class CalibrationSet:
 def calibration_images(folder: Path) -> tuple[Path, list[Path]]:
     """The image folder of ``folder`` (its ``images/`` for a COCO folder, else itself) and its sorted images."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"calibration folder {folder} is a file, not a folder; pass a COCO folder "
+                        "(images/ + instances.json) or a folder of images.")
     if not folder.is_dir():
         raise DataError(
             f"calibration folder {folder} does not exist; pass a COCO folder (images/ + instances.json) or a "
@@ -63,6 +66,32 @@ def calibration_images(folder: Path) -> tuple[Path, list[Path]]:
         )
     images_dir = folder / "images" if (folder / "images").is_dir() else folder
     return images_dir, sorted(list_images(images_dir))
+
+
+def check_calibration_folder(folder: Path, num_images: int, *, seed: int = 0) -> list[Path]:
+    """The images `build_calibration` would use, each decoded once, or one sentence on what is wrong.
+
+    For a start-up check (the bench, before any build): a missing or empty folder, too few images
+    for ``num_images``, or a chosen image OpenCV cannot decode fails here rather than minutes later
+    inside a ModelOpt build. Counts and seed are checked as `choose_images` does.
+    """
+    images_dir, files = calibration_images(folder)
+    chosen = choose_images(files, num_images, seed, images_dir)
+    unreadable = [p for p in chosen if _undecodable(p)]
+    if unreadable:
+        raise DataError(
+            f"calibration folder {images_dir}: {len(unreadable)} of the {len(chosen)} chosen images cannot be decoded "
+            f"(first: {unreadable[0].name}); replace or remove them, or choose another --seed."
+        )
+    return chosen
+
+
+def _undecodable(path: Path) -> bool:
+    try:
+        load_image(path, 32)  # the decoder calibration uses; a small size keeps the check cheap
+    except DataError:
+        return True
+    return False
 
 
 def choose_images(files: list[Path], num_images: int, seed: int, folder: Path) -> list[Path]:
