@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from quantbench.cache import ArtifactCache, CacheEntry, sha256_file
 import quantbench.data.calibration as calibration_module
+from quantbench.cache import ArtifactCache, CacheEntry, sha256_file
 from quantbench.data.calibration import (
     CACHE_KIND,
     CalibrationSet,

@@ -175,6 +175,6 @@ def test_report_states_the_images_each_evaluation_used_and_skipped(tmp_path: Pat
                         [_lat("yolov5n-coco", "fp16", 40.0), _lat("yolov5n-coco", "int8-max", 28.0),
                          _lat("yolov5n-coco", "int8-entropy", 30.0)], t)
     markdown = (write_report([selection], tmp_path, rebuild_command="quantbench select x")["report"]).read_text()
-    line = next(l for l in markdown.splitlines() if l.startswith("Evaluated: "))
+    line = next(text for text in markdown.splitlines() if text.startswith("Evaluated: "))
     assert line == ("Evaluated: fp16 500 images, 0 skipped; int8-max 497 images, 3 skipped (2 size differs from "
                     "the annotations, 1 unreadable); int8-entropy 499 images, 1 skipped (1 unreadable).")

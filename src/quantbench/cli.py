@@ -194,10 +194,11 @@ def cmd_select(args: argparse.Namespace) -> int:
     ledgers = [Path(p) for p in args.json_files if Path(p).is_dir()]
     files = [Path(p) for p in args.json_files if not Path(p).is_dir()]
     evals, latencies, options = records_from_benchmark_json(files) if files else ([], [], {})
-    failures = failures_from_benchmark_json(files)
+    found = failures_from_benchmark_json(files)
     comparisons, spreads = uncertainty_from_benchmark_json(files) if files else ([], [])
     timed = {(r.model, r.variant) for r in latencies}
-    failures = {k: why for k, why in failures.items() if k not in timed}  # a later file timed it after all
+    # a later file timed it after all
+    failures: dict[str | tuple[str, str], str] = {k: why for k, why in found.items() if k not in timed}
     for folder in ledgers:  # a bench run's records kept in the cache (its report could not be written)
         records = RunLedger(folder).read()
         if not (records.evals or records.latencies or records.failures):
@@ -209,7 +210,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         comparisons += records.comparisons
         spreads += records.spreads
     thresholds = Thresholds.load(_table_path(args.thresholds, Path("thresholds.toml"), "--thresholds", "thresholds file"))
-    for warning in thresholds.check_models(sorted({r.model for r in (*evals, *latencies)})):
+    for warning in thresholds.check_models(sorted({*(r.model for r in evals), *(r.model for r in latencies)})):
         print(f"quantbench: warning: {warning}", file=sys.stderr)
     selections = select(evals, latencies, thresholds, reference_batch=args.reference_batch,
                         variant_options=options, failures=failures, comparisons=comparisons,
@@ -305,7 +306,8 @@ def _stage_commands(sub) -> None:
     p.add_argument("--data", help="COCO folder (images/ + instances.json); default: val500 or COCO val2017 subset")
     p.add_argument("--limit", type=positive_int, help="evaluate only the first N images")
     p.add_argument("--batch-size", type=positive_int, default=1)
-    p.add_argument("--backend", type=backend_name, default="auto", help="auto (TensorRT when installed with a GPU, else ONNX Runtime), onnxruntime or tensorrt")
+    p.add_argument("--backend", type=backend_name, default="auto",
+                   help="auto (TensorRT when installed with a GPU, else ONNX Runtime), onnxruntime or tensorrt")
     p.add_argument("--json", type=Path, help="write the result record here")
     p.set_defaults(handler=cmd_eval)
 

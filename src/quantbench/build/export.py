@@ -34,9 +34,9 @@ from typing import Any
 import onnx
 
 from quantbench.argtypes import is_count
+from quantbench.build.onnx_graph import dims, graph_inputs, load_graph, metadata, metadata_imgsz
 from quantbench.cache import ArtifactCache, hash_key, sha256_file
 from quantbench.errors import ModelError
-from quantbench.build.onnx_graph import dims, graph_inputs, load_graph, metadata, metadata_imgsz
 
 DEFAULT_IMGSZ = 640
 BOX_ROWS = 4  # cx, cy, w, h rows before the class scores
@@ -271,7 +271,11 @@ def _write_shaped_copy(info: ModelInfo, size: int, batch: int | None, dest: Path
     del model.graph.value_info[:]
     # The anchor count depends on the side: infer it for ``size``, not for the export's own size.
     out_dims = _infer_output_dims(model, size, info.path)
-    _set_dims(model.graph.output[0], [batch_dim, out_dims[1], out_dims[2]])
+    channels, anchors = out_dims[1], out_dims[2]
+    if channels is None or anchors is None:  # neither a number nor a name: nothing to write in the file
+        raise ModelError(f"the output shape of {info.path} cannot be inferred for a {size}x{size} input "
+                         f"(got {out_dims}); export it with fixed sizes (dynamic=False).")
+    _set_dims(model.graph.output[0], [batch_dim, channels, anchors])
     onnx.save(model, str(dest))
 
 

@@ -23,7 +23,7 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
@@ -32,12 +32,12 @@ import numpy as np
 import onnx
 
 from quantbench.build import onnx_graph
+from quantbench.build.export import ModelInfo, validate_onnx
+from quantbench.build.variants import Variant, VariantKind
 from quantbench.cache import ArtifactCache, hash_key, owned_scratch_dir, sha256_file
 from quantbench.data.calibration import CalibrationSet
 from quantbench.errors import ModelError, QuantizeError
-from quantbench.build.export import ModelInfo, validate_onnx
 from quantbench.records import VariantBuild
-from quantbench.build.variants import Variant, VariantKind
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +288,8 @@ def _run_fp16(src: Path, out: Path, model: ModelInfo, variant: Variant, data: np
     reference.mkdir()
     step = model.batch or 1
     for i in range(0, len(data), step):
-        np.savez(reference / f"{i:06d}.npz", **{model.input_name: data[i:i + step]})
+        batch: dict[str, Any] = {model.input_name: data[i:i + step]}  # keyed by input name, as AutoCast reads it
+        np.savez(reference / f"{i:06d}.npz", **batch)
     converted = convert_to_mixed_precision(
         onnx_path=str(src),
         low_precision_type="fp16",

@@ -223,7 +223,7 @@ def iter_batches(
     paths = [Path(p) for p in paths]
     workers = workers or default_workers()
 
-    def decode(path: Path) -> tuple[np.ndarray, Letterbox] | str:
+    def decode(path: Path) -> tuple[np.ndarray, Letterbox] | SkipReason:
         with clock.measure(Stage.DECODE) if clock else contextlib.nullcontext():
             try:
                 decoded = load_image(path, size)

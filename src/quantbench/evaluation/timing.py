@@ -44,9 +44,10 @@ class TimingPlan:
         for name, value, least in (("warmup", self.warmup, 0), ("min_rounds", self.min_rounds, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ConfigError(f"timing {name}={value!r} is not a whole number >= {least}; pass e.g. 10.")
-        for name, value in (("min_time_s", self.min_time_s), ("warmup_s", self.warmup_s)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"timing {name}={value!r} is not a number of seconds >= 0; pass e.g. 5.")
+        for name, seconds in (("min_time_s", self.min_time_s), ("warmup_s", self.warmup_s)):
+            if (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds)
+                    or seconds < 0):
+                raise ConfigError(f"timing {name}={seconds!r} is not a number of seconds >= 0; pass e.g. 5.")
 
     def rounds_for(self, round_ms: float) -> int:
         """Timed rounds that meet both targets when one round takes ``round_ms`` milliseconds."""
