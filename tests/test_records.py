@@ -117,3 +117,22 @@ def test_coco_minus_one_and_old_records_without_skip_reasons_read_back():
     del data["skip_reasons"]
     back = from_dict(EvalResult, data)
     assert back.metrics.map_small == -1 and back.skip_reasons == {}
+
+
+@pytest.mark.parametrize(("failures", "says"), [
+    (7, "quantbench.failures is a int, not a list"),
+    ([{"model": "m", "variant": None, "reason": "x"}], "quantbench.failures[0] is"),
+    (["m/v crashed"], "quantbench.failures[0] is 'm/v crashed', not an object"),
+])
+def test_benchmark_json_failures_are_checked_like_written_ones(tmp_path, failures, says):
+    """Issue 22 (7): a tampered failure list gave a TypeError, or was half-read without notice."""
+    from quantbench.errors import ConfigError
+    from quantbench.outputs.benchmark_json import failures_from_benchmark_json
+
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"benchmarks": [], "quantbench": {"failures": failures}}))
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: {says}")):
+        failures_from_benchmark_json([path])
+    path.write_text(json.dumps({"benchmarks": [], "quantbench": {"failures": [
+        {"model": "m", "variant": "v", "reason": "ModelOpt crashed"}]}}))
+    assert failures_from_benchmark_json([path]) == {("m", "v"): "ModelOpt crashed"}

@@ -190,7 +190,8 @@ def check_output_file(path: str | os.PathLike[str], *, what: str) -> Path:
     """``path`` can be written as a file (its folder is created); OutputError naming it otherwise."""
     target = Path(path).expanduser()
     if target.is_dir():
-        raise OutputError(f"{what} {target} is a folder; pass a file path such as {target / 'result.json'}.")
+        example = target / ("comparison.md" if target.suffix == "" and "markdown" in what else "result.json")
+        raise OutputError(f"{what} {target} is a folder; pass a file path such as {example}.")
     ensure_writable_dir(target.parent, what=f"the folder of {what}")
     return target
 

@@ -176,7 +176,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _emit(args, f"{result.model} {result.variant} on {result.backend}: mAP50-95 {m.map50_95:.4f}  "
           f"mAP50 {m.map50:.4f}  over {result.num_images} images{untrained}")
     if result.skipped_images:
-        _emit(args, f"skipped {len(result.skipped_images)} unreadable images: {', '.join(result.skipped_images[:5])}")
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(result.skip_reasons.items()))
+        _emit(args, f"skipped {len(result.skipped_images)} images ({why or 'unreadable'}), not in the mAP: "
+              f"{', '.join(result.skipped_images[:5])}")
     stored = "" if note.computed else " (measured earlier: read from the results store)"
     _emit(args, f"inference {t.inference_s:.2f} s, total {t.total_s:.2f} s ({t.images_per_s:.1f} images/s){stored}")
     if args.json:
