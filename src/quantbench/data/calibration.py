@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from quantbench.cache import ArtifactCache, hash_key, no_space_error, sha256_file
 from quantbench.data.dataset import list_images
-from quantbench.data.preprocess import IMGSZ, load_image
+from quantbench.data.preprocess import IMGSZ, load_image, quiet_decoders
 from quantbench.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,8 @@ def check_calibration_folder(folder: Path, num_images: int, *, seed: int = 0) ->
     """
     images_dir, files = calibration_images(folder)
     chosen = choose_images(files, num_images, seed, images_dir)
-    unreadable = [p for p in chosen if _undecodable(p)]
+    with quiet_decoders:
+        unreadable = [p for p in chosen if _undecodable(p)]
     if unreadable:
         raise DataError(
             f"calibration folder {images_dir}: {len(unreadable)} of the {len(chosen)} chosen images cannot be decoded "
@@ -145,7 +146,7 @@ def build_calibration(
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(num_images, 3, size, size))
         _reserve(tmp)
         workers = max(1, min(4, os.cpu_count() or 1))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qb-calib") as pool:
+        with quiet_decoders, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qb-calib") as pool:
             rows = pool.map(lambda p: load_image(p, size)[0], chosen)
             for i, row in enumerate(tqdm(rows, total=num_images, desc="calibration", unit="img", disable=not progress)):
                 out[i] = row

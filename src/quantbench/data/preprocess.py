@@ -24,6 +24,9 @@ import contextlib
 import logging
 import math
 import os
+import re
+import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -160,6 +163,86 @@ def load_image(path: Path, size: int = IMGSZ) -> tuple[np.ndarray, Letterbox]:
     return _letterboxed_input(resized, box), box
 
 
+# What the image libraries print to the process's stderr themselves (libjpeg on a truncated or
+# damaged file, libpng on odd chunks, OpenCV's own logger): quantbench's sentence says what matters.
+_DECODER_NOISE = (b"Premature end of JPEG file", b"Corrupt JPEG data", b"Invalid JPEG file structure",
+                  b"Warning: unknown JFIF revision", b"libpng warning", b"[ WARN:")
+
+
+class _DecoderNoiseFilter:
+    """While entered (by any thread; counted), the C-level stderr (fd 2) goes through a pipe whose
+    reader forwards every line to the real stderr except the decoders' own warnings.
+
+    libjpeg writes with fprintf(stderr) from C, out of reach of Python's ``sys.stderr``; decoding
+    runs on several threads, so per-call redirection would race. Python's own writes (logging,
+    tqdm) go through the same pipe and pass unchanged.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved: int | None = None
+        self._pump: threading.Thread | None = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                self._start()
+            self._users += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                self._stop()
+
+    def _start(self) -> None:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no usable stderr (closed, or replaced without a descriptor)
+            return
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self._saved = saved
+        self._pump = threading.Thread(target=_forward, args=(read_end, saved), name="qb-stderr", daemon=True)
+        self._pump.start()
+
+    def _stop(self) -> None:
+        if self._saved is None or self._pump is None:
+            return
+        with contextlib.suppress(ValueError):
+            sys.stderr.flush()
+        os.dup2(self._saved, 2)  # the pipe's last write end closes: the reader sees EOF
+        self._pump.join(timeout=5)  # a child process still holding the pipe must not hang us
+        os.close(self._saved)
+        self._saved = self._pump = None
+
+
+def _forward(read_end: int, out: int) -> None:
+    pending = b""
+    with contextlib.closing(_Fd(read_end)):
+        while chunk := os.read(read_end, 1 << 16):
+            *lines, pending = re.split(rb"(?<=[\n\r])", pending + chunk)
+            for line in lines:
+                if not line.lstrip().startswith(_DECODER_NOISE):
+                    os.write(out, line)
+        if pending and not pending.lstrip().startswith(_DECODER_NOISE):
+            os.write(out, pending)
+
+
+class _Fd:
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+quiet_decoders = _DecoderNoiseFilter()
+
+
 def _quiet_opencv() -> None:
     """OpenCV's own "[ WARN ] imread_(...): can't open/read file" lines: quantbench says it in one
     sentence (a skipped image's reason), so OpenCV's duplicate goes. Errors still print."""
@@ -241,6 +324,7 @@ def iter_batches(
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qb-decode")
     # Its own thread: queued behind the decodes of later batches, stacking would hold up the consumer.
     stacker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qb-stack")
+    quiet_decoders.__enter__()
     try:
         # decoded-but-unconsumed images in flight: enough for every thread and a few batches ahead
         decoded = _in_order(pool, decode, paths, ahead=max(2 * workers, 3 * batch_size))
@@ -253,6 +337,7 @@ def iter_batches(
         # A consumer that stops early (break, exception) must not wait for queued decodes.
         pool.shutdown(wait=True, cancel_futures=True)
         stacker.shutdown(wait=True, cancel_futures=True)
+        quiet_decoders.__exit__()
 
 
 _ASSEMBLE_AHEAD = 2  # batches stacked ahead of the consumer
