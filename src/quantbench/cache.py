@@ -167,11 +167,36 @@ def check_writable(*, folders: Iterable[tuple[str | os.PathLike[str], str]] = ()
                    files: Iterable[tuple[str | os.PathLike[str], str]] = ()) -> None:
     """The one start-up check of a command's or a bench session's output places: every ``(folder,
     what)`` (the cache, a report folder) and ``(file, what)`` (a --json or --markdown file) can be
-    written, else `OutputError` naming it, before any work (`ensure_writable_dir`, `check_output_file`)."""
+    written, else `OutputError` naming it, before any work.
+
+    Nothing is created: a folder that does not exist yet is checked through its nearest existing
+    parent (a command that then fails on its inputs leaves no empty report folder behind).
+    """
     for folder, what in folders:
-        ensure_writable_dir(folder, what=what)
+        _check_folder(Path(folder).expanduser(), what)
     for file, what in files:
-        check_output_file(file, what=what)
+        target = Path(file).expanduser()
+        if target.is_dir():
+            example = target / ("comparison.md" if "markdown" in what else "result.json")
+            raise OutputError(f"{what} {target} is a folder; pass a file path such as {example}.")
+        _check_folder(target.parent, f"the folder of {what}")
+
+
+def _check_folder(target: Path, what: str) -> None:
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"{what} {target} is a file, not a folder; pass a folder path.")
+    existing = target
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file")
+        with _temp_path_beside(existing / "write-check"):
+            pass
+    except OSError as exc:
+        raise OutputError(
+            f"{what} {target} cannot be written ({exc.strerror or exc}); pass a folder you can write to."
+        ) from None
 
 
 # "The disk is full" in its three forms: no space, over a quota, over the file-size limit (ulimit -f).
@@ -190,8 +215,7 @@ def check_output_file(path: str | os.PathLike[str], *, what: str) -> Path:
     """``path`` can be written as a file (its folder is created); OutputError naming it otherwise."""
     target = Path(path).expanduser()
     if target.is_dir():
-        example = target / ("comparison.md" if target.suffix == "" and "markdown" in what else "result.json")
-        raise OutputError(f"{what} {target} is a folder; pass a file path such as {example}.")
+        raise OutputError(f"{what} {target} is a folder; pass a file path such as {target / 'result.json'}.")
     ensure_writable_dir(target.parent, what=f"the folder of {what}")
     return target
 
