@@ -190,7 +190,7 @@ def test_benchmark_json_carries_the_quantbench_records(serial_runs):
     from quantbench.outputs.benchmark_json import records_from_benchmark_json
 
     evals, latencies, options = records_from_benchmark_json([first.workdir / "out" / "benchmark.json"])
-    assert {e.variant for e in evals} == {l.variant for l in latencies} == {*BUILDABLE.split(","), "int8-extreme-explore"}
+    assert {e.variant for e in evals} == {lat.variant for lat in latencies} == {*BUILDABLE.split(","), "int8-extreme-explore"}
     assert options["yolov5n-coco", "int8-extreme"] == info["variant_options"]
 
 

@@ -222,3 +222,25 @@ def test_output_folders_are_checked_before_any_work(tmp_path: Path):
         check_output_file(tmp_path, what="--json file")
     with pytest.raises(OutputError, match="the folder of --json file .*/file is a file, not a folder"):
         check_output_file(tmp_path / "file" / "out.json", what="--json file")
+
+
+def test_check_writable_creates_nothing_and_names_each_place(tmp_path: Path):
+    """Issue 22 (5): the start-up check of every output place; a run that then fails leaves no folder."""
+    from quantbench.cache import check_writable
+    from quantbench.errors import OutputError
+
+    (tmp_path / "file").write_text("x")
+    check_writable(folders=[(tmp_path / "new" / "deeper", "--out-dir")], files=[(tmp_path / "n" / "r.json", "--json")])
+    assert not (tmp_path / "new").exists() and not (tmp_path / "n").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the write probe is gone too
+    cases = [
+        ({"folders": [(tmp_path / "file", "--out-dir")]}, f"--out-dir {tmp_path / 'file'} is a file, not a folder"),
+        ({"folders": [(tmp_path / "file" / "x", "--out-dir")]},
+         f"--out-dir {tmp_path / 'file' / 'x'} cannot be written ({tmp_path / 'file'} is a file)"),
+        ({"folders": [("/sys/qb-x", "cache folder")]}, "cache folder /sys/qb-x cannot be written"),
+        ({"files": [(tmp_path, "--json")]}, f"--json {tmp_path} is a folder; pass a file path such as"),
+    ]
+    for kwargs, says in cases:
+        with pytest.raises(OutputError) as err:
+            check_writable(**kwargs)
+        assert says in str(err.value) and str(err.value).endswith(".")

@@ -7,18 +7,29 @@ YAMLs and the COCO-trained yolov5n, because feeding a model is what they are for
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+import quantbench.data.calibration as calibration_module
 from quantbench.cache import ArtifactCache, CacheEntry, sha256_file
-from quantbench.data.calibration import CACHE_KIND, CalibrationSet, build_calibration, choose_images
+from quantbench.data.calibration import (
+    CACHE_KIND,
+    CalibrationSet,
+    build_calibration,
+    check_calibration_folder,
+    choose_images,
+)
 from quantbench.data.preprocess import PAD_VALUE, load_image
-from quantbench.errors import ConfigError, DataError
+from quantbench.errors import ConfigError, DataError, OutputError
 
 
 class RecordingCache(ArtifactCache):
@@ -168,3 +179,55 @@ def test_calibration_tensor_feeds_yolo_graphs(
         # each. Measured on these two images: 0.93 and 0.91; the same images left at 0..255 score 0.59
         # and 0.76, a blank input 0.05.
         assert (out[:, 4, :].max(axis=1) > 0.8).all()
+
+
+def test_a_full_disk_while_calibrating_is_one_sentence_and_leaves_nothing(few_images: Path, tmp_path: Path):
+    """Issue 22 (6): the file-size limit (``ulimit -f``, what a full disk looks like to one process)
+    gave two chained tracebacks from numpy's memmap; now one sentence, rc 2, nothing in the cache."""
+    cache_dir = tmp_path / "cache"
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"  # 1 MiB: the tensor is 4.9 MiB
+        "from quantbench.cli import main\n"
+        f"sys.exit(main(['calibrate', '--calib-data', {str(few_images)!r}, '--calib-images', '4', '-q',"
+        f" '--cache-dir', {str(cache_dir)!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"quantbench: error: no space left on device writing {cache_dir / CACHE_KIND}")
+    assert last.endswith("free space or point QUANTBENCH_CACHE elsewhere.")
+    # no tensor, no sidecar, no temporary file (the build lock is filelock's, reused by the next run)
+    assert [p for p in (cache_dir / CACHE_KIND).iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_enospc_from_the_reservation_is_an_output_error(few_images: Path, cache: ArtifactCache, monkeypatch):
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(calibration_module.os, "posix_fallocate", full)
+    with pytest.raises(OutputError, match="^no space left on device writing .*QUANTBENCH_CACHE elsewhere.$"):
+        build_calibration(few_images, 3, cache=cache, size=64)
+    assert [p for p in (cache.root / CACHE_KIND).iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_check_calibration_folder_finds_every_problem_up_front(few_images: Path, tmp_path: Path):
+    """Issue 22: too few, corrupt or no images were found only inside the build."""
+    assert check_calibration_folder(few_images, 4, seed=1) == choose_images(sorted(few_images.iterdir()), 4, 1,
+                                                                            few_images)
+    with pytest.raises(ConfigError, match=f"7 calibration images asked for but {few_images} holds only 6"):
+        check_calibration_folder(few_images, 7)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match=f"image folder {empty} has no images"):
+        check_calibration_folder(empty, 1)
+    with pytest.raises(DataError, match=f"calibration folder {few_images / 'x.jpg'} is a file, not a folder"):
+        (few_images / "x.jpg").write_bytes(b"x")
+        check_calibration_folder(few_images / "x.jpg", 1)
+    (few_images / "x.jpg").unlink()
+    broken = sorted(few_images.iterdir())[0]
+    broken.write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=f"6 chosen images cannot be decoded \\(first: {broken.name}\\); replace"):
+        check_calibration_folder(few_images, 6)

@@ -222,3 +222,68 @@ def test_a_quantize_run_logs_each_modelopt_line_once_without_nvml_noise_and_reco
     assert "NVML" not in done.stderr and "Failed to get GPU count" not in done.stderr  # CPU machine: no GPU to count
     modelopt_lines = [line for line in done.stderr.splitlines() if "Found QuantizeLinear/DequantizeLinear nodes" in line]
     assert len(modelopt_lines) == 1, done.stderr  # ModelOpt prints it; the root logger does not print it again
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["eval", "--model", "{tmp}/absent.onnx", "--cache-dir", "/sys/quantbench-cache"],
+     "cache folder (--cache-dir or QUANTBENCH_CACHE) /sys/quantbench-cache cannot be written"),
+    (["eval", "--model", "{tmp}/absent.onnx", "--cache-dir", "{tmp}/file/cache"],
+     "cache folder (--cache-dir or QUANTBENCH_CACHE) {tmp}/file/cache cannot be written"),
+    (["calibrate", "--cache-dir", "{tmp}/file"], "cache folder (--cache-dir or QUANTBENCH_CACHE) {tmp}/file is a file"),
+    (["select", "{tmp}/absent.json", "--report-dir", "{tmp}/file"], "--report-dir {tmp}/file is a file, not a folder"),
+    (["select", "{tmp}/absent.json", "--report-dir", "/sys/qb-report"], "--report-dir /sys/qb-report cannot be written"),
+    (["history", "{tmp}/absent.json", "--out-dir", "{tmp}/file"], "--out-dir {tmp}/file is a file, not a folder"),
+    (["history", "{tmp}/absent.json", "--out-dir", "/sys/qb-history"], "--out-dir /sys/qb-history cannot be written"),
+    (["compare", "{tmp}/a.json", "{tmp}/b.json", "--markdown", "{tmp}"],
+     "--markdown file {tmp} is a folder; pass a file path such as {tmp}/comparison.md."),
+    (["compare", "{tmp}/a.json", "{tmp}/b.json", "--markdown", "/sys/qb/compare.md"],
+     "the folder of --markdown file /sys/qb cannot be written"),
+], ids=["eval-readonly-cache", "eval-cache-under-a-file", "calibrate-cache-is-a-file", "select-report-on-a-file",
+        "select-report-readonly", "history-on-a-file", "history-readonly", "compare-on-a-folder", "compare-readonly"])
+def test_output_folders_and_the_cache_are_checked_before_any_work(argv, named, tmp_path: Path, capsys):
+    """Issue 22 (5): these gave PermissionError/FileExistsError tracebacks after the work was done.
+    The inputs do not even exist: the output places are checked first."""
+    (tmp_path / "file").write_text("x")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("quantbench: error: ") and named.replace("{tmp}", str(tmp_path)) in err, err
+    assert "\n" not in err
+
+
+def test_eval_refuses_a_baseline_that_its_table_keeps_off_the_model(tmp_path: Path, yolov5n_onnx: Path, capsys,
+                                                                    monkeypatch):
+    """Issue 22 (4): the variant table's `models` key kept the baseline off yolov5n-coco."""
+    (tmp_path / "variants.toml").write_text(
+        '[[variant]]\nname = "fp16"\nkind = "fp16"\nmodels = ["yolo11*"]\n\n[[variant]]\nname = "fp32x"\nkind = "fp32"\n')
+    (tmp_path / "thresholds.toml").write_text('baseline = "fp16"\n')
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--model", str(yolov5n_onnx), "--variant", "fp32x", "--variants-file", "variants.toml",
+                 "--cache-dir", str(tmp_path / "cache"), "--limit", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("quantbench: error: thresholds.toml makes 'fp16' the baseline of yolov5n-coco, but variants.toml "
+                   "restricts 'fp16' to yolo11* (its 'models' key); add yolov5n-coco to its models or choose another "
+                   "baseline for it.")
+
+
+def test_eval_names_each_skip_reason(tmp_path: Path, yolov5n_onnx: Path, val500: Path, capsys):
+    """Issue 22 (2): an image re-saved at another size than instances.json declares is skipped and said."""
+    import shutil
+
+    import cv2
+
+    data = json.loads((val500 / "instances.json").read_text())
+    data["images"] = sorted(data["images"], key=lambda im: im["id"])[:2]
+    ids = {im["id"] for im in data["images"]}
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in ids]
+    (tmp_path / "images").mkdir()
+    for im in data["images"]:
+        shutil.copy(val500 / "images" / im["file_name"], tmp_path / "images")
+    (tmp_path / "instances.json").write_text(json.dumps(data))
+    resized = tmp_path / "images" / data["images"][1]["file_name"]
+    cv2.imwrite(str(resized), cv2.resize(cv2.imread(str(resized)), (1000, 1000)))
+    assert main(["eval", "--model", str(yolov5n_onnx), "--data", str(tmp_path), "--cache-dir",
+                 str(tmp_path / "cache"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "over 1 images" in out
+    assert f"skipped 1 images (1 size differs from the annotations), not in the mAP: {resized}" in out

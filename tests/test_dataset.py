@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -179,3 +180,72 @@ def test_annotations_that_match_no_image_file(tiny_coco: Path):
 def test_bad_limit(tiny_coco: Path, limit):
     with pytest.raises(DataError, match="is not a positive integer"):
         CocoDataset.load(tiny_coco, limit=limit)
+
+
+# Issue 22: an annotation file must never make the tool read outside <folder>/images/, and no entry
+# reaches a traceback. Refused (not skipped): a file that points elsewhere was generated or edited
+# wrongly, and skipping it would quietly evaluate on fewer images than the file lists.
+@pytest.mark.parametrize(("file_name", "says"), [
+    ("../../other/images/x.jpg", "points outside the images/ folder"),
+    ("/etc/passwd", "points outside the images/ folder"),
+    ("sub/../../x.jpg", "points outside the images/ folder"),
+    ("a" * 300 + ".jpg", "304 bytes, longer than filesystems allow"),
+    ("x\0.jpg", "NUL character"),
+    ("", "has file_name ''"),
+    (17, "has file_name 17"),
+    ("\ud800.jpg", "cannot be encoded"),
+])
+def test_file_names_outside_the_image_folder_are_refused(tiny_coco: Path, file_name, says):
+    edit_instances(tiny_coco, lambda d: d["images"][1].update(file_name=file_name))
+    with pytest.raises(DataError, match="images\\[1\\] \\(id ") as err:
+        CocoDataset.load(tiny_coco)
+    message = str(err.value)
+    assert says in message and str(tiny_coco / "instances.json") in message
+    assert "relative to the images/ folder" in message and not re.search(r"\w\. [A-Z]", message)  # one sentence
+
+
+def test_an_escaping_file_name_is_refused_even_when_the_file_exists(tiny_coco: Path):
+    # 7d950c6 read ../other/x.jpg without notice: it exists, so nothing looked wrong
+    other = tiny_coco.parent / "other"
+    other.mkdir()
+    first = sorted((tiny_coco / "images").iterdir())[0]
+    shutil.copy(first, other / "x.jpg")
+    edit_instances(tiny_coco, lambda d: d["images"][0].update(file_name="../../other/x.jpg"))
+    with pytest.raises(DataError, match="outside the images/ folder"):
+        CocoDataset.load(tiny_coco)
+
+
+def _first_annotation(d: dict) -> dict:
+    return d["annotations"][0]
+
+
+@pytest.mark.parametrize(("edit", "says"), [
+    (lambda d: [a.update(image_id="x") for a in d["annotations"] if a["image_id"] == d["images"][0]["id"]]
+     and d["images"][0].update(id="x"), "has id 'x'; COCO ids are integers"),
+    (lambda d: d["images"][0].update(id=True), "has id True; COCO ids are integers"),
+    (lambda d: _first_annotation(d)["bbox"].__setitem__(2, -5.0), "has bbox"),
+    (lambda d: _first_annotation(d)["bbox"].__setitem__(1, float("nan")), "has bbox"),
+    (lambda d: _first_annotation(d)["bbox"].__setitem__(0, float("inf")), "has bbox"),
+    (lambda d: _first_annotation(d).update(area=-1), "has area -1"),
+    (lambda d: _first_annotation(d).update(category_id="1"), "has category_id '1'; COCO ids are integers"),
+    (lambda d: d["images"][0].update(width=0), "has width 0"),
+    (lambda d: d["images"][0].pop("height"), "has width but not height"),
+    (lambda d: d["categories"][0].update(name=None), "has name None"),
+])
+def test_malformed_entries_are_one_sentence(tiny_coco: Path, edit, says):
+    edit_instances(tiny_coco, edit)
+    with pytest.raises(DataError) as err:
+        CocoDataset.load(tiny_coco)
+    assert says in str(err.value) and str(tiny_coco / "instances.json") in str(err.value)
+
+
+def test_declared_sizes_are_kept_for_the_size_check(tiny_coco: Path):
+    ds = CocoDataset.load(tiny_coco)
+    raw = {im["id"]: im for im in json.loads((tiny_coco / "instances.json").read_text())["images"]}
+    assert ds.sizes == tuple((raw[i]["width"], raw[i]["height"]) for i in ds.image_ids)
+    assert ds.declared_sizes()[ds.files[0]] == ds.sizes[0]
+
+
+def test_a_file_given_as_the_dataset_folder_is_named_as_a_file(tiny_coco: Path):
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        CocoDataset.load(tiny_coco / "instances.json")

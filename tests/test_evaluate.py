@@ -24,8 +24,8 @@ from quantbench.evaluation.detections import Detections
 from quantbench.evaluation.evaluate import EvalSpec, HostPipeline, evaluate
 from quantbench.evaluation.metrics import Scorer, make_scorer
 from quantbench.evaluation.replay import ReplayRunner, input_fingerprints, record_outputs
-from quantbench.stage_clock import Stage, StageClock
 from quantbench.records import CocoMetrics, EvalResult
+from quantbench.stage_clock import Stage, StageClock
 
 
 def open_runner(onnx_path: Path, cache: ArtifactCache) -> OrtRunner:
@@ -138,6 +138,7 @@ def test_corrupt_and_missing_images_are_skipped_and_counted(
         result = evaluate(runner, ds, EvalSpec("yolov5n-coco", "fp32", batch_size=2))
     assert result.skipped_images == (str(corrupt), str(missing))
     assert result.num_images == 3
+    assert result.skip_reasons == {"unreadable": 2}
     assert 0 < result.metrics.map50_95 <= 1
 
 
@@ -277,3 +278,28 @@ def test_host_pipeline_rejects_bad_thread_counts():
     with pytest.raises(ConfigError, match=r"nms_workers=-1 is not a thread count"):
         HostPipeline(nms_workers=-1)
     assert HostPipeline().threads()[1] >= 2 and HostPipeline.reference().threads()[1] == 1
+
+
+def test_an_image_resized_behind_the_annotations_back_is_skipped_and_counted(
+    yolov5n_onnx: Path, val500: Path, session_cache: ArtifactCache, tmp_path: Path
+):
+    """Issue 22: a re-saved larger image with width/height unchanged gave a silently wrong mAP (rc 0):
+    its ground truth is drawn on the declared size while detections come back on the decoded one."""
+    import cv2
+
+    (tmp_path / "images").mkdir()
+    for f in CocoDataset.load(val500, limit=4).files:
+        shutil.copy(f, tmp_path / "images")
+    shutil.copy(val500 / "instances.json", tmp_path / "instances.json")
+    ds = CocoDataset.load(tmp_path, limit=4)
+    with open_runner(yolov5n_onnx, session_cache) as runner:
+        intact = evaluate(runner, CocoDataset.load(tmp_path, limit=4, images=tmp_path / "images",
+                                                   annotations=tmp_path / "instances.json"),
+                          EvalSpec("yolov5n-coco", "fp32"))
+        resized = ds.files[2]
+        image = cv2.imread(str(resized))
+        cv2.imwrite(str(resized), cv2.resize(image, (image.shape[1] * 2, image.shape[0] * 2)))
+        result = evaluate(runner, ds, EvalSpec("yolov5n-coco", "fp32"))
+    assert intact.skipped_images == () and intact.num_images == 4
+    assert result.skipped_images == (str(resized),) and result.num_images == 3
+    assert result.skip_reasons == {"size differs from the annotations": 1}

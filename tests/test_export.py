@@ -157,7 +157,8 @@ def test_batch_rewrite_goes_to_a_cached_copy(yolov5n_onnx: Path, cache: Artifact
 
 
 def test_fixed_side_mismatch_is_refused(yolov5n_onnx: Path, cache: ArtifactCache):
-    with pytest.raises(ModelError, match="fixed 640x640 input but imgsz=320 was asked; pass imgsz=640"):
+    with pytest.raises(ModelError, match="fixed 640x640 input but this run uses 320x320 inputs; re-export the model "
+                       "at imgsz=320 or with dynamic=True."):
         resolve_model(yolov5n_onnx, cache, imgsz=320)
 
 

@@ -195,3 +195,21 @@ def test_cpu_engines_are_optimized_once_per_machine_and_compute_the_same(request
     with backend.open(as_given) as runner:
         online = runner.infer(batch)
     np.testing.assert_array_equal(offline, online)
+
+
+def test_a_valid_bf16_model_is_not_called_an_invalid_file(tmp_path: Path, cache):
+    """Issue 22: the bf16 row said to check the ONNX file is valid; it is, ORT's CPU has no bf16 kernels."""
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["b"], to=TensorProto.BFLOAT16), helper.make_node("Relu", ["b"], ["r"]),
+         helper.make_node("Cast", ["r"], ["y"], to=TensorProto.FLOAT)], "bf16",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)  # a valid file
+    path = tmp_path / "bf16.onnx"
+    onnx.save(model, str(path))
+    backend = OrtBackend(use_cuda=False)
+    with pytest.raises(BackendError) as err:
+        backend.open(backend.build(path, BuildOptions(), cache))
+    assert "bf16.onnx" in str(err.value) and "valid ONNX" not in str(err.value)
+    assert str(err.value).endswith("run it with --backend tensorrt or build the variant with high_precision_dtype fp16.")

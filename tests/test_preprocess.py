@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -184,3 +187,29 @@ def test_load_image_equals_converting_the_letterboxed_image(val500: Path, odd_sh
         tensor, loaded_box = load_image(path)
         assert loaded_box == box
         np.testing.assert_array_equal(tensor, to_network_input(padded))
+
+
+def test_the_decoders_own_warnings_do_not_print_but_quantbench_and_others_do(calib500: Path, tmp_path: Path):
+    """Issue 22: libjpeg's "Premature end of JPEG file" and OpenCV's "[ WARN ]" printed before
+    quantbench's sentence. Run in a child process: the filter works on the process's fd 2."""
+    whole = sorted((calib500 / "images").iterdir())[0]
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(whole.read_bytes()[:20000])
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"not a jpeg")
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "from pathlib import Path\n"
+        "from quantbench.data.preprocess import iter_batches\n"
+        f"paths = [Path({str(truncated)!r}), Path({str(garbage)!r}), Path({str(tmp_path / 'missing.jpg')!r})]\n"
+        "batches = list(iter_batches(paths, 1, size=64, workers=2))\n"
+        "print('decoded', sum(len(b) for b in batches), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr
+    assert "Premature end of JPEG" not in done.stderr and "[ WARN:" not in done.stderr, done.stderr
+    assert f"skipping image {garbage} could not be read (OpenCV cannot decode it)" in done.stderr
+    assert "missing.jpg could not be read (file not found)" in done.stderr
+    assert "decoded 1" in done.stderr  # the truncated file decodes; the child's own writes still print

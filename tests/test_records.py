@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -86,3 +87,52 @@ def test_latency_records_written_before_raw_rounds_still_load():
 def test_latency_stats_refuse_samples_that_are_not_their_rounds():
     with pytest.raises(RecordError, match="3 samples for 5 rounds"):
         LatencyStats(1.0, 1.0, 1.0, 1.0, 0.0, 5, samples_ms=(1.0, 1.0, 1.0))
+
+
+# Issue 22 (7): a tampered record (mAP null, 7.5, a string) failed late in the selection or the plot.
+@pytest.mark.parametrize(("path", "value", "says"), [
+    (("metrics", "map50_95"), None, "is None, not a finite number"),
+    (("metrics", "map50_95"), 7.5, "outside COCO's 0..1"),
+    (("metrics", "map50"), "0.5", "is '0.5', not a finite number"),
+    (("metrics", "per_class_ap", "person"), -0.5, "outside COCO's 0..1"),
+    (("timing", "total_s"), -1.0, "a negative total s"),
+    (("num_images",), 2.5, "is 2.5, not an integer"),
+    (("untrained",), "no", "not true or false"),
+    (("skipped_images",), "bad.jpg", "not a list"),
+])
+def test_records_read_back_are_checked_like_written_ones(path, value, says):
+    data = to_dict(_eval())
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(RecordError, match=re.escape(says)) as err:
+        from_dict(EvalResult, data, where="run.json")
+    assert "run.json." + ".".join(path[:2]) in str(err.value)
+
+
+def test_coco_minus_one_and_old_records_without_skip_reasons_read_back():
+    data = to_dict(_eval())
+    data["metrics"]["map_small"] = -1  # COCO's "no small objects": a value writers produce
+    del data["skip_reasons"]
+    back = from_dict(EvalResult, data)
+    assert back.metrics.map_small == -1 and back.skip_reasons == {}
+
+
+@pytest.mark.parametrize(("failures", "says"), [
+    (7, "quantbench.failures is a int, not a list"),
+    ([{"model": "m", "variant": None, "reason": "x"}], "quantbench.failures[0] is"),
+    (["m/v crashed"], "quantbench.failures[0] is 'm/v crashed', not an object"),
+])
+def test_benchmark_json_failures_are_checked_like_written_ones(tmp_path, failures, says):
+    """Issue 22 (7): a tampered failure list gave a TypeError, or was half-read without notice."""
+    from quantbench.errors import ConfigError
+    from quantbench.outputs.benchmark_json import failures_from_benchmark_json
+
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"benchmarks": [], "quantbench": {"failures": failures}}))
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: {says}")):
+        failures_from_benchmark_json([path])
+    path.write_text(json.dumps({"benchmarks": [], "quantbench": {"failures": [
+        {"model": "m", "variant": "v", "reason": "ModelOpt crashed"}]}}))
+    assert failures_from_benchmark_json([path]) == {("m", "v"): "ModelOpt crashed"}

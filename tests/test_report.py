@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -160,3 +161,20 @@ def test_selection_json_of_another_kind_or_version_is_refused(selections: list[S
     path.write_text(json.dumps({"benchmarks": []}))
     with pytest.raises(ConfigError, match=r"is not a quantbench selection.json"):
         read_selection_json(path)
+
+
+def test_report_states_the_images_each_evaluation_used_and_skipped(tmp_path: Path):
+    """Issue 22: a skipped image is not in the mAP; report.md says how many and why."""
+    t = Thresholds.load(REPO_THRESHOLDS)
+    skipping = dataclasses.replace(_eval("yolov5n-coco", "int8-max", 0.2400), num_images=497,
+                                   skipped_images=("a.jpg", "b.jpg", "c.jpg"),
+                                   skip_reasons={"unreadable": 1, "size differs from the annotations": 2})
+    old_record = dataclasses.replace(_eval("yolov5n-coco", "int8-entropy", 0.2410), num_images=499,
+                                     skipped_images=("d.jpg",))  # written before skip_reasons existed
+    selection, = select([_eval("yolov5n-coco", "fp16", 0.2427), skipping, old_record],
+                        [_lat("yolov5n-coco", "fp16", 40.0), _lat("yolov5n-coco", "int8-max", 28.0),
+                         _lat("yolov5n-coco", "int8-entropy", 30.0)], t)
+    markdown = (write_report([selection], tmp_path, rebuild_command="quantbench select x")["report"]).read_text()
+    line = next(text for text in markdown.splitlines() if text.startswith("Evaluated: "))
+    assert line == ("Evaluated: fp16 500 images, 0 skipped; int8-max 497 images, 3 skipped (2 size differs from "
+                    "the annotations, 1 unreadable); int8-entropy 499 images, 1 skipped (1 unreadable).")

@@ -224,3 +224,14 @@ def test_verdict_mode_and_confidence_are_inherited_and_overridden(tmp_path: Path
     assert (t.for_model("other").verdicts, t.for_model("other").confidence) == ("interval", 0.9)
     assert (t.for_model("m").verdicts, t.for_model("m").confidence) == ("point", 0.9)
     assert Thresholds.load(REPO_THRESHOLDS).for_model("yolo11n-coco").verdicts == "interval"
+
+
+def test_thousands_of_unmatched_model_tables_are_one_warning(tmp_path: Path):
+    """Issue 22: 200,000 tables for other models printed 200,002 warning lines."""
+    path = tmp_path / "thresholds.toml"
+    path.write_text("".join(f"[model.other{i}]\nmax_abs_drop = 0.02\n" for i in range(2000)))
+    warnings = Thresholds.load(path).check_models(["yolo11n-coco", "yolov5n-coco"])
+    assert warnings == [
+        f"{path}: 2000 [model.*] tables apply to no model of this run (yolo11n-coco, yolov5n-coco), e.g. "
+        "[model.other0], [model.other1], [model.other2], [model.other3], [model.other4]; their thresholds are "
+        "ignored here (tables for other runs are fine; check the names if not)."]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from quantbench.build.variants import DEFAULT_VARIANTS, Variant, VariantKind, load_variants, variant_toml
+from quantbench.build.variants import DEFAULT_VARIANTS, Variant, VariantKind, check_baselines, load_variants, variant_toml
 from quantbench.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -254,3 +254,24 @@ def test_written_table_reads_back_equal(tmp_path: Path, variant: Variant):
 def test_written_table_leaves_defaults_and_inapplicable_options_out():
     text = variant_toml(Variant(name="fp32", kind=VariantKind.FP32, calib_images=7))
     assert text == '[[variant]]\nname = "fp32"\nkind = "fp32"\n'  # calib_images does not apply to fp32
+
+
+def test_a_baseline_kept_off_a_model_by_its_models_key_is_refused(tmp_path: Path):
+    """Issue 22 (4): the baseline was skipped on the run's model, yet named the winner."""
+    path = _table(tmp_path, '''
+[[variant]]
+name = "fp16"
+kind = "fp16"
+models = ["yolo11*"]
+
+[[variant]]
+name = "int8-max"
+kind = "int8"
+''')
+    variants = load_variants(path)
+    check_baselines(variants, {"yolo11n-coco": "fp16", "yolov5n-coco": "int8-max"}, table=path, thresholds="t.toml")
+    with pytest.raises(ConfigError) as err:
+        check_baselines(variants, {"yolo11n-coco": "fp16", "yolov5n-coco": "fp16"}, table=path, thresholds="t.toml")
+    assert str(err.value) == (
+        f"t.toml makes 'fp16' the baseline of yolov5n-coco, but {path} restricts 'fp16' to yolo11* (its 'models' "
+        "key); add yolov5n-coco to its models or choose another baseline for it.")

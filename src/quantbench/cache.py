@@ -11,6 +11,7 @@ half-written file. A sidecar ``<key>.json`` holds the build's metadata, written 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     with _temp_path_beside(target) as tmp:
-        tmp.write_bytes(data)
+        try:
+            tmp.write_bytes(data)
+        except OSError as exc:  # the temporary file goes with the context: nothing half-written stays
+            raise no_space_error(exc, target) or exc from None
         os.replace(tmp, target)
     return target
 
@@ -157,6 +161,54 @@ def ensure_writable_dir(folder: str | os.PathLike[str], *, what: str) -> Path:
             f"{what} {target} cannot be written ({exc.strerror or exc}); pass a folder you can write to."
         ) from None
     return target
+
+
+def check_writable(*, folders: Iterable[tuple[str | os.PathLike[str], str]] = (),
+                   files: Iterable[tuple[str | os.PathLike[str], str]] = ()) -> None:
+    """The one start-up check of a command's or a bench session's output places: every ``(folder,
+    what)`` (the cache, a report folder) and ``(file, what)`` (a --json or --markdown file) can be
+    written, else `OutputError` naming it, before any work.
+
+    Nothing is created: a folder that does not exist yet is checked through its nearest existing
+    parent (a command that then fails on its inputs leaves no empty report folder behind).
+    """
+    for folder, what in folders:
+        _check_folder(Path(folder).expanduser(), what)
+    for file, what in files:
+        target = Path(file).expanduser()
+        if target.is_dir():
+            example = target / ("comparison.md" if "markdown" in what else "result.json")
+            raise OutputError(f"{what} {target} is a folder; pass a file path such as {example}.")
+        _check_folder(target.parent, f"the folder of {what}")
+
+
+def _check_folder(target: Path, what: str) -> None:
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"{what} {target} is a file, not a folder; pass a folder path.")
+    existing = target
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file")
+        with _temp_path_beside(existing / "write-check"):
+            pass
+    except OSError as exc:
+        raise OutputError(
+            f"{what} {target} cannot be written ({exc.strerror or exc}); pass a folder you can write to."
+        ) from None
+
+
+# "The disk is full" in its three forms: no space, over a quota, over the file-size limit (ulimit -f).
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def no_space_error(exc: OSError, path: str | os.PathLike[str]) -> OutputError | None:
+    """`OutputError` (one sentence) when ``exc`` says the disk is full while writing ``path``, else None."""
+    if exc.errno not in _NO_SPACE:
+        return None
+    return OutputError(f"no space left on device writing {path} ({exc.strerror}); free space or point "
+                       "QUANTBENCH_CACHE elsewhere.")
 
 
 def check_output_file(path: str | os.PathLike[str], *, what: str) -> Path:

@@ -21,8 +21,14 @@ from quantbench.analysis import cli as analysis_cli
 from quantbench.argtypes import non_negative_int, positive_int
 from quantbench.backends import BuildOptions, backend_name
 from quantbench.build.quantize import SCRATCH_PREFIX, ModelOptEcho
-from quantbench.build.variants import Variant, VariantKind, load_variants
-from quantbench.cache import ArtifactCache, atomic_write_json, atomic_write_text, check_output_file, remove_stale_scratch
+from quantbench.build.variants import Variant, VariantKind, check_baselines, load_variants
+from quantbench.cache import (
+    ArtifactCache,
+    atomic_write_json,
+    atomic_write_text,
+    check_writable,
+    remove_stale_scratch,
+)
 from quantbench.data.assets import cache_root, default_model
 from quantbench.decision.results_store import EvalSettings, RunLedger
 from quantbench.decision.selection import select
@@ -53,6 +59,8 @@ def _cache(args: argparse.Namespace):
     """The artefact cache; on first use, what killed runs left in it and in the temp dir is removed."""
     cache = ArtifactCache(args.cache_dir or cache_root())
     if not getattr(args, "cache_cleaned", False):
+        # Before any work: a cache that cannot be written would fail minutes later, deep in a build.
+        check_writable(folders=[(cache.root, "cache folder (--cache-dir or QUANTBENCH_CACHE)")])
         cache.remove_stale_files()
         remove_stale_scratch(SCRATCH_PREFIX)
         args.cache_cleaned = True
@@ -89,28 +97,33 @@ def _pipeline(args: argparse.Namespace, observer=None):
     return args.pipeline
 
 
-def _variant(args: argparse.Namespace):
-    """The --variant of the table, with --calib-images applied (so its record says what was used)."""
-
+def _variant(args: argparse.Namespace) -> tuple[Variant, Path | None, tuple[Variant, ...]]:
+    """The --variant of the table, with --calib-images applied (so its record says what was used),
+    the table's path and the whole table (None and () for the base model itself)."""
     if not args.variant:
-        return Variant(name="base", kind=VariantKind.FP32)  # the base model itself
+        return Variant(name="base", kind=VariantKind.FP32), None, ()
     path = _table_path(args.variants_file, VARIANTS, "--variants-file")
-    table = {v.name: v for v in load_variants(path)}
+    variants = load_variants(path)
+    table = {v.name: v for v in variants}
     if args.variant not in table:
         raise ConfigError(f"variant {args.variant!r} is not in {path}; choose one of {', '.join(table)} "
                           "or pass another table with --variants-file.")
     variant = table[args.variant]
     if args.calib_images and variant.needs_calibration:
         variant = dataclasses.replace(variant, calib_images=args.calib_images)
-    return variant
+    return variant, path, variants
 
 
 def _model_and_variant(args: argparse.Namespace, pipeline):
     """The model and the variant meant for it (the table is checked before a model is fetched)."""
-    variant = _variant(args)
+    variant, table_path, variants = _variant(args)
     model = pipeline.model(args.model or default_model())
     if not variant.applies_to(model.name):
         raise ConfigError(f"{variant.skip_reason(model.name)}; choose a variant meant for {model.name}.")
+    if table_path is not None:  # the baseline this model is judged against must be one the table builds for it
+        thresholds = _table_path(getattr(args, "thresholds", None), THRESHOLDS, "--thresholds")
+        check_baselines(variants, {model.name: Thresholds.load(thresholds).for_model(model.name).baseline},
+                        table=table_path, thresholds=thresholds)
     return model, variant
 
 
@@ -138,7 +151,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:  # checked before the evaluation, which may take minutes
-        check_output_file(args.json, what="--json file")
+        check_writable(files=[(args.json, "--json file")])
     note = _EvalNote()
     pipeline = _pipeline(args, observer=note)
     if pipeline.fallback_reason:
@@ -150,7 +163,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _emit(args, f"{result.model} {result.variant} on {result.backend}: mAP50-95 {m.map50_95:.4f}  "
           f"mAP50 {m.map50:.4f}  over {result.num_images} images{untrained}")
     if result.skipped_images:
-        _emit(args, f"skipped {len(result.skipped_images)} unreadable images: {', '.join(result.skipped_images[:5])}")
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(result.skip_reasons.items()))
+        _emit(args, f"skipped {len(result.skipped_images)} images ({why or 'unreadable'}), not in the mAP: "
+              f"{', '.join(result.skipped_images[:5])}")
     stored = "" if note.computed else " (measured earlier: read from the results store)"
     _emit(args, f"inference {t.inference_s:.2f} s, total {t.total_s:.2f} s ({t.images_per_s:.1f} images/s){stored}")
     if args.json:
@@ -163,13 +178,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
+    if args.report_dir:  # before reading anything: a report that cannot be written loses the selection
+        check_writable(folders=[(args.report_dir, "--report-dir")])
     ledgers = [Path(p) for p in args.json_files if Path(p).is_dir()]
     files = [Path(p) for p in args.json_files if not Path(p).is_dir()]
     evals, latencies, options = records_from_benchmark_json(files) if files else ([], [], {})
-    failures = failures_from_benchmark_json(files)
+    found = failures_from_benchmark_json(files)
     comparisons, spreads = uncertainty_from_benchmark_json(files) if files else ([], [])
     timed = {(r.model, r.variant) for r in latencies}
-    failures = {k: why for k, why in failures.items() if k not in timed}  # a later file timed it after all
+    # a later file timed it after all
+    failures: dict[str | tuple[str, str], str] = {k: why for k, why in found.items() if k not in timed}
     for folder in ledgers:  # a bench run's records kept in the cache (its report could not be written)
         records = RunLedger(folder).read()
         if not (records.evals or records.latencies or records.failures):
@@ -181,7 +199,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         comparisons += records.comparisons
         spreads += records.spreads
     thresholds = Thresholds.load(_table_path(args.thresholds, THRESHOLDS, "--thresholds"))
-    for warning in thresholds.check_models(sorted({r.model for r in (*evals, *latencies)})):
+    for warning in thresholds.check_models(sorted({*(r.model for r in evals), *(r.model for r in latencies)})):
         print(f"quantbench: warning: {warning}", file=sys.stderr)
     selections = select(evals, latencies, thresholds, reference_batch=args.reference_batch,
                         variant_options=options, failures=failures, comparisons=comparisons,
@@ -196,6 +214,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    check_writable(folders=[(args.out_dir, "--out-dir")])
     thresholds = Thresholds.load(_table_path(args.thresholds, THRESHOLDS, "--thresholds"))
     runs = load_runs([Path(p) for p in args.runs])
     histories = build_history(runs, thresholds, reference_batch=args.reference_batch, mix=args.mix)
@@ -206,6 +225,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.markdown:
+        check_writable(files=[(args.markdown, "--markdown file")])
     thresholds = Thresholds.load(_table_path(args.thresholds, THRESHOLDS, "--thresholds"))
     comparison = compare_runs(load_run(Path(args.base)), load_run(Path(args.new)), thresholds, args.fail_latency or ())
     markdown = comparison_markdown(comparison)

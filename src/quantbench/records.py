@@ -9,6 +9,7 @@ hand-edited file fails loudly instead of being half-read.
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import types
 import typing
@@ -56,28 +57,70 @@ def from_dict(cls: type[R], data: Any, *, where: str = "record") -> R:
         if f.name in data:
             kwargs[f.name] = _convert(hints[f.name], data[f.name], f"{where}.{f.name}")
     try:
-        return cls(**kwargs)
+        record = cls(**kwargs)
     except TypeError as exc:
         raise RecordError(f"{where}: {exc}") from None
+    _check_ranges(record, where)
+    return record
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
-    if value is None:
-        return None
+    """``value`` as type ``tp``, checked as strictly as the writers produce it (a hand-edited or
+    corrupted file fails here, naming the key, not later as a TypeError in the selection)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
         inner = [a for a in args if a is not type(None)]
         return _convert(inner[0], value, where) if len(inner) == 1 else value
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where=where)
+        return from_dict(tp, value, where=where)  # type: ignore[arg-type]
     if origin is tuple:
+        _require(isinstance(value, (list, tuple)), where, value, "a list")
         item = args[0] if args else Any
-        return tuple(_convert(item, v, where) for v in value)
+        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict:
+        _require(isinstance(value, dict), where, value, "a JSON object")
         vt = args[1] if len(args) == 2 else Any
-        return {k: _convert(vt, v, where) for k, v in value.items()}
+        return {k: _convert(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if tp is float:
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                 where, value, "a finite number")
+        return float(value)
+    if tp in (int, str, bool):
+        _require(isinstance(value, tp) and (tp is bool or not isinstance(value, bool)), where, value,
+                 {int: "an integer", str: "a string", bool: "true or false"}[tp])
     return value
+
+
+def _require(ok: bool, where: str, value: Any, expected: str) -> None:
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise RecordError(f"{where} is {shown}, not {expected}; restore the file quantbench wrote or re-run the "
+                          "benchmark.")
+
+
+def _check_ranges(record: Any, where: str) -> None:
+    """The ranges writers produce: mAPs are COCO's [0, 1] (or -1, COCO's "no such objects"),
+    times, rates and counts are not negative."""
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if isinstance(record, CocoMetrics):
+            values = value.items() if isinstance(value, dict) else [(None, value)]
+            for name, v in values:
+                if not (v == -1 or 0 <= v <= 1):
+                    key = f"{where}.{f.name}" + (f".{name}" if name is not None else "")
+                    raise RecordError(f"{key} is {v!r}, outside COCO's 0..1 (or -1 for no objects); restore the "
+                                      "file quantbench wrote or re-run the evaluation.")
+        elif (isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0
+              and f.name.endswith(_NON_NEGATIVE)):
+            raise RecordError(f"{where}.{f.name} is {value!r}, a negative {f.name.replace('_', ' ')}; restore the "
+                              "file quantbench wrote or re-run the benchmark.")
+
+
+# Fields (by name ending) that count or time something: never negative.
+_NON_NEGATIVE = ("_ms", "_s", "num_images", "rounds", "batch_size", "_bytes", "images", "count", "resamples")
 
 
 @dataclass(frozen=True)
@@ -119,6 +162,9 @@ class EvalResult:
     timing: EvalTiming
     schema: int = SCHEMA_VERSION
     simulated: str | None = None  # why this is no measurement on the named backend (a test fake), else None
+    # skipped images counted by reason (`quantbench.data.preprocess.UNREADABLE`, `SIZE_MISMATCH`);
+    # records written before it existed read back with {}
+    skip_reasons: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

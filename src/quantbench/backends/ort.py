@@ -121,10 +121,13 @@ def _session(source: str | bytes, so: Any, providers: list[Any], path: Path) -> 
     try:
         return _ort().InferenceSession(source, sess_options=so, providers=providers)
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph types with long texts
-        raise BackendError(
-            f"ONNX Runtime could not load {path}: {str(exc).splitlines()[0]}; "
-            "check the file is a valid ONNX model (re-export or rebuild the variant)."
-        ) from exc
+        first = str(exc).splitlines()[0]
+        # A valid model with an operator or type ORT has no kernel for (bf16 on CPU) is not a broken file.
+        fix = ("ONNX Runtime has no kernel for an operator or type in it (bf16 needs TensorRT): run it with "
+               "--backend tensorrt or build the variant with high_precision_dtype fp16"
+               if "NOT_IMPLEMENTED" in first or "Could not find an implementation" in first
+               else "check the file is a valid ONNX model (re-export or rebuild the variant)")
+        raise BackendError(f"ONNX Runtime could not load {path}: {first}; {fix}.") from exc
 
 
 _OPTIMIZED_VERSION = 1

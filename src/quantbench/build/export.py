@@ -271,7 +271,11 @@ def _write_shaped_copy(info: ModelInfo, size: int, batch: int | None, dest: Path
     del model.graph.value_info[:]
     # The anchor count depends on the side: infer it for ``size``, not for the export's own size.
     out_dims = _infer_output_dims(model, size, info.path)
-    _set_dims(model.graph.output[0], [batch_dim, out_dims[1], out_dims[2]])
+    channels, anchors = out_dims[1], out_dims[2]
+    if channels is None or anchors is None:  # neither a number nor a name: nothing to write in the file
+        raise ModelError(f"the output shape of {info.path} cannot be inferred for a {size}x{size} input "
+                         f"(got {out_dims}); export it with fixed sizes (dynamic=False).")
+    _set_dims(model.graph.output[0], [batch_dim, channels, anchors])
     onnx.save(model, str(dest))
 
 
@@ -281,8 +285,9 @@ def _with_fixed_shape(info: ModelInfo, cache: ArtifactCache, imgsz: int, batch: 
     dynamic_side = not isinstance(in_dims[2], int)
     if not dynamic_side and info.input_size != imgsz:
         raise ModelError(
-            f"{info.path} has a fixed {info.input_size}x{info.input_size} input but imgsz={imgsz} was asked; "
-            f"pass imgsz={info.input_size} or re-export the model with dynamic=True."
+            # The CLI's eval and the bench have no imgsz option: the fix named is one every caller can apply.
+            f"{info.path} has a fixed {info.input_size}x{info.input_size} input but this run uses "
+            f"{imgsz}x{imgsz} inputs; re-export the model at imgsz={imgsz} or with dynamic=True."
         )
     if batch is not None and info.batch is not None and batch != info.batch:
         raise ModelError(

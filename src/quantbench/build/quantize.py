@@ -288,7 +288,8 @@ def _run_fp16(src: Path, out: Path, model: ModelInfo, variant: Variant, data: np
     reference.mkdir()
     step = model.batch or 1
     for i in range(0, len(data), step):
-        np.savez(reference / f"{i:06d}.npz", **{model.input_name: data[i:i + step]})
+        batch: dict[str, Any] = {model.input_name: data[i:i + step]}  # keyed by input name, as AutoCast reads it
+        np.savez(reference / f"{i:06d}.npz", **batch)
     converted = convert_to_mixed_precision(
         onnx_path=str(src),
         low_precision_type="fp16",

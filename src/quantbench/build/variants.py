@@ -36,7 +36,7 @@ import fnmatch
 import json
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
@@ -324,3 +324,22 @@ def _toml_value(value: object) -> str:
     if not isinstance(value, str | int | float):
         raise TypeError(f"variant value {value!r} has no TOML form here; variants hold strings, numbers, booleans")
     return json.dumps(value)
+
+
+def check_baselines(variants: Iterable[Variant], baselines: Mapping[str, str], *, table: Path | str,
+                    thresholds: Path | str) -> None:
+    """ConfigError when a model's baseline is a variant its ``models`` key keeps off that model.
+
+    ``baselines`` maps each model of the run to its baseline variant (``Thresholds.for_model(m).baseline``).
+    Such a baseline is skipped on the model, so nothing would be compared with it, and the selection
+    named it the winner of a run that never measured it (issue 22): refused before any work.
+    """
+    by_name = {v.name: v for v in variants}
+    for model, baseline in baselines.items():
+        variant = by_name.get(baseline)
+        if variant is not None and not variant.applies_to(model):
+            raise ConfigError(
+                f"{thresholds} makes {baseline!r} the baseline of {model}, but {table} restricts {baseline!r} to "
+                f"{', '.join(variant.models)} (its 'models' key); add {model} to its models or choose another "
+                "baseline for it."
+            )

@@ -76,7 +76,8 @@ def default_model() -> str:
         return PRETRAINED_MODEL
     path = root / ASSETS_MODEL
     if not path.is_file():
-        raise ModelError(f"{path} does not exist; restore {ASSETS_MODEL.name} in the assets folder or pass the model explicitly (--model / --qb-model).")
+        raise ModelError(f"{path} does not exist; restore {ASSETS_MODEL.name} in the assets folder or pass the model "
+                         "explicitly (--model / --qb-model).")
     return str(path)
 
 

@@ -9,6 +9,9 @@ COCO's 91-id numbering exactly as Ultralytics' ``coco80_to_coco91_class`` does.
 from __future__ import annotations
 
 import json
+import math
+import os
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,8 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 ANNOTATIONS_FILE = "instances.json"
 IMAGES_DIR = "images"
+# Longest file or folder name the common filesystems (ext4, xfs, btrfs, APFS, NTFS) accept, in bytes.
+_NAME_MAX = 255
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -50,6 +55,9 @@ class CocoDataset:
     files: tuple[Path, ...]  # files[i] is the image of image_ids[i]
     category_ids: tuple[int, ...]  # contiguous class index -> COCO category id
     class_names: tuple[str, ...]
+    # (width, height) each image declares in the annotations, None where it declares none: evaluation
+    # skips (and counts) an image whose decoded size differs, since its boxes would be misplaced.
+    sizes: tuple[tuple[int, int] | None, ...] = ()
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -71,6 +79,9 @@ class CocoDataset:
         if path is None and (images is None or annotations is None):
             raise DataError("no dataset folder given; pass a folder with images/ and instances.json.")
         folder = Path(path) if path is not None else None
+        if folder is not None and folder.is_file():
+            raise DataError(f"dataset {folder} is a file, not a folder; pass the folder that holds images/ and "
+                            "instances.json.")
         if folder is not None and not folder.is_dir() and (images is None or annotations is None):
             raise DataError(f"dataset folder {folder} does not exist; pass a folder with images/ and instances.json.")
         images_dir = Path(images) if images is not None else folder / IMAGES_DIR  # type: ignore[operator]
@@ -104,7 +115,12 @@ class CocoDataset:
             files=files,
             category_ids=tuple(int(c["id"]) for c in categories),
             class_names=tuple(str(c["name"]) for c in categories),
+            sizes=tuple((im["width"], im["height"]) if "width" in im else None for im in entries),
         )
+
+    def declared_sizes(self) -> dict[Path, tuple[int, int]]:
+        """Image file -> (width, height) the annotations declare, for images that declare one."""
+        return {f: size for f, size in zip(self.files, self.sizes) if size is not None}
 
     def fingerprint(self, cache: ArtifactCache | None = None) -> str:
         """Stable id of exactly what an evaluation reads: the annotations' bytes, the image selection
@@ -147,6 +163,13 @@ def read_instances(path: Path) -> dict[str, Any]:
     _require_keys(path, "images", data["images"], ("id", "file_name"))
     _require_keys(path, "categories", data["categories"], ("id", "name"))
     _require_keys(path, "annotations", data["annotations"], ("id", "image_id", "category_id", "bbox"))
+    for i, image in enumerate(data["images"]):
+        _check_image(path, i, image)
+    for i, category in enumerate(data["categories"]):
+        _check_int(path, f"categories[{i}]", category, "id")
+        if not isinstance(category["name"], str):
+            raise DataError(f"annotation file {path}: categories[{i}] has name {category['name']!r}; "
+                            "give every category a string name.")
     category_ids = {c["id"] for c in data["categories"]}
     image_ids = {im["id"] for im in data["images"]}
     for section, ids in (("categories", category_ids), ("images", image_ids)):
@@ -154,24 +177,89 @@ def read_instances(path: Path) -> dict[str, Any]:
             raise DataError(f"annotation file {path} repeats an id in '{section}'; every id must be unique.")
     if len({im["file_name"] for im in data["images"]}) != len(data["images"]):
         raise DataError(f"annotation file {path} lists a file_name twice in 'images'; every image needs its own file.")
-    for ann in data["annotations"]:
+    for i, ann in enumerate(data["annotations"]):
+        where = f"annotations[{i}] (id {_short(ann['id'])})"
+        _check_int(path, where, ann, "image_id")
+        _check_int(path, where, ann, "category_id")
         if ann["category_id"] not in category_ids:
             raise DataError(
-                f"annotation file {path}: annotation {ann['id']} has category_id {ann['category_id']!r}, "
+                f"annotation file {path}: {where} has category_id {ann['category_id']!r}, "
                 "which is not in 'categories'; fix the annotation or add the category."
             )
         if ann["image_id"] not in image_ids:
             raise DataError(
-                f"annotation file {path}: annotation {ann['id']} refers to image_id {ann['image_id']!r}, "
+                f"annotation file {path}: {where} refers to image_id {ann['image_id']!r}, "
                 "which is not in 'images'; fix the annotation or add the image."
             )
         bbox = ann["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+        # NaN and infinities parse from JSON (Python's json accepts them); a NaN or negative box
+        # would be scored as ground truth without notice and move the mAP.
+        if not (isinstance(bbox, list) and len(bbox) == 4
+                and all(_is_number(v) and math.isfinite(v) and v >= 0 for v in bbox)):
             raise DataError(
-                f"annotation file {path}: annotation {ann['id']} has bbox {bbox!r}; "
-                "COCO boxes are [x, y, width, height] in pixels."
+                f"annotation file {path}: {where} has bbox {_short(bbox)}; COCO boxes are [x, y, width, height] "
+                "in pixels, finite and not negative: fix or remove the annotation."
             )
+        for key in ("area", "iscrowd"):
+            if key in ann and not (_is_number(ann[key]) and math.isfinite(ann[key]) and ann[key] >= 0):
+                raise DataError(f"annotation file {path}: {where} has {key} {_short(ann[key])}; it must be a "
+                                "finite number of 0 or more: fix or remove the key.")
     return data
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    """``repr`` cut to a readable length: a message quotes an entry, not a 300-character name."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_int(path: Path, where: str, entry: Mapping[str, Any], key: str) -> None:
+    value = entry[key]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise DataError(f"annotation file {path}: {where} has {key} {_short(value)}; COCO ids are integers: "
+                        f"write it as a number.")
+
+
+def _check_image(path: Path, index: int, image: Mapping[str, Any]) -> None:
+    """One ``images`` entry: an integer id, a file name inside the image folder, positive declared sizes."""
+    where = f"images[{index}] (id {_short(image['id'])})"
+    _check_int(path, where, image, "id")
+    name = image["file_name"]
+    fix = "give the image's name relative to the images/ folder, e.g. '000000000139.jpg'."
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(f"annotation file {path}: {where} has file_name {_short(name)}; {fix}")
+    if "\0" in name:
+        raise DataError(f"annotation file {path}: {where} has a NUL character in file_name {_short(name)}; {fix}")
+    # Refused rather than skipped: an annotation file (downloaded, generated, tampered) must never
+    # make the tool open files outside <folder>/images/, and skipping would silently evaluate on
+    # fewer images than the file lists. The check is on the text, not the resolved path: a symlink
+    # the user put inside images/ is their own choice of data.
+    parts = name.split("/")
+    if posixpath.isabs(name) or ".." in parts or posixpath.normpath(name).startswith(".."):
+        raise DataError(f"annotation file {path}: {where} has file_name {_short(name)}, which points outside the "
+                        f"images/ folder; {fix}")
+    try:
+        encoded = [os.fsencode(p) for p in parts]
+    except UnicodeEncodeError:  # a lone surrogate ("\\ud800" in the JSON) names no file on any filesystem
+        raise DataError(f"annotation file {path}: {where} has file_name {_short(name)}, which cannot be encoded "
+                        f"as a file name; {fix}") from None
+    too_long = [p for p in encoded if len(p) > _NAME_MAX]
+    if too_long:
+        raise DataError(f"annotation file {path}: {where} has file_name {_short(name)} with a name of "
+                        f"{len(too_long[0])} bytes, longer than filesystems allow ({_NAME_MAX}); {fix}")
+    declared = [k for k in ("width", "height") if k in image]
+    if len(declared) == 1:
+        raise DataError(f"annotation file {path}: {where} has {declared[0]} but not "
+                        f"{'height' if declared[0] == 'width' else 'width'}; give both or neither.")
+    for key in declared:
+        value = image[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise DataError(f"annotation file {path}: {where} has {key} {_short(value)}; give the image's size in "
+                            "pixels as a positive integer (or remove width and height).")
 
 
 def _require_keys(path: Path, section: str, entries: list[Any], keys: tuple[str, ...]) -> None:

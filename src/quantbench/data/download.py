@@ -370,8 +370,10 @@ def _extract_tar(archive: Path, dest: Path, wanted: list[str] | None) -> list[Pa
                 elif not (info.isfile() or info.isdir()):
                     raise _refuse(archive, info.name, "is a device or pipe, which has no place")
             # The stdlib's "data" filter (Python >= 3.11.4 / 3.10.12) re-checks paths, links and modes.
-            extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tf.extractall(dest, members=infos, **extra)
+            if hasattr(tarfile, "data_filter"):
+                tf.extractall(dest, members=infos, filter="data")
+            else:
+                tf.extractall(dest, members=infos)
             return [(dest / info.name).resolve() for info in infos if info.isfile()]
     except tarfile.FilterError as exc:
         raise UnsafeArchiveError(f"{archive} was refused by tarfile's data filter ({exc}); delete it and get it "

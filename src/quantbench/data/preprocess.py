@@ -24,8 +24,11 @@ import contextlib
 import logging
 import math
 import os
+import re
+import sys
+import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +43,22 @@ from quantbench.stage_clock import Stage, StageClock
 IMGSZ = 640
 PAD_VALUE = 114
 
-SkipCallback = Callable[[Path, str], None]
+UNREADABLE = "unreadable"
+SIZE_MISMATCH = "size differs from the annotations"
+
+
+class SkipReason(str):
+    """Why an image was skipped: the sentence (it is the string) and its ``kind``, for counting."""
+
+    kind: str
+
+    def __new__(cls, message: str, kind: str) -> SkipReason:
+        reason = super().__new__(cls, message)
+        reason.kind = kind
+        return reason
+
+
+SkipCallback = Callable[[Path, str], None]  # called with a SkipReason
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +154,105 @@ def _letterboxed_input(resized_bgr: np.ndarray, box: Letterbox) -> np.ndarray:
 
 def load_image(path: Path, size: int = IMGSZ) -> tuple[np.ndarray, Letterbox]:
     """Decode, letterbox and normalise one image: CHW float32 RGB / 255 and its Letterbox."""
+    _quiet_opencv()
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:  # cv2.imread returns None for missing, unreadable and corrupt files alike
         reason = "file not found" if not Path(path).is_file() else "OpenCV cannot decode it"
         raise DataError(f"image {path} could not be read ({reason}); replace or remove the file.")
     resized, box = _resize_long_side(img, size)
     return _letterboxed_input(resized, box), box
+
+
+# What the image libraries print to the process's stderr themselves (libjpeg on a truncated or
+# damaged file, libpng on odd chunks, OpenCV's own logger): quantbench's sentence says what matters.
+_DECODER_NOISE = (b"Premature end of JPEG file", b"Corrupt JPEG data", b"Invalid JPEG file structure",
+                  b"Warning: unknown JFIF revision", b"libpng warning", b"[ WARN:")
+
+
+class _DecoderNoiseFilter:
+    """While entered (by any thread; counted), the C-level stderr (fd 2) goes through a pipe whose
+    reader forwards every line to the real stderr except the decoders' own warnings.
+
+    libjpeg writes with fprintf(stderr) from C, out of reach of Python's ``sys.stderr``; decoding
+    runs on several threads, so per-call redirection would race. Python's own writes (logging,
+    tqdm) go through the same pipe and pass unchanged.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved: int | None = None
+        self._pump: threading.Thread | None = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                self._start()
+            self._users += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                self._stop()
+
+    def _start(self) -> None:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no usable stderr (closed, or replaced without a descriptor)
+            return
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self._saved = saved
+        self._pump = threading.Thread(target=_forward, args=(read_end, saved), name="qb-stderr", daemon=True)
+        self._pump.start()
+
+    def _stop(self) -> None:
+        if self._saved is None or self._pump is None:
+            return
+        with contextlib.suppress(ValueError):
+            sys.stderr.flush()
+        os.dup2(self._saved, 2)  # the pipe's last write end closes: the reader sees EOF
+        self._pump.join(timeout=5)  # a child process still holding the pipe must not hang us
+        os.close(self._saved)
+        self._saved = self._pump = None
+
+
+def _forward(read_end: int, out: int) -> None:
+    pending = b""
+    with contextlib.closing(_Fd(read_end)):
+        while chunk := os.read(read_end, 1 << 16):
+            *lines, pending = re.split(rb"(?<=[\n\r])", pending + chunk)
+            for line in lines:
+                if not line.lstrip().startswith(_DECODER_NOISE):
+                    os.write(out, line)
+        if pending and not pending.lstrip().startswith(_DECODER_NOISE):
+            os.write(out, pending)
+
+
+class _Fd:
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+quiet_decoders = _DecoderNoiseFilter()
+
+
+def _quiet_opencv() -> None:
+    """OpenCV's own "[ WARN ] imread_(...): can't open/read file" lines: quantbench says it in one
+    sentence (a skipped image's reason), so OpenCV's duplicate goes. Errors still print."""
+    global _opencv_quiet
+    if not _opencv_quiet:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        _opencv_quiet = True
+
+
+_opencv_quiet = False
 
 
 @dataclass(frozen=True)
@@ -170,6 +281,7 @@ def iter_batches(
     on_skip: SkipCallback | None = None,
     clock: StageClock | None = None,
     reuse_buffers: bool = False,
+    expected_sizes: Mapping[Path, tuple[int, int]] | None = None,
 ) -> Iterator[Batch]:
     """Decode ``paths`` in a thread pool and yield batches of ``batch_size`` in input order.
 
@@ -179,6 +291,10 @@ def iter_batches(
     images, so every batch but the last has ``batch_size`` images. Batches of several images are
     stacked on a thread of their own, so the consumer (the inference thread) only picks them up.
     ``clock`` gets the decoding threads' CPU time (``Stage.DECODE``).
+
+    ``expected_sizes`` maps paths to the (width, height) their annotations declare: an image that
+    decodes to another size is skipped too (reason kind `SIZE_MISMATCH`), since ground-truth boxes
+    drawn on the declared size would be compared with detections on another one.
 
     ``reuse_buffers=True`` stacks into a few arrays used in turn, so a batch's ``images`` are
     overwritten a few batches later: for a consumer that is done with a batch when it asks for
@@ -190,16 +306,25 @@ def iter_batches(
     paths = [Path(p) for p in paths]
     workers = workers or default_workers()
 
-    def decode(path: Path) -> tuple[np.ndarray, Letterbox] | str:
+    def decode(path: Path) -> tuple[np.ndarray, Letterbox] | SkipReason:
         with clock.measure(Stage.DECODE) if clock else contextlib.nullcontext():
             try:
-                return load_image(path, size)
+                decoded = load_image(path, size)
             except DataError as exc:
-                return str(exc)
+                return SkipReason(str(exc), UNREADABLE)
+        declared = expected_sizes.get(path) if expected_sizes else None
+        box = decoded[1]
+        if declared is not None and declared != (box.orig_w, box.orig_h):
+            return SkipReason(
+                f"image {path} is {box.orig_w}x{box.orig_h} pixels but its annotations declare "
+                f"{declared[0]}x{declared[1]}; restore the original image or fix width/height in instances.json.",
+                SIZE_MISMATCH)
+        return decoded
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qb-decode")
     # Its own thread: queued behind the decodes of later batches, stacking would hold up the consumer.
     stacker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qb-stack")
+    quiet_decoders.__enter__()
     try:
         # decoded-but-unconsumed images in flight: enough for every thread and a few batches ahead
         decoded = _in_order(pool, decode, paths, ahead=max(2 * workers, 3 * batch_size))
@@ -212,6 +337,7 @@ def iter_batches(
         # A consumer that stops early (break, exception) must not wait for queued decodes.
         pool.shutdown(wait=True, cancel_futures=True)
         stacker.shutdown(wait=True, cancel_futures=True)
+        quiet_decoders.__exit__()
 
 
 _ASSEMBLE_AHEAD = 2  # batches stacked ahead of the consumer
@@ -234,7 +360,7 @@ def _in_order(pool: ThreadPoolExecutor, work: Callable[[_Item], _Result], items:
         yield first, future.result()
 
 
-def _readable(decoded: Iterable[tuple[Path, tuple[np.ndarray, Letterbox] | str]],
+def _readable(decoded: Iterable[tuple[Path, tuple[np.ndarray, Letterbox] | SkipReason]],
               on_skip: SkipCallback | None) -> Iterator[_Decoded]:
     for path, result in decoded:
         if isinstance(result, str):

@@ -129,6 +129,7 @@ class VariantOutcome:
     calib_seeds: int | None = None  # calibration subsets the variant was also built from (`CalibrationSpread`)
     calib_seed_range: float | None = None  # max - min mAP50-95 over them
     calib_seed_stdev: float | None = None
+    skipped: dict[str, int] = field(default_factory=dict)  # evaluation images skipped, by reason (EvalResult)
 
 
 def judge(e: Evidence, t: ModelThresholds) -> VariantOutcome:
@@ -171,6 +172,8 @@ def judge(e: Evidence, t: ModelThresholds) -> VariantOutcome:
         drop_interval=(interval.lower, interval.upper) if interval else None,
         map50_drop_interval=(drop.map50.lower, drop.map50.upper) if drop is not None else None,
         images=ev.num_images if ev else None,
+        # records from before skip_reasons counted every skipped image as unreadable
+        skipped=(ev.skip_reasons or ({"unreadable": len(ev.skipped_images)} if ev.skipped_images else {})) if ev else {},
         images_needed=next((f.images_needed for f in accuracy if f.images_needed), None),
         latency_interval_ms=(median_ci.lower, median_ci.upper) if median_ci else None,
         speedup_interval=(speed_ci.lower, speed_ci.upper) if speed_ci else None,

@@ -74,6 +74,10 @@ _TOP_LEVEL_KEYS = (*_KEYS, "model")
 _BACKENDS = tuple(k.value for k in BackendKind)
 
 
+# Up to this many unmatched [model.X] tables get a warning each; more are summarised in one.
+_WARNED_TABLES = 5
+
+
 @dataclass(frozen=True)
 class Thresholds:
     """The top-level criteria plus per-model overrides, as read from one file."""
@@ -139,7 +143,7 @@ class Thresholds:
         names = tuple(dict.fromkeys(model_names))
         where = str(self.source) if self.source else "thresholds"
         by_spelling = {_spelling(n): n for n in names}
-        warnings = []
+        unmatched = []
         for table in self.per_model:
             if table in names:
                 continue
@@ -149,9 +153,15 @@ class Thresholds:
                     f"{where}: [model.{table}] matches no model of this run but is spelled like model {meant!r}, "
                     f"so it would be ignored; rename it to [model.{meant}]."
                 )
-            warnings.append(f"{where}: [model.{table}] applies to no model of this run ({', '.join(names)}); "
-                            "its thresholds are ignored here (a table for other runs is fine; check the name if not).")
-        return warnings
+            unmatched.append(table)
+        if len(unmatched) > _WARNED_TABLES:  # one line, not one per table (a file may hold thousands)
+            shown = ", ".join(f"[model.{t}]" for t in unmatched[:_WARNED_TABLES])
+            return [f"{where}: {len(unmatched)} [model.*] tables apply to no model of this run ({', '.join(names)}), "
+                    f"e.g. {shown}; their thresholds are ignored here (tables for other runs are fine; check the "
+                    "names if not)."]
+        return [f"{where}: [model.{table}] applies to no model of this run ({', '.join(names)}); "
+                "its thresholds are ignored here (a table for other runs is fine; check the name if not)."
+                for table in unmatched]
 
     def validate_variants(self, variant_names: Iterable[str]) -> None:
         """ConfigError when a baseline or a not_gated entry names no variant in ``variant_names``."""

@@ -15,8 +15,8 @@ per-class calls keep exactly the boxes that one ``cv2.dnn.NMSBoxesBatched`` call
 keeps (``NmsKernel.BATCHED``, the kernel of earlier releases, kept as the reference), without
 the batched call's cost of comparing every candidate with the kept boxes of every class:
 measured on this 2-core VM (CPU ms per image, default ``NmsConfig``), yolo11n-coco 1.95 -> 1.11 on
-all 500 val500 images, yolov5n-coco 11.1 -> 3.4 on the first 200, the same boxes on every image. OpenCV returns kept indices highest score first,
-as torchvision's NMS does.
+all 500 val500 images, yolov5n-coco 11.1 -> 3.4 on the first 200, the same boxes on every image. OpenCV
+returns kept indices highest score first, as torchvision's NMS does.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import cv2
 import numpy as np
@@ -136,8 +137,14 @@ def _nms_first_kept(
         prefix *= 4
 
 
+def _seq(array: np.ndarray) -> Any:
+    """``array`` as OpenCV's NMS takes it: its stubs name sequences, but it reads numpy arrays
+    directly (converting to lists would cost more than the NMS itself)."""
+    return array
+
+
 def _nms_batched(rects: np.ndarray, scores: np.ndarray, classes: np.ndarray, cfg: NmsConfig) -> np.ndarray:
-    keep = cv2.dnn.NMSBoxesBatched(rects, scores, classes, cfg.conf, cfg.iou)
+    keep = cv2.dnn.NMSBoxesBatched(_seq(rects), _seq(scores), _seq(classes), cfg.conf, cfg.iou)
     return np.asarray(keep, dtype=np.int64).reshape(-1)
 
 
@@ -150,7 +157,8 @@ def _nms_per_class(rects: np.ndarray, scores: np.ndarray, classes: np.ndarray, c
     """
     by_class = np.argsort(classes, kind="stable")
     groups = np.split(by_class, np.flatnonzero(np.diff(classes[by_class])) + 1)
-    kept = [group[np.asarray(cv2.dnn.NMSBoxes(rects[group], scores[group], cfg.conf, cfg.iou), np.int64).reshape(-1)]
+    kept = [group[np.asarray(cv2.dnn.NMSBoxes(_seq(rects[group]), _seq(scores[group]), cfg.conf, cfg.iou),
+                             np.int64).reshape(-1)]
             for group in groups if len(group)]
     return np.sort(np.concatenate(kept)) if kept else np.zeros((0,), np.int64)
 

@@ -21,7 +21,7 @@ import contextlib
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,13 +32,13 @@ from tqdm import tqdm
 
 from quantbench.backends.base import Runner
 from quantbench.data.dataset import CocoDataset
-from quantbench.data.preprocess import IMGSZ, Batch, Letterbox, default_workers, iter_batches
+from quantbench.data.preprocess import IMGSZ, UNREADABLE, Batch, Letterbox, default_workers, iter_batches
 from quantbench.errors import BackendError, ConfigError, DataError
 from quantbench.evaluation.detections import Detections, NmsConfig, NmsKernel, postprocess
 from quantbench.evaluation.matches import MatchTable
 from quantbench.evaluation.metrics import CocoEvaluator, make_scorer
-from quantbench.stage_clock import Stage, StageClock
 from quantbench.records import EvalResult, EvalTiming
+from quantbench.stage_clock import Stage, StageClock
 
 # Raw outputs waiting for NMS are large (2.8 MB per image for YOLO11 at 640, 8.5 MB for YOLOv5):
 # at most this many per NMS thread are held in memory.
@@ -108,26 +108,30 @@ def _evaluate(runner: Runner, dataset: CocoDataset, spec: EvalSpec, *, progress:
     ``timing.total_s`` runs from this call to the end of COCO scoring (the dataset is loaded by
     the caller). ``clock``, when given, receives the CPU time of every stage (``stage_clock``).
 
-    Images that are missing or cannot be decoded are skipped (a warning each) and listed in
-    ``EvalResult.skipped_images``; the metrics cover the images that were evaluated.
+    Images that are missing, cannot be decoded or decode to another size than the annotations
+    declare are skipped (a warning each), listed in ``EvalResult.skipped_images`` and counted by
+    reason in ``EvalResult.skip_reasons``; the metrics cover the images that were evaluated.
     """
     start = time.perf_counter()
     # Built here, not in a worker: reading the ground truth may print (silenced by swapping the
     # process-wide sys.stdout), which must not happen while other threads might write.
     scorer = _ImageScorer(dataset, spec.nms, spec.pipeline, clock)
     skipped: list[str] = []
+    reasons: Counter[str] = Counter()
     bar = tqdm(total=len(dataset), desc=f"eval {spec.model}/{spec.variant}", unit="img", disable=not progress,
                leave=False)
 
     def on_skip(path: Path, reason: str) -> None:
         skipped.append(str(path))
+        reasons[getattr(reason, "kind", UNREADABLE)] += 1
         bar.update(1)
 
     with bar:
         # Reused batch arrays: _infer_and_score is done with a batch (inferred, outputs copied)
         # before it asks for the next one.
         batches = iter_batches(dataset.files, spec.batch_size, size=spec.imgsz, workers=spec.pipeline.threads()[0],
-                               on_skip=on_skip, clock=clock, reuse_buffers=True)
+                               on_skip=on_skip, clock=clock, reuse_buffers=True,
+                               expected_sizes=dataset.declared_sizes())
         inference_s = _infer_and_score(runner, batches, spec.batch_size, dataset, scorer, bar)
     num_images = len(scorer.scorer)
     with clock.measure(Stage.SCORING, num_images, whole_process=True) if clock else contextlib.nullcontext():
@@ -138,7 +142,7 @@ def _evaluate(runner: Runner, dataset: CocoDataset, spec: EvalSpec, *, progress:
         model=spec.model, variant=spec.variant, backend=info.backend, device=info.device, dataset=dataset.name,
         num_images=num_images, skipped_images=tuple(skipped), untrained=spec.untrained, metrics=metrics,
         timing=EvalTiming(inference_s=inference_s, total_s=total_s, images_per_s=num_images / total_s),
-        simulated=info.simulated,
+        simulated=info.simulated, skip_reasons=dict(reasons),
     )
     return result, scorer
 

@@ -110,12 +110,12 @@ def coco_metrics(
     with _quiet():
         coco_gt = _ground_truth(dataset)
         coco_dt = coco_gt.loadRes(results) if len(results) else _empty_results(coco_gt)
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        evaluator.params.imgIds = image_ids
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return _metrics(evaluator, dataset)
+        coco_eval = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        coco_eval.params.imgIds = image_ids
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return _metrics(coco_eval, dataset)
 
 
 def coco_metrics_and_matches(

@@ -85,9 +85,16 @@ def failures_from_benchmark_json(paths: Sequence[Path]) -> dict[tuple[str, str],
     for path in paths:
         data = json.loads(Path(path).read_text(encoding="utf-8"))  # read and checked by records_from_benchmark_json
         entries = data.get("quantbench", {}).get("failures", []) if isinstance(data.get("quantbench"), dict) else []
-        for entry in entries:
-            if isinstance(entry, dict) and {"model", "variant", "reason"} <= set(entry):
-                failures[str(entry["model"]), str(entry["variant"])] = str(entry["reason"])
+        # Checked as the bench writes them: a list of {"model", "variant", "reason"} strings.
+        if not isinstance(entries, list):
+            raise ConfigError(f"{path}: quantbench.failures is a {type(entries).__name__}, not a list; restore the "
+                              "file the bench wrote or re-run the bench.")
+        for i, entry in enumerate(entries):
+            fields = ("model", "variant", "reason")
+            if not (isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in fields)):
+                raise ConfigError(f"{path}: quantbench.failures[{i}] is {str(entry)[:60]!r}, not an object of "
+                                  "model, variant and reason strings; restore the file the bench wrote or re-run the bench.")
+            failures[entry["model"], entry["variant"]] = entry["reason"]
     return failures
 
 

@@ -325,7 +325,7 @@ def _selection_markdown(s: Selection) -> list[str]:
     for o in s.outcomes:
         cells = [c.replace("|", "\\|") or " " for c in _row(s, o)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"**{winner_line(s)}**", "",
+    lines += ["", images_line(s), "", f"**{winner_line(s)}**", "",
               *(f"{line}\n" for line in (*seed_lines(s), *disturbed_lines(s), *unfused_qdq_lines(s)))]
     won = s.winning_outcome
     if won is not None:
@@ -338,6 +338,14 @@ def _selection_markdown(s: Selection) -> list[str]:
             "",
         ]
     return lines
+
+
+def images_line(s: Selection) -> str:
+    """Images each evaluation used and skipped, with the reasons: a skipped image is not in the mAP."""
+    parts = [f"{o.variant} {o.images} images, {sum(o.skipped.values())} skipped"
+             + (f" ({', '.join(f'{n} {why}' for why, n in sorted(o.skipped.items()))})" if o.skipped else "")
+             for o in s.outcomes if o.images is not None]
+    return "Evaluated: " + ("; ".join(parts) if parts else "no accuracy results") + "."
 
 
 def pareto_png(selections: Sequence[Selection]) -> bytes:
