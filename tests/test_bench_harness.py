@@ -444,6 +444,36 @@ def test_tampered_thresholds_stop_the_session_before_any_build(pytester: pytest.
     assert "collected" not in result.stdout.str()
 
 
+def _start_up_refusal(pytester: pytest.Pytester, *args: str) -> tuple[list[str], Path]:
+    cache = pytester.path / "cache"
+    result = pytester.runpytest_subprocess(str(BENCH), "-p", "no:cacheprovider", "--qb-cache-dir", str(cache), *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    assert "collected" not in result.stdout.str()
+    return [line for line in result.errlines if line.startswith("ERROR: ")], cache
+
+
+def test_a_baseline_the_variant_table_keeps_off_the_model_stops_the_session(pytester: pytest.Pytester, assets_dir: Path):
+    # The baseline would be skipped on yolov5n-coco, and the run would name it the winner of nothing.
+    table = pytester.path / "variants.toml"
+    table.write_text('[[variant]]\nname = "fp16"\nkind = "fp16"\nmodels = ["yolo11*"]\n\n'
+                     '[[variant]]\nname = "fp32"\nkind = "fp32"\n')
+    errors, cache = _start_up_refusal(pytester, "--qb-variants-file", str(table),
+                                      "--qb-model", str(assets_dir / "models" / "yolov5n-coco.onnx"))
+    assert len(errors) == 1 and "the baseline of yolov5n-coco" in errors[0] and "restricts 'fp16' to yolo11*" in errors[0]
+    assert not (cache / "variants").exists()  # nothing was built
+
+
+def test_too_few_calibration_images_stop_the_session_before_any_build(pytester: pytest.Pytester, assets_dir: Path):
+    calib = pytester.path / "calib"
+    (calib / "images").mkdir(parents=True)
+    for image in sorted((assets_dir / "coco" / "calib500" / "images").glob("*.jpg"))[:3]:
+        (calib / "images" / image.name).write_bytes(image.read_bytes())
+    errors, cache = _start_up_refusal(pytester, "--qb-calib-data", str(calib), "--qb-variants", "int8-max",
+                                      "--qb-calib-images", "8")
+    assert len(errors) == 1 and str(calib) in errors[0], errors
+    assert not (cache / "variants").exists() and not (cache / "calibration").exists()
+
+
 @pytest.mark.parametrize(
     ("option", "why"),
     [

@@ -20,7 +20,9 @@ from quantbench.backends.devices import DeviceAssignment, backend_gpus, current_
 from quantbench.build.export import ModelInfo
 from quantbench.build.quantize import SCRATCH_PREFIX
 from quantbench.build.variants import Variant
-from quantbench.cache import ArtifactCache, ensure_writable_dir, remove_stale_scratch
+from quantbench.cache import ArtifactCache, check_writable, ensure_writable_dir, remove_stale_scratch
+from quantbench.data.assets import assets_root, default_calib_data
+from quantbench.data.calibration import check_calibration_folder
 from quantbench.data.dataset import CocoDataset
 from quantbench.data.preprocess import Batch, iter_batches
 from quantbench.decision.results_store import EvalSettings, ResultsStore, RunLedger, RunRecords
@@ -84,10 +86,14 @@ class BenchContext:
             build=BuildOptions(batch_sizes=sizes, device_id=self.device.device_id, threads=self.device.cpu_threads))
 
     def prepare_folders(self) -> None:
-        """Check the output folders before any work; clean what killed runs left; claim the run ledger."""
-        ensure_writable_dir(self.options.cache_dir, what="cache folder (--qb-cache-dir)")
-        ensure_writable_dir(self.options.report_dir, what="report folder (--qb-report-dir)")
+        """Check the output folders and the calibration images before any work; clean what killed runs
+        left; claim the run ledger."""
+        cache_what, report_what = "cache folder (--qb-cache-dir)", "report folder (--qb-report-dir)"
+        check_writable(folders=[(self.options.cache_dir, cache_what), (self.options.report_dir, report_what)])
+        ensure_writable_dir(self.options.cache_dir, what=cache_what)
+        ensure_writable_dir(self.options.report_dir, what=report_what)
         if self.owns_run and self.process == "serial":  # once per run, before its workers start
+            self.check_calibration_images()
             self.pipeline.cache.remove_stale_files()
             self.pipeline.store.remove_orphan_ledgers()
             remove_stale_scratch(SCRATCH_PREFIX)
@@ -105,6 +111,18 @@ class BenchContext:
 
     def thresholds_for(self, model: str) -> ModelThresholds:
         return self.thresholds.for_model(model)
+
+    def check_calibration_images(self) -> None:
+        """Each calibration subset the selected variants will use exists and decodes (one sentence if not),
+        found at start-up rather than minutes later inside a ModelOpt build. A calibration folder that
+        would be downloaded is checked by the download itself."""
+        folder = self.options.calib_data or (default_calib_data() if assets_root() is not None else None)
+        if folder is None:
+            return
+        subsets = {(self.pipeline.effective(v).calib_images, self.pipeline.calib_seed(v))
+                   for v in self.variants.values() if v.needs_calibration}
+        for num_images, seed in sorted(subsets):
+            check_calibration_folder(folder, num_images, seed=seed)
 
     def variant(self, name: str) -> Variant:
         """The variant as built (--qb-calib-images applied)."""

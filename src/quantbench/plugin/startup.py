@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from quantbench.build.variants import Variant, load_variants
+from quantbench.build.variants import Variant, check_baselines, load_variants
 from quantbench.decision.thresholds import Thresholds
 from quantbench.errors import ConfigError
 from quantbench.plugin.options import BenchOptions
@@ -48,6 +48,8 @@ def load_tables(options: BenchOptions) -> Tables:
     if duplicates:
         raise ConfigError(f"--qb-model names two models {duplicates[0]!r} (the file stem is the model's name); "
                           "rename one of the files.")
+    check_baselines(table, {i: thresholds.for_model(i).baseline for i in ids}, table=options.variants_file,
+                    thresholds=options.thresholds_file)
     baselines = {thresholds.for_model(i).baseline for i in ids}
     variants = filter_variants(table, options.variant_patterns, baselines, options.variants_file)
     return Tables(thresholds, variants, tuple(thresholds.check_models(ids)))
