@@ -261,7 +261,7 @@ def test_eval_refuses_a_baseline_that_its_table_keeps_off_the_model(tmp_path: Pa
     assert main(["eval", "--model", str(yolov5n_onnx), "--variant", "fp32x", "--variants-file", "variants.toml",
                  "--cache-dir", str(tmp_path / "cache"), "--limit", "1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("quantbench: error: thresholds.toml makes 'fp16' the baseline of yolov5n-coco, but variants.toml "
+    assert err == (f"quantbench: error: {tmp_path / 'thresholds.toml'} makes 'fp16' the baseline of yolov5n-coco, but variants.toml "
                    "restricts 'fp16' to yolo11* (its 'models' key); add yolov5n-coco to its models or choose another "
                    "baseline for it.")
 
