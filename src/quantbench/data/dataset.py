@@ -9,7 +9,6 @@ COCO's 91-id numbering exactly as Ultralytics' ``coco80_to_coco91_class`` does.
 from __future__ import annotations
 
 import json
-import math
 import os
 import posixpath
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from quantbench.cache import hash_key, sha256_file
 from quantbench.errors import DataError
+from quantbench.rules import is_number
 
 if TYPE_CHECKING:
     from quantbench.cache import ArtifactCache
@@ -141,6 +141,31 @@ class CocoDataset:
 def read_instances(path: Path) -> dict[str, Any]:
     """Parse and check a COCO ``instances`` JSON; DataError names the file and the problem."""
     path = Path(path)
+    data = _parse_instances(path)
+    _require_keys(path, "images", data["images"], ("id", "file_name"))
+    _require_keys(path, "categories", data["categories"], ("id", "name"))
+    _require_keys(path, "annotations", data["annotations"], ("id", "image_id", "category_id", "bbox"))
+    for i, image in enumerate(data["images"]):
+        _check_image(path, i, image)
+    for i, category in enumerate(data["categories"]):
+        _check_int(path, f"categories[{i}]", category, "id")
+        if not isinstance(category["name"], str):
+            raise DataError(f"annotation file {path}: categories[{i}] has name {category['name']!r}; "
+                            "give every category a string name.")
+    category_ids = {c["id"] for c in data["categories"]}
+    image_ids = {im["id"] for im in data["images"]}
+    for section, ids in (("categories", category_ids), ("images", image_ids)):
+        if len(ids) != len(data[section]):
+            raise DataError(f"annotation file {path} repeats an id in '{section}'; every id must be unique.")
+    if len({im["file_name"] for im in data["images"]}) != len(data["images"]):
+        raise DataError(f"annotation file {path} lists a file_name twice in 'images'; every image needs its own file.")
+    for i, ann in enumerate(data["annotations"]):
+        _check_annotation(path, f"annotations[{i}] (id {_short(ann['id'])})", ann, category_ids, image_ids)
+    return data
+
+
+def _parse_instances(path: Path) -> dict[str, Any]:
+    """The JSON object of ``path`` with its three non-empty sections (lists), or one sentence why not."""
     if not path.is_file():
         raise DataError(f"annotation file {path} does not exist; pass a COCO instances JSON (annotations=).")
     try:
@@ -160,55 +185,34 @@ def read_instances(path: Path) -> dict[str, Any]:
     for key in ("images", "categories"):
         if not data[key]:
             raise DataError(f"annotation file {path} has an empty '{key}' list; it needs at least one entry.")
-    _require_keys(path, "images", data["images"], ("id", "file_name"))
-    _require_keys(path, "categories", data["categories"], ("id", "name"))
-    _require_keys(path, "annotations", data["annotations"], ("id", "image_id", "category_id", "bbox"))
-    for i, image in enumerate(data["images"]):
-        _check_image(path, i, image)
-    for i, category in enumerate(data["categories"]):
-        _check_int(path, f"categories[{i}]", category, "id")
-        if not isinstance(category["name"], str):
-            raise DataError(f"annotation file {path}: categories[{i}] has name {category['name']!r}; "
-                            "give every category a string name.")
-    category_ids = {c["id"] for c in data["categories"]}
-    image_ids = {im["id"] for im in data["images"]}
-    for section, ids in (("categories", category_ids), ("images", image_ids)):
-        if len(ids) != len(data[section]):
-            raise DataError(f"annotation file {path} repeats an id in '{section}'; every id must be unique.")
-    if len({im["file_name"] for im in data["images"]}) != len(data["images"]):
-        raise DataError(f"annotation file {path} lists a file_name twice in 'images'; every image needs its own file.")
-    for i, ann in enumerate(data["annotations"]):
-        where = f"annotations[{i}] (id {_short(ann['id'])})"
-        _check_int(path, where, ann, "image_id")
-        _check_int(path, where, ann, "category_id")
-        if ann["category_id"] not in category_ids:
-            raise DataError(
-                f"annotation file {path}: {where} has category_id {ann['category_id']!r}, "
-                "which is not in 'categories'; fix the annotation or add the category."
-            )
-        if ann["image_id"] not in image_ids:
-            raise DataError(
-                f"annotation file {path}: {where} refers to image_id {ann['image_id']!r}, "
-                "which is not in 'images'; fix the annotation or add the image."
-            )
-        bbox = ann["bbox"]
-        # NaN and infinities parse from JSON (Python's json accepts them); a NaN or negative box
-        # would be scored as ground truth without notice and move the mAP.
-        if not (isinstance(bbox, list) and len(bbox) == 4
-                and all(_is_number(v) and math.isfinite(v) and v >= 0 for v in bbox)):
-            raise DataError(
-                f"annotation file {path}: {where} has bbox {_short(bbox)}; COCO boxes are [x, y, width, height] "
-                "in pixels, finite and not negative: fix or remove the annotation."
-            )
-        for key in ("area", "iscrowd"):
-            if key in ann and not (_is_number(ann[key]) and math.isfinite(ann[key]) and ann[key] >= 0):
-                raise DataError(f"annotation file {path}: {where} has {key} {_short(ann[key])}; it must be a "
-                                "finite number of 0 or more: fix or remove the key.")
     return data
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _check_annotation(path: Path, where: str, ann: dict[str, Any], category_ids: set[Any], image_ids: set[Any]) -> None:
+    _check_int(path, where, ann, "image_id")
+    _check_int(path, where, ann, "category_id")
+    if ann["category_id"] not in category_ids:
+        raise DataError(
+            f"annotation file {path}: {where} has category_id {ann['category_id']!r}, "
+            "which is not in 'categories'; fix the annotation or add the category."
+        )
+    if ann["image_id"] not in image_ids:
+        raise DataError(
+            f"annotation file {path}: {where} refers to image_id {ann['image_id']!r}, "
+            "which is not in 'images'; fix the annotation or add the image."
+        )
+    bbox = ann["bbox"]
+    # NaN and infinities parse from JSON (Python's json accepts them); a NaN or negative box
+    # would be scored as ground truth without notice and move the mAP.
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) and v >= 0 for v in bbox)):
+        raise DataError(
+            f"annotation file {path}: {where} has bbox {_short(bbox)}; COCO boxes are [x, y, width, height] "
+            "in pixels, finite and not negative: fix or remove the annotation."
+        )
+    for key in ("area", "iscrowd"):
+        if key in ann and not (is_number(ann[key]) and ann[key] >= 0):
+            raise DataError(f"annotation file {path}: {where} has {key} {_short(ann[key])}; it must be a "
+                            "finite number of 0 or more: fix or remove the key.")
 
 
 def _short(value: Any) -> str:

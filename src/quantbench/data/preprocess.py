@@ -21,6 +21,7 @@ batches come out in input order.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -306,20 +307,7 @@ def iter_batches(
     paths = [Path(p) for p in paths]
     workers = workers or default_workers()
 
-    def decode(path: Path) -> tuple[np.ndarray, Letterbox] | SkipReason:
-        with clock.measure(Stage.DECODE) if clock else contextlib.nullcontext():
-            try:
-                decoded = load_image(path, size)
-            except DataError as exc:
-                return SkipReason(str(exc), UNREADABLE)
-        declared = expected_sizes.get(path) if expected_sizes else None
-        box = decoded[1]
-        if declared is not None and declared != (box.orig_w, box.orig_h):
-            return SkipReason(
-                f"image {path} is {box.orig_w}x{box.orig_h} pixels but its annotations declare "
-                f"{declared[0]}x{declared[1]}; restore the original image or fix width/height in instances.json.",
-                SIZE_MISMATCH)
-        return decoded
+    decode = functools.partial(_decode_checked, size=size, clock=clock, expected_sizes=expected_sizes)
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qb-decode")
     # Its own thread: queued behind the decodes of later batches, stacking would hold up the consumer.
@@ -338,6 +326,24 @@ def iter_batches(
         pool.shutdown(wait=True, cancel_futures=True)
         stacker.shutdown(wait=True, cancel_futures=True)
         quiet_decoders.__exit__()
+
+
+def _decode_checked(path: Path, *, size: int, clock: StageClock | None,
+                    expected_sizes: Mapping[Path, tuple[int, int]] | None) -> tuple[np.ndarray, Letterbox] | SkipReason:
+    """One image letterboxed, or why it is skipped: unreadable, or not the size its annotations declare."""
+    with clock.measure(Stage.DECODE) if clock else contextlib.nullcontext():
+        try:
+            decoded = load_image(path, size)
+        except DataError as exc:
+            return SkipReason(str(exc), UNREADABLE)
+    declared = expected_sizes.get(path) if expected_sizes else None
+    box = decoded[1]
+    if declared is not None and declared != (box.orig_w, box.orig_h):
+        return SkipReason(
+            f"image {path} is {box.orig_w}x{box.orig_h} pixels but its annotations declare "
+            f"{declared[0]}x{declared[1]}; restore the original image or fix width/height in instances.json.",
+            SIZE_MISMATCH)
+    return decoded
 
 
 _ASSEMBLE_AHEAD = 2  # batches stacked ahead of the consumer
