@@ -102,7 +102,24 @@ class CpuCudaRuntime(types.SimpleNamespace):
 
     def cudaMemcpyAsync(self, dst: int, src: int, nbytes: int, kind: Any, stream: Any) -> tuple:
         dst, src, nbytes = int(dst), int(src), int(nbytes)
-        return self._enqueue(stream, lambda: ctypes.memmove(dst, src, nbytes))
+        for where in (dst, src):
+            if self._allocation_of(where, nbytes) is None:
+                return (cudaError_t.cudaErrorInvalidValue,)
+        return self._enqueue(stream, lambda: self._copy(dst, src, nbytes))
+
+    def _allocation_of(self, ptr: int, nbytes: int) -> int | None:
+        """The start of the live allocation holding ``[ptr, ptr + nbytes)``, or None (a real device faults)."""
+        for start, buffer in self.buffers.items():
+            if start <= ptr and ptr + nbytes <= start + ctypes.sizeof(buffer):
+                return start
+        return None
+
+    def _copy(self, dst: int, src: int, nbytes: int) -> None:
+        # Checked again when it runs: a captured graph may replay after a buffer was freed, and a
+        # memmove into freed memory corrupts the heap of the test process (seen: a later segfault).
+        if self._allocation_of(dst, nbytes) is None or self._allocation_of(src, nbytes) is None:
+            raise RuntimeError(f"stand-in CUDA: copy of {nbytes} bytes {src:#x} -> {dst:#x} outside live allocations")
+        ctypes.memmove(dst, src, nbytes)
 
     def cudaLaunchHostFunc(self, stream: Any, fn: Any, user_data: Any) -> tuple:
         function = HOST_FUNCTION(int(fn))

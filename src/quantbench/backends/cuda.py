@@ -154,6 +154,7 @@ class Stream(_Resource):
     """One non-blocking CUDA stream (does not synchronise with the legacy default stream)."""
 
     def __init__(self) -> None:
+        self._runtime = cudart()  # released through the runtime that made it
         rt = cudart()
         self.handle: Any = check(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking), "cudaStreamCreateWithFlags")
 
@@ -177,13 +178,14 @@ class Stream(_Resource):
     def close(self) -> None:
         if self.handle is not None:
             handle, self.handle = self.handle, None
-            check(cudart().cudaStreamDestroy(handle), "cudaStreamDestroy")
+            check(self._runtime.cudaStreamDestroy(handle), "cudaStreamDestroy")
 
 
 class DeviceBuffer(_Resource):
     """``nbytes`` of device memory (cudaMalloc)."""
 
     def __init__(self, nbytes: int) -> None:
+        self._runtime = cudart()  # released through the runtime that made it
         if nbytes <= 0:
             raise BackendError(f"a device buffer needs a positive size, got {nbytes} bytes; check the tensor shape.")
         self.nbytes = int(nbytes)
@@ -212,7 +214,7 @@ class DeviceBuffer(_Resource):
     def close(self) -> None:
         if self._ptr is not None:
             ptr, self._ptr = self._ptr, None
-            check(cudart().cudaFree(ptr), "cudaFree")
+            check(self._runtime.cudaFree(ptr), "cudaFree")
 
 
 def _copy_size(nbytes: int | None, host_bytes: int, device_bytes: int) -> int:
@@ -233,6 +235,7 @@ class PinnedBuffer(_Resource):
     """
 
     def __init__(self, shape: tuple[int, ...], dtype: np.dtype | type = np.float32) -> None:
+        self._runtime = cudart()  # released through the runtime that made it
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
@@ -257,7 +260,7 @@ class PinnedBuffer(_Resource):
     def close(self) -> None:
         if self._ptr is not None:
             ptr, self._ptr, self._array = self._ptr, None, None
-            check(cudart().cudaFreeHost(ptr), "cudaFreeHost")
+            check(self._runtime.cudaFreeHost(ptr), "cudaFreeHost")
 
 
 class EventTimer(_Resource):
@@ -268,6 +271,7 @@ class EventTimer(_Resource):
     """
 
     def __init__(self, marks: tuple[str, ...]) -> None:
+        self._runtime = cudart()  # released through the runtime that made it
         rt = cudart()
         self._events: dict[str, Any] = {}
         try:
@@ -295,13 +299,14 @@ class EventTimer(_Resource):
     def close(self) -> None:
         events, self._events = self._events, {}
         for event in events.values():
-            check(cudart().cudaEventDestroy(event), "cudaEventDestroy")
+            check(self._runtime.cudaEventDestroy(event), "cudaEventDestroy")
 
 
 class CudaGraph(_Resource):
     """An instantiated CUDA graph: ``launch(stream)`` replays the captured work with one call."""
 
     def __init__(self, graph: Any, graph_exec: Any) -> None:
+        self._runtime = cudart()  # released through the runtime that made it
         self._graph, self._exec = graph, graph_exec
 
     def launch(self, stream: Stream) -> None:
@@ -310,7 +315,7 @@ class CudaGraph(_Resource):
         check(cudart().cudaGraphLaunch(self._exec, stream.handle), "cudaGraphLaunch")
 
     def close(self) -> None:
-        rt = cudart()
+        rt = self._runtime
         if self._exec is not None:
             graph_exec, self._exec = self._exec, None
             check(rt.cudaGraphExecDestroy(graph_exec), "cudaGraphExecDestroy")
