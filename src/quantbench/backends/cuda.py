@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType, TracebackType
 from typing import Any
 
 import numpy as np
 
+from quantbench.backends.base import TimingSamples
 from quantbench.errors import BackendError, BackendUnavailable
 
 CUDA_PYTHON_HINT = "pip install cuda-python"
@@ -356,3 +359,38 @@ class GraphCapture:
             rt.cudaGraphDestroy(graph)
             raise
         self.graph = CudaGraph(graph, graph_exec)
+
+
+def event_timed_rounds(stream: Stream, iterations: int, *, copy_in: Callable[[], None], launch: Callable[[], None],
+                       copy_out: Callable[[], None], used_before: int) -> TimingSamples:
+    """``iterations`` timed rounds, shared by the GPU runners (TensorRT, ONNX Runtime's CUDA provider).
+
+    Per round: h2d, compute and d2h on CUDA events; host wall time around the launch and its sync
+    (the inputs are on the device before the host clock starts). ``peak_memory_bytes`` is what the
+    device-wide count grew by since ``used_before`` (the runner's open).
+    """
+    used = [memory_info().used_bytes]
+    host: list[float] = []
+    device: list[float] = []
+    h2d: list[float] = []
+    d2h: list[float] = []
+    with EventTimer(("start", "h2d", "launch", "compute", "d2h")) as events:
+        for _ in range(iterations):
+            events.record("start", stream)
+            copy_in()
+            events.record("h2d", stream)
+            stream.synchronize()
+            t0 = time.perf_counter()
+            events.record("launch", stream)
+            launch()
+            events.record("compute", stream)
+            stream.synchronize()
+            host.append((time.perf_counter() - t0) * 1e3)
+            copy_out()
+            events.record("d2h", stream)
+            h2d.append(events.elapsed_ms("start", "h2d"))
+            device.append(events.elapsed_ms("launch", "compute"))
+            d2h.append(events.elapsed_ms("compute", "d2h"))
+    used.append(memory_info().used_bytes)
+    return TimingSamples(host_ms=tuple(host), device_ms=tuple(device), h2d_ms=tuple(h2d), d2h_ms=tuple(d2h),
+                         peak_memory_bytes=max(0, max(used) - used_before))

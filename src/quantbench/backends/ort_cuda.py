@@ -27,7 +27,6 @@ Nothing here imports onnxruntime or cuda-python at module import: both come thro
 
 from __future__ import annotations
 
-import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,30 +206,12 @@ class OrtCudaRunner(Runner):
         for _ in range(max(warmup, RUNS_BEFORE_GRAPH if self.cuda_graph else 1)):
             self._run(slot)
         self._stream.synchronize()
-        used = [cuda.memory_info().used_bytes]
-        host, device, h2d, d2h = [], [], [], []
-        with cuda.EventTimer(("start", "h2d", "launch", "compute", "d2h")) as events:
-            for _ in range(iterations):
-                events.record("start", self._stream)
-                slot.dev_in.copy_from_host(slot.host_in, self._stream)
-                events.record("h2d", self._stream)
-                self._stream.synchronize()  # inputs on the device before the host clock starts
-                t0 = time.perf_counter()
-                events.record("launch", self._stream)
-                self._run(slot)
-                events.record("compute", self._stream)
-                self._stream.synchronize()
-                host.append((time.perf_counter() - t0) * 1e3)
-                slot.dev_out.copy_to_host(slot.host_out, self._stream)
-                events.record("d2h", self._stream)
-                h2d.append(events.elapsed_ms("start", "h2d"))
-                device.append(events.elapsed_ms("launch", "compute"))
-                d2h.append(events.elapsed_ms("compute", "d2h"))
-        used.append(cuda.memory_info().used_bytes)
-        return TimingSamples(
-            host_ms=tuple(host), device_ms=tuple(device), h2d_ms=tuple(h2d), d2h_ms=tuple(d2h),
-            peak_memory_bytes=max(0, max(used) - self._used_before),  # added since open(), device-wide count
-        )
+        return cuda.event_timed_rounds(
+            self._stream, iterations,
+            copy_in=lambda: slot.dev_in.copy_from_host(slot.host_in, self._stream),
+            launch=lambda: self._run(slot),
+            copy_out=lambda: slot.dev_out.copy_to_host(slot.host_out, self._stream),
+            used_before=self._used_before)
 
     def info(self) -> RunnerInfo:
         if self._info is None:  # fixed once the session is open; kept so that close() loses nothing

@@ -552,30 +552,12 @@ class TensorRTRunner(Runner):
             self._enqueue()
         self._stream.synchronize()
         launch = self._graph_for(shape).launch if self.cuda_graph else (lambda _stream: self._enqueue())
-        used = [cuda.memory_info().used_bytes]
-        host, device, h2d, d2h = [], [], [], []
-        with cuda.EventTimer(("start", "h2d", "launch", "compute", "d2h")) as events:
-            for _ in range(iterations):
-                events.record("start", self._stream)
-                self._dev_in.copy_from_host(self._host_in, self._stream, in_bytes)
-                events.record("h2d", self._stream)
-                self._stream.synchronize()  # inputs on the device before the host clock starts
-                t0 = time.perf_counter()
-                events.record("launch", self._stream)
-                launch(self._stream)
-                events.record("compute", self._stream)
-                self._stream.synchronize()
-                host.append((time.perf_counter() - t0) * 1e3)
-                self._dev_out.copy_to_host(self._host_out, self._stream, out_bytes)
-                events.record("d2h", self._stream)
-                h2d.append(events.elapsed_ms("start", "h2d"))
-                device.append(events.elapsed_ms("launch", "compute"))
-                d2h.append(events.elapsed_ms("compute", "d2h"))
-        used.append(cuda.memory_info().used_bytes)
-        return TimingSamples(
-            host_ms=tuple(host), device_ms=tuple(device), h2d_ms=tuple(h2d), d2h_ms=tuple(d2h),
-            peak_memory_bytes=max(0, max(used) - self._used_before),  # added since open(), device-wide count
-        )
+        return cuda.event_timed_rounds(
+            self._stream, iterations,
+            copy_in=lambda: self._dev_in.copy_from_host(self._host_in, self._stream, in_bytes),
+            launch=lambda: launch(self._stream),
+            copy_out=lambda: self._dev_out.copy_to_host(self._host_out, self._stream, out_bytes),
+            used_before=self._used_before)
 
     def info(self) -> RunnerInfo:
         gpu = self.gpu
