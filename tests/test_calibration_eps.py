@@ -12,7 +12,7 @@ import pytest
 from quantbench.build.calibration_eps import choose_calibration_eps
 from quantbench.build.export import resolve_model
 from quantbench.build.quantize import quantize_variant
-from quantbench.build.variants import Variant, VariantKind
+from quantbench.build.variants import Variant, VariantKind, load_variants
 from quantbench.cache import ArtifactCache, ArtifactMissing
 from quantbench.data.calibration import build_calibration
 from quantbench.errors import ConfigError
@@ -85,3 +85,21 @@ def test_pipeline_records_the_ep_and_keys_builds_by_it(assets_dir: Path, tmp_pat
     assert found.onnx_path == build.onnx_path and found.cached
     with pytest.raises(ArtifactMissing):
         quantize_variant(model, variant, calib, cache.read_only(), calibration_eps=("cuda:0",))
+
+
+def test_a_variant_of_the_table_picks_its_own_calibration_ep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    table = tmp_path / "variants.toml"
+    table.write_text('[[variant]]\nname = "int8-cuda"\nkind = "int8"\ncalibration_eps = "cuda"\n\n'
+                     '[[variant]]\nname = "int8-max"\nkind = "int8"\n')
+    on_cuda, plain = load_variants(table)
+    assert on_cuda.calibration_eps == "cuda" and on_cuda.options()["calibration_eps"] == "cuda"
+    assert plain.calibration_eps is None and "calibration_eps" not in plain.options()  # earlier cache keys kept
+    table.write_text('[[variant]]\nname = "int8-gpu"\nkind = "int8"\ncalibration_eps = "gpu"\n')
+    with pytest.raises(ConfigError, match=r"calibration_eps.*'gpu'"):
+        load_variants(table)
+
+    fake_ort_providers(monkeypatch, CPU_ONLY)
+    pipeline = Pipeline(ArtifactCache(tmp_path / "cache"), PipelineSettings(calibration_eps="auto"))
+    assert pipeline.calibration_eps().fallback is None  # the run's choice: nothing refused
+    asked = pipeline.calibration_eps(on_cuda.calibration_eps)  # the variant's: CUDA, not in this ORT
+    assert asked.eps == ("cpu",) and "CUDAExecutionProvider is not in this ONNX Runtime build" in (asked.fallback or "")

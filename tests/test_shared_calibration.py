@@ -116,7 +116,7 @@ class _Heard(PipelineObserver):
     def failed(self, model: str, variant: str, reason: str) -> None:
         self.failed_names.append(variant)
 
-    def calibrated(self, build: VariantBuild, *, shared_by: int) -> None:
+    def calibrated(self, model: ModelInfo, calibration: Variant, build: VariantBuild) -> None:
         self.calibrations.append(build)
 
 

@@ -68,9 +68,9 @@ class PipelineObserver:
     def built(self, build: VariantBuild) -> None:
         pass
 
-    def calibrated(self, build: VariantBuild, *, shared_by: int) -> None:
-        """A shared calibration (a ModelOpt INT8 build without exclusions) was made or found for
-        ``shared_by`` variants; ``build.cached`` says which."""
+    def calibrated(self, model: ModelInfo, calibration: Variant, build: VariantBuild) -> None:
+        """A shared calibration (``calibration``: a ModelOpt INT8 build without exclusions) was made or
+        found for a derived variant; ``build.cached`` says which. Not a variant: `built` does not hear it."""
 
     def failed(self, model: str, variant: str, reason: str) -> None:
         pass
@@ -109,8 +109,7 @@ class Pipeline:
         self._calibrations: dict[tuple[int, int, int], CalibrationSet] = {}
         self._builds: dict[tuple[str, Variant, int], VariantBuild | QuantizeError] = {}
         self._shared: dict[tuple[str, Variant, int], VariantBuild | QuantizeError] = {}
-        self._calibration_eps: CalibrationEps | None = None
-        self.shared_users: dict[tuple[str, Variant, int], int] = {}  # how many variants a calibration serves
+        self._calibration_eps: dict[str, CalibrationEps] = {}
         self._engines: dict[tuple[str, Variant], Engine | QuantbenchError] = {}
         self._evals: dict[tuple[str, Variant], EvalResult] = {}
         self._eval_keys: dict[tuple[str, Variant], str] = {}
@@ -158,7 +157,8 @@ class Pipeline:
         if key not in self._builds:
             calib = self.calibration(variant.calib_images, model.input_size, seed=seed) \
                 if variant.needs_calibration else None
-            eps = self.calibration_eps().eps if variant.kind is VariantKind.INT8 else CALIBRATION_EPS
+            eps = self.calibration_eps(variant.calibration_eps).eps if variant.kind is VariantKind.INT8 \
+                else CALIBRATION_EPS
 
             def shared(calibration: Variant) -> VariantBuild:
                 return self._shared_calibration(model, calibration, calib, seed, eps)
@@ -174,26 +174,27 @@ class Pipeline:
                 self.observer.built(build)
         return _or_raise(self._builds[key])
 
-    def calibration_eps(self) -> CalibrationEps:
-        """The EP INT8 calibration runs on (`calibration_eps.choose_calibration_eps`), chosen once per
-        process: a refused GPU EP warns once, not at every build."""
-        if self._calibration_eps is None:
-            self._calibration_eps = choose_calibration_eps(self.settings.calibration_eps)
-        return self._calibration_eps
+    def calibration_eps(self, requested: str | None = None) -> CalibrationEps:
+        """The EP INT8 calibration runs on: ``requested`` (a variant's ``calibration_eps``), else the run's
+        (`calibration_eps.choose_calibration_eps`); chosen once per process and request, so a refused GPU
+        EP warns once, not at every build."""
+        wanted = requested or self.settings.calibration_eps
+        if wanted not in self._calibration_eps:
+            self._calibration_eps[wanted] = choose_calibration_eps(wanted)
+        return self._calibration_eps[wanted]
 
     def _shared_calibration(self, model: ModelInfo, calibration: Variant, calib: CalibrationSet | None,
                             seed: int, eps: tuple[str, ...]) -> VariantBuild:
         """The ModelOpt build a derived variant comes from, once per process (a failure too, so ModelOpt is
         not re-run for every variant that needs it); the observer hears of it, not as a variant."""
         key = (model.name, calibration, seed)
-        self.shared_users[key] = self.shared_users.get(key, 0) + 1
         if key not in self._shared:
             try:
                 self._shared[key] = quantize_variant(model, calibration, calib, self.cache, calibration_eps=eps)
             except QuantizeError as exc:
                 self._shared[key] = exc
             else:
-                self.observer.calibrated(self._shared[key], shared_by=self.shared_users[key])  # type: ignore[arg-type]
+                self.observer.calibrated(model, calibration, self._shared[key])  # type: ignore[arg-type]
         return _or_raise(self._shared[key])
 
     def remember_failure(self, model: str, variant: Variant, reason: str) -> None:

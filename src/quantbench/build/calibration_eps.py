@@ -53,6 +53,15 @@ class CalibrationEps:
         return ",".join(self.eps)
 
 
+def parse_choice(text: str) -> str:
+    """An argparse ``type=``: one of `CHOICES`."""
+    import argparse
+
+    if text not in CHOICES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(CHOICES)}")
+    return text
+
+
 def check_choice(value: str) -> str:
     if value not in CHOICES:
         raise ConfigError(f"calibration EP {value!r} is not one of {', '.join(CHOICES)}; pick one of them "

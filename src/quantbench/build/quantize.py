@@ -473,6 +473,29 @@ def _derive_from_shared(model: ModelInfo, variant: Variant, base: onnx.ModelProt
             "seconds": seconds, "calibration_seconds": source.seconds}
 
 
+def shared_calibration_of(base: onnx.ModelProto, variant: Variant, *, log_as: str | None = None) -> Variant | None:
+    """The variant whose ModelOpt build ``variant`` is derived from on model ``base``, or None when it keeps
+    its own build (`shared_calibration.own_calibration_reason`, or exclusions that change ModelOpt's
+    fusion: `shared_calibration.fusion_conflicts`). ``log_as``: the model's name, to log the latter."""
+    calibration = shared_calibration.calibration_variant(variant)
+    if calibration is None:
+        return None
+    conflicts = shared_calibration.fusion_conflicts(base, _excluded_nodes(base, variant))
+    if conflicts:  # ModelOpt's own placement would differ from the derived one: calibrate for it alone
+        if log_as is not None:
+            log.info("variant %s of model %s keeps its own ModelOpt build: its exclusions change ModelOpt's "
+                     "fusion of %s", variant.name, log_as, ", ".join(conflicts))
+        return None
+    return calibration
+
+
+def calibration_users(base: onnx.ModelProto, variants: Iterable[Variant], calibration: Variant) -> int:
+    """How many of ``variants`` (as built) are ``calibration``'s own build or derived from it."""
+    wanted = calibration.options()
+    return sum(1 for v in variants if v.kind is VariantKind.INT8 and (
+        v.options() == wanted or ((shared := shared_calibration_of(base, v)) is not None and shared.options() == wanted)))
+
+
 def _cache_key(model: ModelInfo, options: dict[str, Any], versions: dict[str, str]) -> str:
     return hash_key(CACHE_KIND, model.sha256, options, versions)
 
@@ -504,13 +527,7 @@ def quantize_variant(
     versions = _tool_versions()
     base = onnx_graph.load_graph(model.path)
     check_against_model(base, model, variant)
-    calibration = shared_calibration.calibration_variant(variant) if shared is not None else None
-    if calibration is not None:
-        conflicts = shared_calibration.fusion_conflicts(base, _excluded_nodes(base, variant))
-        if conflicts:  # ModelOpt's own placement would differ from the derived one: calibrate for it alone
-            log.info("variant %s of model %s keeps its own ModelOpt build: its exclusions change ModelOpt's "
-                     "fusion of %s", variant.name, model.name, ", ".join(conflicts))
-            calibration = None
+    calibration = shared_calibration_of(base, variant, log_as=model.name) if shared is not None else None
     derived_from = None if calibration is None else \
         _cache_key(model, _build_options(calibration, calib, num_images, calibration_eps), versions)
     options = _build_options(variant, calib, num_images, calibration_eps, derived_from)
