@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from test_bench_harness import SuiteRun, run_suite
 
 pytestmark = pytest.mark.slow
