@@ -34,9 +34,9 @@ from typing import Any
 import onnx
 
 from quantbench.argtypes import is_count
-from quantbench.build.onnx_graph import dims, graph_inputs, load_graph, metadata, metadata_imgsz
 from quantbench.cache import ArtifactCache, hash_key, sha256_file
 from quantbench.errors import ModelError
+from quantbench.build.onnx_graph import dims, graph_inputs, load_graph, metadata, metadata_imgsz
 
 DEFAULT_IMGSZ = 640
 BOX_ROWS = 4  # cx, cy, w, h rows before the class scores
