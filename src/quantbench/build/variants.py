@@ -34,6 +34,7 @@ import difflib
 import fnmatch
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
@@ -234,7 +235,7 @@ class _TableReader:
             if key not in allowed:
                 raise self.fail(key, f"does not apply to kind {kind.value!r}; remove it or change the kind.")
 
-        readers = {
+        readers: dict[str, Callable[[str], Any]] = {
             "gated": self.boolean,
             "models": self.model_names,
             "description": self.string,
@@ -246,8 +247,8 @@ class _TableReader:
             "nodes_to_exclude": self.regexes,
             "exclude_head": self.boolean,
             "high_precision_dtype": lambda k: self.string(k, HIGH_PRECISION_DTYPES),
-            "calibrate_per_node": self.boolean,
             "calibration_eps": lambda k: self.string(k, CALIBRATION_EP_CHOICES),
+            "calibrate_per_node": self.boolean,
             "passes": self.passes,
         }
         values = {key: readers[key](key) for key in self.table if key in readers}
