@@ -66,6 +66,10 @@ def test_the_build_phase_relays_one_line_per_artefact_with_what_remains(parallel
         assert re.search(r"\[\d/3 tests done\]$", line), line
     assert any(line.endswith("[3/3 tests done]") for line in lines)
     assert re.search(r"mAP50-95 0\.\d{4} \[", next(line for line in lines if "evaluated" in line))
+    # Each on a line of its own, not glued to xdist's progress dots.
+    assert not re.search(r"[.xFEs]quantbench: yolov5n-coco/", build_phase)
+    summary = next(line for line in build_phase.splitlines() if line.startswith("quantbench: variants built by ModelOpt"))
+    assert "derived from a shared calibration: 1 (yolov5n-coco/int8-head-fp16);" in summary
 
 
 def test_a_serial_cold_run_prints_the_same_lines_at_once(serial: SuiteRun):

@@ -108,7 +108,7 @@ class BenchHooks:
     def _progress(self) -> PhaseProgress:
         if self._phase_progress is None:
             terminal: Any = self.config.pluginmanager.get_plugin("terminalreporter")
-            self._phase_progress = PhaseProgress(terminal.write_line if terminal else self.context.say)
+            self._phase_progress = PhaseProgress(_own_line(terminal) if terminal else self.context.say)
         return self._phase_progress
 
     @pytest.hookimpl(optionalhook=True)
@@ -129,6 +129,17 @@ class BenchHooks:
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if self._summary is not None:
             results.print_summary(self._summary, self._build_failure, terminalreporter)
+
+
+def _own_line(terminal: Any) -> Any:
+    """``write_line`` that also ends a line of pytest-xdist's progress dots first (its ``ensure_newline``
+    goes by the current file, which xdist's reporting leaves unset)."""
+    def write(line: str) -> None:
+        if getattr(getattr(terminal, "_tw", None), "width_of_current_line", 0):
+            terminal.write("\n")
+        terminal.write_line(line)
+
+    return write
 
 
 def header_lines(context: BenchContext, workers: int) -> list[str]:
