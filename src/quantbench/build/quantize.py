@@ -480,7 +480,8 @@ def shared_calibration_of(base: onnx.ModelProto, variant: Variant, *, log_as: st
     calibration = shared_calibration.calibration_variant(variant)
     if calibration is None:
         return None
-    conflicts = shared_calibration.fusion_conflicts(base, _excluded_nodes(base, variant))
+    conflicts = shared_calibration.fusion_conflicts(base, _excluded_nodes(base, variant),
+                                                    op_types_excluded=variant.op_types_to_exclude)
     if conflicts:  # ModelOpt's own placement would differ from the derived one: calibrate for it alone
         if log_as is not None:
             log.info("variant %s of model %s keeps its own ModelOpt build: its exclusions change ModelOpt's "

@@ -84,7 +84,8 @@ def calibration_variant(variant: Variant) -> Variant | None:
         gated=False, models=(), description=f"shared {variant.calibration_method} calibration")
 
 
-def fusion_conflicts(base: onnx.ModelProto, excluded: Collection[str]) -> tuple[str, ...]:
+def fusion_conflicts(base: onnx.ModelProto, excluded: Collection[str], *,
+                     op_types_excluded: Collection[str] = ()) -> tuple[str, ...]:
     """Nodes of ``base`` (FP32; residual Adds in practice) that ModelOpt quantizes as part of an excluded
     linear op's fusible partition and that are not excluded themselves: ModelOpt's per-variant
     placement of these differs from the re-emission's.
@@ -93,7 +94,8 @@ def fusion_conflicts(base: onnx.ModelProto, excluded: Collection[str]) -> tuple[
     (Conv -> act -> Add). Excluded nodes count as already partitioned, so with the backbone excluded
     the partition does not form and the Add stays unquantized, which the shared build, calibrated
     with the backbone included, cannot show. The partitions are ModelOpt's own
-    (``find_fusible_partitions`` on the graph without exclusions), so this is exactly its rule.
+    (``find_fusible_partitions`` on the graph as the shared build saw it: nodes of
+    ``op_types_excluded`` count as partitioned there too), so this is exactly its rule.
     """
     import onnx_graphsurgeon as gs
     from modelopt.onnx.quantization.graph_utils import build_non_residual_input_map, is_const_input
@@ -111,6 +113,7 @@ def fusion_conflicts(base: onnx.ModelProto, excluded: Collection[str]) -> tuple[
         non_residual, _ = build_non_residual_input_map(graph)
         partitioned = {name for partition in find_non_quantizable_partitions_from_patterns(graph)
                        for name in partition}
+        partitioned.update(node.name for node in graph.nodes if node.op in set(op_types_excluded))
         cask, _ = find_fusible_partitions(graph, partitioned, non_residual)
     finally:
         modelopt_log.setLevel(level)
