@@ -20,6 +20,11 @@ name = "fp32"
 kind = "fp32"
 
 [[variant]]
+name = "fp16"
+kind = "fp16"
+calib_images = 2
+
+[[variant]]
 name = "int8-max"
 kind = "int8"
 calibration_method = "max"
@@ -61,10 +66,10 @@ def test_the_build_phase_relays_one_line_per_artefact_with_what_remains(parallel
     derived = [line for line in lines if "int8-head-fp16: derived from the shared max calibration in" in line]
     assert len(derived) == 1
     evaluated = sorted(re.sub(r" \[.*", "", line).split("/")[1].split(":")[0] for line in lines if "evaluated 8 images in" in line)
-    assert evaluated == ["fp32", "int8-head-fp16", "int8-max"]
+    assert evaluated == ["fp16", "fp32", "int8-head-fp16", "int8-max"]
+    assert sum("fp16: built by ModelOpt in" in line for line in lines) == 1
     for line in lines:
-        assert re.search(r"\[\d/3 tests done\]$", line), line
-    assert any(line.endswith("[3/3 tests done]") for line in lines)
+        assert re.search(r"\[\d/4 tests done\]$", line), line
     assert re.search(r"mAP50-95 0\.\d{4} \[", next(line for line in lines if "evaluated" in line))
     # Each on a line of its own, not glued to xdist's progress dots.
     assert not re.search(r"[.xFEs]quantbench: yolov5n-coco/", build_phase)
@@ -77,4 +82,4 @@ def test_a_serial_cold_run_prints_the_same_lines_at_once(serial: SuiteRun):
     assert any(re.search(rf"max-calibration: calibrated in {SECONDS} on cpu \(shared by 1 variant\)$", line)
                for line in lines), lines
     assert any("int8-head-fp16: derived from the shared max calibration in" in line for line in lines)
-    assert sum("evaluated 8 images in" in line for line in lines) == 2
+    assert sum("evaluated 8 images in" in line for line in lines) == 3  # and the baseline, fp16
