@@ -111,7 +111,7 @@ def test_int8_head_fp16_build(model_name: str, models: dict[str, ModelInfo], cal
 
     assert not build.cached and build.seconds > 0
     assert (build.model, build.variant, build.kind, build.base_sha256) == (model.name, "int8-head-fp16", "int8", model.sha256)
-    assert build.options["calibration"] == {"sha256": calib8.sha256, "num_images": 8, "seed": 0}
+    assert build.options["calibration"] == {"sha256": calib8.sha256, "num_images": 8, "seed": 0, "eps": ["cpu"]}
     out = onnx.load(build.onnx_path)
     ops = [n.op_type for n in out.graph.node]
     assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0

@@ -18,7 +18,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quantbench.analysis.meter import GraphMeter, OutputErrorProbe, error_power, output_agreement, run_batches
-from quantbench.analysis.qdq_graph import QdqModel
 from quantbench.analysis.search import (
     STATE_FILE,
     FlopCost,
@@ -39,6 +38,7 @@ from quantbench.analysis.setup import AnalysisInputs
 from quantbench.backends import BackendKind, BuildOptions, Engine
 from quantbench.backends.ort import OrtBackend, fp16_quantize_nodes
 from quantbench.build.export import resolve_model
+from quantbench.build.qdq_graph import QdqModel
 from quantbench.build.quantize import matching_nodes, quantize_variant
 from quantbench.build.variants import Variant, VariantKind, load_variants, variant_toml
 from quantbench.cache import ArtifactCache

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from quantbench.analysis.meter import CocoProbe, GraphMeter
-from quantbench.analysis.qdq_graph import QdqModel
 from quantbench.analysis.search import (
     STATE_FILE,
     SearchConfig,
@@ -31,6 +30,7 @@ from quantbench.analysis.search import (
 )
 from quantbench.analysis.setup import probe_split
 from quantbench.build.export import resolve_model
+from quantbench.build.qdq_graph import QdqModel
 from quantbench.build.quantize import quantize_variant
 from quantbench.build.variants import Variant, VariantKind
 from quantbench.cache import ArtifactCache

@@ -19,13 +19,13 @@ import onnx
 import pytest
 
 from quantbench.analysis.meter import GraphMeter, output_agreement, run_batches
-from quantbench.analysis.qdq_graph import QdqModel
 from quantbench.analysis.search import excluded_patterns, run_search
 from quantbench.analysis.sensitivity import layer_sensitivity, run_sensitivity
 from quantbench.analysis.setup import AnalysisInputs, AnalysisOptions, probe_split
 from quantbench.backends import BuildOptions
 from quantbench.backends.ort import OrtBackend, fp16_quantize_nodes
 from quantbench.build.export import resolve_model
+from quantbench.build.qdq_graph import QdqModel
 from quantbench.build.quantize import quantize_variant
 from quantbench.build.variants import Variant, VariantKind, load_variants
 from quantbench.cache import ArtifactCache

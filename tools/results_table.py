@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnx
 
-from quantbench.analysis.qdq_graph import QdqModel
+from quantbench.build.qdq_graph import QdqModel
 from quantbench.errors import ModelError
 
 

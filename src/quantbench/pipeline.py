@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quantbench.backends import Backend, BuildOptions, Engine, Runner, resolve_backend
+from quantbench.build.calibration_eps import CalibrationEps, choose_calibration_eps
 from quantbench.build.export import DEFAULT_IMGSZ, ModelInfo, resolve_model
-from quantbench.build.quantize import quantize_variant
-from quantbench.build.variants import Variant
+from quantbench.build.quantize import CALIBRATION_EPS, quantize_variant
+from quantbench.build.variants import Variant, VariantKind
 from quantbench.cache import ArtifactCache, ArtifactMissing, atomic_write_json, hash_key
 from quantbench.data.assets import default_calib_data, default_eval_data
 from quantbench.data.calibration import CalibrationSet, build_calibration
@@ -56,6 +57,8 @@ class PipelineSettings:
     build: BuildOptions = field(default_factory=BuildOptions)  # what every engine is built with
     evaluation: EvalSettings = field(default_factory=EvalSettings)  # batch size and NMS of every evaluation
     resamples: int = 1000  # bootstrap resamples of a paired mAP drop (`comparison`)
+    calibration_eps: str = "auto"  # INT8 calibration's EP: auto (fastest that opens), trt, cuda, cpu
+    shared_calibration: bool = True  # derive INT8 variants with exclusions from one shared calibration
 
 
 class PipelineObserver:
@@ -64,6 +67,10 @@ class PipelineObserver:
 
     def built(self, build: VariantBuild) -> None:
         pass
+
+    def calibrated(self, model: ModelInfo, calibration: Variant, build: VariantBuild) -> None:
+        """A shared calibration (``calibration``: a ModelOpt INT8 build without exclusions) was made or
+        found for a derived variant; ``build.cached`` says which. Not a variant: `built` does not hear it."""
 
     def failed(self, model: str, variant: str, reason: str) -> None:
         pass
@@ -101,6 +108,8 @@ class Pipeline:
         self._dataset: CocoDataset | None = None
         self._calibrations: dict[tuple[int, int, int], CalibrationSet] = {}
         self._builds: dict[tuple[str, Variant, int], VariantBuild | QuantizeError] = {}
+        self._shared: dict[tuple[str, Variant, int], VariantBuild | QuantizeError] = {}
+        self._calibration_eps: dict[str, CalibrationEps] = {}
         self._engines: dict[tuple[str, Variant], Engine | QuantbenchError] = {}
         self._evals: dict[tuple[str, Variant], EvalResult] = {}
         self._eval_keys: dict[tuple[str, Variant], str] = {}
@@ -148,8 +157,15 @@ class Pipeline:
         if key not in self._builds:
             calib = self.calibration(variant.calib_images, model.input_size, seed=seed) \
                 if variant.needs_calibration else None
+            eps = self.calibration_eps(variant.calibration_eps).eps if variant.kind is VariantKind.INT8 \
+                else CALIBRATION_EPS
+
+            def shared(calibration: Variant) -> VariantBuild:
+                return self._shared_calibration(model, calibration, calib, seed, eps)
+
             try:
-                build = quantize_variant(model, variant, calib, self.cache)
+                build = quantize_variant(model, variant, calib, self.cache, calibration_eps=eps,
+                                         shared=shared if self.settings.shared_calibration else None)
             except QuantizeError as exc:
                 self._builds[key] = exc
                 self.observer.failed(model.name, variant.name, str(exc))
@@ -157,6 +173,29 @@ class Pipeline:
                 self._builds[key] = build
                 self.observer.built(build)
         return _or_raise(self._builds[key])
+
+    def calibration_eps(self, requested: str | None = None) -> CalibrationEps:
+        """The EP INT8 calibration runs on: ``requested`` (a variant's ``calibration_eps``), else the run's
+        (`calibration_eps.choose_calibration_eps`); chosen once per process and request, so a refused GPU
+        EP warns once, not at every build."""
+        wanted = requested or self.settings.calibration_eps
+        if wanted not in self._calibration_eps:
+            self._calibration_eps[wanted] = choose_calibration_eps(wanted)
+        return self._calibration_eps[wanted]
+
+    def _shared_calibration(self, model: ModelInfo, calibration: Variant, calib: CalibrationSet | None,
+                            seed: int, eps: tuple[str, ...]) -> VariantBuild:
+        """The ModelOpt build a derived variant comes from, once per process (a failure too, so ModelOpt is
+        not re-run for every variant that needs it); the observer hears of it, not as a variant."""
+        key = (model.name, calibration, seed)
+        if key not in self._shared:
+            try:
+                self._shared[key] = quantize_variant(model, calibration, calib, self.cache, calibration_eps=eps)
+            except QuantizeError as exc:
+                self._shared[key] = exc
+            else:
+                self.observer.calibrated(model, calibration, self._shared[key])  # type: ignore[arg-type]
+        return _or_raise(self._shared[key])
 
     def remember_failure(self, model: str, variant: Variant, reason: str) -> None:
         """Take a build failure another process found, so this one does not run ModelOpt for it again."""

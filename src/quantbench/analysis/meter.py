@@ -30,9 +30,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import onnx
 
-from quantbench.analysis.qdq_graph import QdqModel
 from quantbench.backends.base import BuildOptions
 from quantbench.backends.ort import OrtBackend
+from quantbench.build.qdq_graph import QdqModel
 from quantbench.cache import ArtifactCache, hash_key, sha256_file
 from quantbench.data.dataset import CocoDataset
 from quantbench.decision.uncertainty import DROP_INTERVAL_METHOD, paired_bootstrap

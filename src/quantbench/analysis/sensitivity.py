@@ -29,8 +29,8 @@ from typing import Any
 from tqdm import tqdm
 
 from quantbench.analysis.meter import GraphMeter, OutputAgreement, error_power, sqnr_gain
-from quantbench.analysis.qdq_graph import QdqModel
 from quantbench.analysis.setup import DEFAULT_OPTIONS, AnalysisInputs, AnalysisOptions, open_meter
+from quantbench.build.qdq_graph import QdqModel
 from quantbench.cache import atomic_write_bytes, atomic_write_text
 from quantbench.errors import ConfigError
 from quantbench.rules import new_figure, png_bytes

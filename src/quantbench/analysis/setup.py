@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from quantbench.analysis.meter import CocoProbe, GraphMeter
-from quantbench.analysis.qdq_graph import QdqModel
 from quantbench.build.export import ModelInfo
+from quantbench.build.qdq_graph import QdqModel
 from quantbench.build.variants import CALIBRATION_METHODS, HIGH_PRECISION_DTYPES, VARIANT_NAME_RE, Variant, VariantKind
 from quantbench.cache import ArtifactCache
 from quantbench.data.calibration import CalibrationSet, calibration_images

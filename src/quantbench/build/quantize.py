@@ -6,8 +6,13 @@
   values exceed FP16-safe ranges on reference data; that data is the calibration images, because
   ModelOpt's fallback (uniform noise) inflates early activations and strands the first convs.
 - ``int8``: ``modelopt.onnx.quantization.quantize`` on real calibration images only (ModelOpt
-  silently calibrates on random data when given none: refused here), calibrated on the CPU
-  execution provider so the scales, and the cache key, do not depend on the machine.
+  silently calibrates on random data when given none: refused here), calibrated on the execution
+  provider the caller chose (`build.calibration_eps`; the CPU unless told), which is part of the
+  cache key and of the record (``options["calibration"]["eps"]``).
+- ``int8`` with exclusions (``nodes_to_exclude``, ``exclude_head``), given a ``shared`` provider:
+  derived from the shared calibration, the same variant's ModelOpt build without exclusions, by
+  removing the excluded nodes' Q/DQ (`build.shared_calibration`); the record says so
+  (``options["calibration"]["derived_from"]``: the shared build's cache key).
 
 ModelOpt overwrites its input file and leaves intermediate files beside it, so it always runs on a
 private copy in a scratch folder. Builds are cached under ``variants/<key>.onnx`` where the key
@@ -22,14 +27,14 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from quantbench.build import onnx_graph
+from quantbench.build import onnx_graph, shared_calibration
 from quantbench.build.export import ModelInfo, validate_onnx
 from quantbench.build.variants import Variant, VariantKind
 from quantbench.cache import ArtifactCache, hash_key, owned_scratch_dir, sha256_file
@@ -43,8 +48,8 @@ log = logging.getLogger(__name__)
 CACHE_KIND = "variants"
 # ModelOpt's scratch folders in the temp dir (named after their process: `cache.remove_stale_scratch`).
 SCRATCH_PREFIX = "quantbench-modelopt-"
-# Calibration runs on the CPU EP everywhere: EP-independent scales and no cuDNN/TensorRT EP
-# surprises inside ModelOpt's sessions (Ultralytics does the same for the same reasons).
+# INT8 calibration's EP when the caller names none, and AutoCast's reference run's always (its
+# FP16 range check is short and must not depend on the machine).
 CALIBRATION_EPS = ("cpu",)
 # Ops that read only their input's shape, not its values: data does not flow through them.
 _SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
@@ -253,7 +258,8 @@ def _ort_calibrators_restored() -> Iterator[None]:
                 setattr(cls, attr, original)
 
 
-def _run_int8(src: Path, out: Path, model: ModelInfo, variant: Variant, data: np.ndarray, excluded: Sequence[str]) -> None:
+def _run_int8(src: Path, out: Path, model: ModelInfo, variant: Variant, data: np.ndarray, excluded: Sequence[str],
+              eps: Sequence[str]) -> None:
     from modelopt.onnx.quantization import quantize
 
     kwargs: dict[str, Any] = {}
@@ -265,7 +271,7 @@ def _run_int8(src: Path, out: Path, model: ModelInfo, variant: Variant, data: np
         calibration_data={model.input_name: data},
         calibration_method=variant.calibration_method,
         calibration_shapes=f"{model.input_name}:{model.batch or 1}x3x{model.input_size}x{model.input_size}",
-        calibration_eps=list(CALIBRATION_EPS),
+        calibration_eps=list(eps),
         op_types_to_exclude=list(variant.op_types_to_exclude) or None,
         op_types_to_quantize=list(variant.op_types_to_quantize) or None,
         nodes_to_exclude=[exact_name_pattern(n) for n in excluded] or None,
@@ -390,7 +396,8 @@ def _short_options(variant: Variant) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in shown.items()) or "defaults"
 
 
-def _run_modelopt(model: ModelInfo, variant: Variant, data: np.ndarray, excluded: Sequence[str], tmp: Path) -> None:
+def _run_modelopt(model: ModelInfo, variant: Variant, data: np.ndarray, excluded: Sequence[str], tmp: Path,
+                  eps: Sequence[str]) -> None:
     """ModelOpt on a private copy in a scratch folder; the result is copied to ``tmp``."""
     with owned_scratch_dir(SCRATCH_PREFIX) as scratch, quiet_modelopt_logs():
         src = scratch / "model.onnx"  # ModelOpt's private copy: it overwrites and litters beside it
@@ -401,7 +408,7 @@ def _run_modelopt(model: ModelInfo, variant: Variant, data: np.ndarray, excluded
             with contextlib.chdir(scratch):  # some ModelOpt paths write temporaries into the cwd
                 if variant.kind is VariantKind.INT8:
                     with _ort_calibrators_restored():
-                        _run_int8(src, out, model, variant, data, excluded)
+                        _run_int8(src, out, model, variant, data, excluded, eps)
                 else:
                     _run_fp16(src, out, model, variant, data, excluded, scratch)
         except Exception as exc:  # ModelOpt raises anything (AssertionError, ORT Fail, ValueError)
@@ -417,34 +424,87 @@ def _run_modelopt(model: ModelInfo, variant: Variant, data: np.ndarray, excluded
         shutil.copyfile(out, tmp)
 
 
-def _build_options(variant: Variant, calib: CalibrationSet, num_images: int) -> dict[str, Any]:
-    """The variant's options as built: the images used, not those asked for, and which calibration."""
-    return {**variant.options(), "calib_images": num_images,
-            "calibration": {"sha256": calib.sha256, "num_images": num_images, "seed": calib.seed}}
+def _build_options(variant: Variant, calib: CalibrationSet, num_images: int, eps: Sequence[str],
+                   derived_from: str | None = None) -> dict[str, Any]:
+    """The variant's options as built: the images used, not those asked for, and which calibration
+    (INT8: on which EP, and the shared calibration's cache key when derived from one)."""
+    calibration: dict[str, Any] = {"sha256": calib.sha256, "num_images": num_images, "seed": calib.seed}
+    if variant.kind is VariantKind.INT8:
+        calibration["eps"] = list(eps)
+        if derived_from is not None:
+            calibration["derived_from"] = derived_from
+    return {**variant.options(), "calib_images": num_images, "calibration": calibration}
+
+
+def _check_interface(path: Path, model: ModelInfo, variant: Variant, who: str) -> None:
+    try:
+        # The variant must plug into the same pipeline: same float32 input and output layout.
+        validate_onnx(path, name=model.name)
+    except ModelError as exc:
+        raise QuantizeError(
+            f"{who} variant {variant.name!r} of model {model.name} changed the model's interface ({exc}); "
+            "report this with the variant's options."
+        ) from exc
 
 
 def _build_with_modelopt(model: ModelInfo, variant: Variant, base: onnx.ModelProto, data: np.ndarray,
-                         tmp: Path) -> dict[str, Any]:
+                         tmp: Path, eps: Sequence[str]) -> dict[str, Any]:
     """Run ModelOpt into ``tmp`` and check the result; what the cache entry's metadata records of it."""
     excluded = _excluded_nodes(base, variant)
     started = time.perf_counter()
-    _run_modelopt(model, variant, data, excluded, tmp)
+    _run_modelopt(model, variant, data, excluded, tmp, eps)
     seconds = time.perf_counter() - started
-    try:
-        # The variant must plug into the same pipeline: same float32 input and output layout.
-        validate_onnx(tmp, name=model.name)
-    except ModelError as exc:
-        raise QuantizeError(
-            f"ModelOpt's variant {variant.name!r} of model {model.name} changed the model's interface ({exc}); "
-            "report this with the variant's options."
-        ) from exc
+    _check_interface(tmp, model, variant, "ModelOpt's")
     quantized = _check_built(onnx_graph.load_graph(tmp), model, variant)
     return {"onnx_sha256": sha256_file(tmp), "quantized_nodes": quantized, "excluded_nodes": list(excluded),
             "seconds": seconds}
 
 
+def _derive_from_shared(model: ModelInfo, variant: Variant, base: onnx.ModelProto, source: VariantBuild,
+                        tmp: Path) -> dict[str, Any]:
+    """``variant`` from its shared calibration's build ``source``, written to ``tmp`` and checked."""
+    excluded = _excluded_nodes(base, variant)
+    started = time.perf_counter()
+    derived = shared_calibration.derive(onnx.load(source.onnx_path), excluded, source=source.onnx_path)
+    onnx.save(derived, str(tmp))
+    seconds = time.perf_counter() - started
+    _check_interface(tmp, model, variant, "the derived")
+    quantized = _check_built(onnx_graph.load_graph(tmp), model, variant)
+    return {"onnx_sha256": sha256_file(tmp), "quantized_nodes": quantized, "excluded_nodes": list(excluded),
+            "seconds": seconds, "calibration_seconds": source.seconds}
+
+
+def shared_calibration_of(base: onnx.ModelProto, variant: Variant, *, log_as: str | None = None) -> Variant | None:
+    """The variant whose ModelOpt build ``variant`` is derived from on model ``base``, or None when it keeps
+    its own build (`shared_calibration.own_calibration_reason`, or exclusions that change ModelOpt's
+    fusion: `shared_calibration.fusion_conflicts`). ``log_as``: the model's name, to log the latter."""
+    calibration = shared_calibration.calibration_variant(variant)
+    if calibration is None:
+        return None
+    conflicts = shared_calibration.fusion_conflicts(base, _excluded_nodes(base, variant),
+                                                    op_types_excluded=variant.op_types_to_exclude)
+    if conflicts:  # ModelOpt's own placement would differ from the derived one: calibrate for it alone
+        if log_as is not None:
+            log.info("variant %s of model %s keeps its own ModelOpt build: its exclusions change ModelOpt's "
+                     "fusion of %s", variant.name, log_as, ", ".join(conflicts))
+        return None
+    return calibration
+
+
+def calibration_users(base: onnx.ModelProto, variants: Iterable[Variant], calibration: Variant) -> int:
+    """How many of ``variants`` (as built) are ``calibration``'s own build or derived from it."""
+    wanted = calibration.options()
+    return sum(1 for v in variants if v.kind is VariantKind.INT8 and (
+        v.options() == wanted or ((shared := shared_calibration_of(base, v)) is not None and shared.options() == wanted)))
+
+
+def _cache_key(model: ModelInfo, options: dict[str, Any], versions: dict[str, str]) -> str:
+    return hash_key(CACHE_KIND, model.sha256, options, versions)
+
+
 def quantize_variant(
-    model: ModelInfo, variant: Variant, calib: CalibrationSet | None, cache: ArtifactCache
+    model: ModelInfo, variant: Variant, calib: CalibrationSet | None, cache: ArtifactCache, *,
+    calibration_eps: Sequence[str] = CALIBRATION_EPS, shared: Callable[[Variant], VariantBuild] | None = None,
 ) -> VariantBuild:
     """Build (or find in ``cache``) the ONNX of ``variant`` for ``model``.
 
@@ -454,6 +514,12 @@ def quantize_variant(
     calibration data is missing, an option names nothing in the model or leaves nothing to
     convert (`check_against_model`), ModelOpt fails, or the build converted nothing. The base ONNX
     is never modified.
+
+    INT8 calibration runs on ``calibration_eps`` (ModelOpt names: ``cpu``, ``cuda:0``, ``trt``). With
+    ``shared`` (the caller's memoised ``quantize_variant`` of another variant, raising
+    ``QuantizeError``), a variant that `shared_calibration.calibration_variant` maps to a shared
+    calibration is derived from ``shared(that variant)`` instead of calibrating again; a failed shared
+    calibration fails the variant with a sentence naming it.
     """
     if variant.kind is VariantKind.FP32:
         return _fp32_build(model, variant)
@@ -461,16 +527,28 @@ def quantize_variant(
         raise _missing_calibration(model, variant)
     num_images = _usable_images(model, calib)
     versions = _tool_versions()
-    options = _build_options(variant, calib, num_images)
     base = onnx_graph.load_graph(model.path)
     check_against_model(base, model, variant)
+    calibration = shared_calibration_of(base, variant, log_as=model.name) if shared is not None else None
+    derived_from = None if calibration is None else \
+        _cache_key(model, _build_options(calibration, calib, num_images, calibration_eps), versions)
+    options = _build_options(variant, calib, num_images, calibration_eps, derived_from)
 
     def build(tmp: Path) -> dict[str, Any]:
-        built = _build_with_modelopt(model, variant, base, calib.load()[:num_images], tmp)
+        if calibration is not None and shared is not None:
+            try:
+                source = shared(calibration)
+            except QuantizeError as exc:
+                raise QuantizeError(
+                    f"variant {variant.name!r} of model {model.name} derives from the shared "
+                    f"{variant.calibration_method} calibration, which failed: {exc}") from exc
+            built = _derive_from_shared(model, variant, base, source, tmp)
+        else:
+            built = _build_with_modelopt(model, variant, base, calib.load()[:num_images], tmp, calibration_eps)
         return {"model": model.name, "variant": variant.name, "kind": variant.kind.value, **built,
                 "base_sha256": model.sha256, "options": options, "versions": versions}
 
-    key = hash_key(CACHE_KIND, model.sha256, options, versions)
+    key = _cache_key(model, options, versions)
     entry = cache.get_or_build(CACHE_KIND, key, ".onnx", build, label=f"ModelOpt build of {model.name}/{variant.name}")
     meta = entry.meta
     if variant.kind is VariantKind.INT8 and not meta["quantized_nodes"]:  # cached before builds were checked

@@ -23,6 +23,7 @@ File layout: one ``[[variant]]`` table per variant, in the order they are report
     exclude_head = true              # fp16, int8: the detection head's output convs (+ DFL) kept out
     high_precision_dtype = "fp16"    # int8: precision of everything not in INT8 (fp32 | fp16 | bf16)
     calibrate_per_node = false       # int8: calibrate node by node (less memory, slower)
+    calibration_eps = "cpu"          # int8: auto | trt | cuda | cpu; default: the run's (--qb-calibration-eps)
     passes = ["concat_elimination"]  # int8: ModelOpt passes; omit for ModelOpt's default
     gated = true                     # false: exploratory, reported but never the winner
     models = ["yolo11*"]             # only for these models: names or shell-style globs (node names are
@@ -48,6 +49,7 @@ from quantbench.rules import closest, is_count
 DEFAULT_VARIANTS = Path("bench/variants.toml")
 
 CALIBRATION_METHODS = ("max", "entropy")  # ModelOpt's INT8 calibrators (ORT MinMax / Entropy)
+CALIBRATION_EP_CHOICES = ("auto", "trt", "cuda", "cpu")  # `build.calibration_eps.CHOICES`
 HIGH_PRECISION_DTYPES = ("fp32", "fp16", "bf16")
 MODELOPT_PASSES = ("concat_elimination",)
 VARIANT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -76,6 +78,7 @@ class Variant:
     exclude_head: bool = False  # detection-head output convs (+ DFL) kept out of INT8
     high_precision_dtype: str = "fp16"
     calibrate_per_node: bool = False
+    calibration_eps: str | None = None  # which EP calibrates; None: the run's choice
     passes: tuple[str, ...] | None = None  # None: ModelOpt's default passes
     gated: bool = True
     models: tuple[str, ...] = ()  # model names or globs it is meant for (empty: every model)
@@ -124,12 +127,12 @@ _KIND_OPTIONS: dict[VariantKind, tuple[str, ...]] = {
     VariantKind.FP16: ("calib_images", "calib_seed", "op_types_to_exclude", "nodes_to_exclude", "exclude_head"),
     VariantKind.INT8: (
         "calibration_method", "calib_images", "calib_seed", "op_types_to_exclude", "op_types_to_quantize", "nodes_to_exclude",
-        "exclude_head", "high_precision_dtype", "calibrate_per_node", "passes",
+        "exclude_head", "high_precision_dtype", "calibrate_per_node", "passes", "calibration_eps",
     ),
 }
 # Options added after the first release: left out of options() while unset, so that adding
 # them kept every earlier cache key (and its ModelOpt build) valid.
-_OMIT_WHEN_EMPTY = ("op_types_to_quantize", "calib_seed")
+_OMIT_WHEN_EMPTY = ("op_types_to_quantize", "calib_seed", "calibration_eps")
 _COMMON_KEYS = ("name", "kind", "gated", "models", "description")
 _ALL_KEYS = tuple(f.name for f in fields(Variant))
 
@@ -248,6 +251,7 @@ class _TableReader:
             "nodes_to_exclude": self.regexes,
             "exclude_head": self.boolean,
             "high_precision_dtype": lambda k: self.string(k, HIGH_PRECISION_DTYPES),
+            "calibration_eps": lambda k: self.string(k, CALIBRATION_EP_CHOICES),
             "calibrate_per_node": self.boolean,
             "passes": self.passes,
         }

@@ -18,7 +18,8 @@ import numpy as np
 from quantbench.backends import BuildOptions, Engine, Runner, resolve_backend
 from quantbench.backends.devices import DeviceAssignment, backend_gpus, current_assignment
 from quantbench.build.export import ModelInfo
-from quantbench.build.quantize import SCRATCH_PREFIX
+from quantbench.build.onnx_graph import load_graph
+from quantbench.build.quantize import SCRATCH_PREFIX, calibration_users
 from quantbench.build.variants import Variant
 from quantbench.cache import ArtifactCache, check_writable, ensure_writable_dir, remove_stale_scratch
 from quantbench.data.assets import assets_root, default_calib_data
@@ -29,8 +30,10 @@ from quantbench.decision.results_store import EvalSettings, ResultsStore, RunLed
 from quantbench.decision.thresholds import ModelThresholds, Thresholds
 from quantbench.errors import DataError, QuantbenchError
 from quantbench.pipeline import Pipeline, PipelineObserver, PipelineSettings
+from quantbench.plugin import progress
 from quantbench.plugin.options import BenchOptions
 from quantbench.plugin.params import model_id
+from quantbench.plugin.progress import ProgressLines
 from quantbench.plugin.startup import RunIdentity, Tables
 from quantbench.records import EvalResult, VariantBuild
 
@@ -40,13 +43,21 @@ EVAL_SETTINGS = EvalSettings(batch_size=1)
 
 
 class LedgerObserver(PipelineObserver):
-    """Writes what the pipeline built, failed on and evaluated into the run ledger."""
+    """Writes what the pipeline built, failed on and evaluated into the run ledger, and one progress line
+    per artefact this process made (`plugin.progress`)."""
 
-    def __init__(self, ledger: RunLedger, process: str, reported_options: Callable[[str], dict[str, Any]]):
+    def __init__(self, ledger: RunLedger, process: str, reported_options: Callable[[str], dict[str, Any]],
+                 progress: ProgressLines, calibration_users: Callable[[ModelInfo, Variant], int]):
         self.ledger, self.process, self.reported_options = ledger, process, reported_options
+        self.progress, self.calibration_users = progress, calibration_users
 
     def built(self, build: VariantBuild) -> None:
         self.ledger.add_build(build, process=self.process)
+        self.progress.emit(progress.build_line(build))
+
+    def calibrated(self, model: ModelInfo, calibration: Variant, build: VariantBuild) -> None:
+        if not build.cached:
+            self.progress.emit(progress.calibration_line(build, self.calibration_users(model, calibration)))
 
     def failed(self, model: str, variant: str, reason: str) -> None:
         self.ledger.add_failure(model, variant, reason)
@@ -54,6 +65,8 @@ class LedgerObserver(PipelineObserver):
     def evaluated(self, result: EvalResult, *, computed: bool) -> None:
         self.ledger.add_eval(result, computed=computed, variant_options=self.reported_options(result.variant),
                              process=self.process)
+        if computed:
+            self.progress.emit(progress.eval_line(result))
 
 
 class BenchContext:
@@ -73,8 +86,10 @@ class BenchContext:
         self.gpus = backend_gpus(backend)
         self.device: DeviceAssignment = current_assignment(self.gpus)
         self.process = self.device.worker or "serial"
+        self.progress = ProgressLines(self.say, in_worker=self.device.worker is not None)
         self.pipeline = Pipeline(cache, self._settings(), backend=backend,
-                                 observer=LedgerObserver(self.ledger, self.process, self.reported_options))
+                                 observer=LedgerObserver(self.ledger, self.process, self.reported_options,
+                                                         self.progress, self.calibration_users))
 
     def _settings(self) -> PipelineSettings:
         o = self.options
@@ -82,7 +97,7 @@ class BenchContext:
         sizes = o.batch_sizes + (() if 1 in o.batch_sizes else (1,))
         return PipelineSettings(
             eval_data=o.data, calib_data=o.calib_data, eval_images=o.eval_images, calib_images=o.calib_images,
-            backend=o.backend, evaluation=EVAL_SETTINGS,
+            backend=o.backend, evaluation=EVAL_SETTINGS, calibration_eps=o.calibration_eps,
             build=BuildOptions(batch_sizes=sizes, device_id=self.device.device_id, threads=self.device.cpu_threads))
 
     def prepare_folders(self) -> None:
@@ -98,6 +113,11 @@ class BenchContext:
             self.pipeline.store.remove_orphan_ledgers()
             remove_stale_scratch(SCRATCH_PREFIX)
             self.ledger.claim()
+
+    def calibration_users(self, model: ModelInfo, calibration: Variant) -> int:
+        """How many of the table's variants for ``model`` (as built) use ``calibration``: the progress line's count."""
+        variants = [self.pipeline.effective(v) for v in self.variants.values() if v.applies_to(model.name)]
+        return calibration_users(load_graph(model.path), variants, calibration)
 
     def say(self, message: str) -> None:
         """A progress line the user sees now, even from inside a test or a pytest-xdist worker."""

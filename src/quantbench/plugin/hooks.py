@@ -17,6 +17,7 @@ from quantbench.plugin import build_phase, results
 from quantbench.plugin.context import BenchContext
 from quantbench.plugin.options import describe
 from quantbench.plugin.params import RUN_ID, item_pair, model_id
+from quantbench.plugin.progress import PhaseProgress
 from quantbench.plugin.session import BenchSession
 
 PLUGIN_NAME = "quantbench-bench"
@@ -27,6 +28,7 @@ class BenchHooks:
         self.session, self.context, self.config = session, session.context, config
         self._build_failure: str | None = None  # why the parallel build phase fails the run
         self._summary: results.BenchSummary | None = None
+        self._phase_progress: PhaseProgress | None = None  # the build phase's controller: its workers' lines
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         names, o = set(metafunc.fixturenames), self.context.options
@@ -81,15 +83,33 @@ class BenchHooks:
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo) -> Any:
-        """In a build phase: note every test error (not a test failure) in the ledger for the parent session."""
+        """In a build phase: note every test error (not a test failure) in the ledger for the parent session;
+        a worker's progress lines ride on the report to the controller (`plugin.progress`)."""
         outcome = yield
         report = outcome.get_result()
+        self.context.progress.attach(report)
         if self.context.owns_run or report.when == "call" or not report.failed:
             return
         source, name = item_pair(item)
         lines = [line for line in report.longreprtext.splitlines() if line.strip()]
         self.context.ledger.add_phase_error(item.nodeid, model_id(str(source or "")), str(name or ""),
                                             lines[-1].strip() if lines else "error")
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
+        """pytest-xdist (controlling process): how many tests the phase runs, for "n/N tests done"."""
+        self._progress().collected(len(ids))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """pytest-xdist (controlling process): print the progress lines a worker's report carries."""
+        if not hasattr(self.config, "workerinput") and self.config.getoption("numprocesses", None):
+            self._progress().report(report)
+
+    def _progress(self) -> PhaseProgress:
+        if self._phase_progress is None:
+            terminal: Any = self.config.pluginmanager.get_plugin("terminalreporter")
+            self._phase_progress = PhaseProgress(_own_line(terminal) if terminal else self.context.say)
+        return self._phase_progress
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node) -> None:
@@ -109,6 +129,17 @@ class BenchHooks:
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if self._summary is not None:
             results.print_summary(self._summary, self._build_failure, terminalreporter)
+
+
+def _own_line(terminal: Any) -> Any:
+    """``write_line`` that also ends a line of pytest-xdist's progress dots first (its ``ensure_newline``
+    goes by the current file, which xdist's reporting leaves unset)."""
+    def write(line: str) -> None:
+        if getattr(getattr(terminal, "_tw", None), "width_of_current_line", 0):
+            terminal.write("\n")
+        terminal.write_line(line)
+
+    return write
 
 
 def header_lines(context: BenchContext, workers: int) -> list[str]:

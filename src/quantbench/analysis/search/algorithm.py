@@ -15,9 +15,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from quantbench.analysis.meter import GraphMeter
-from quantbench.analysis.qdq_graph import QdqModel
 from quantbench.analysis.search.config import CostModel, FlopCost, SearchConfig, Strategy, check_budget
 from quantbench.analysis.search.state import Ledger, Measured, ProbeResolution, SearchOutcome, SearchStep
+from quantbench.build.qdq_graph import QdqModel
 from quantbench.cache import sha256_file
 from quantbench.decision.gate import INCONCLUSIVE, drop_verdict
 from quantbench.decision.uncertainty import images_needed

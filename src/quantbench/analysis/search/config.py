@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from quantbench.analysis.meter import error_power
-from quantbench.analysis.qdq_graph import LayerGroup, QdqModel
 from quantbench.analysis.sensitivity import SensitivityReport
+from quantbench.build.qdq_graph import LayerGroup, QdqModel
 from quantbench.errors import ConfigError
 from quantbench.rules import check_confidence, check_counts, check_number, is_number
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quantbench.analysis.qdq_graph import QdqModel
 from quantbench.analysis.search.state import SearchOutcome, SearchStep
+from quantbench.build.qdq_graph import QdqModel
 from quantbench.cache import atomic_write_bytes, atomic_write_text
 from quantbench.decision.gate import INCONCLUSIVE
 from quantbench.records import BootstrapInterval, VariantBuild

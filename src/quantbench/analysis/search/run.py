@@ -8,13 +8,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from quantbench.analysis.meter import GraphMeter
-from quantbench.analysis.qdq_graph import QdqModel
 from quantbench.analysis.search.algorithm import SearchHooks, SplitTarget, search_split
 from quantbench.analysis.search.config import DEFAULT_CONFIDENCE, FlopCost, SearchConfig, check_budget, search_order
 from quantbench.analysis.search.report import SearchResult, write_search
 from quantbench.analysis.search.state import STATE_FILE
 from quantbench.analysis.sensitivity import SensitivityReport, layer_sensitivity, write_sensitivity
 from quantbench.analysis.setup import DEFAULT_OPTIONS, AnalysisInputs, AnalysisOptions, AnalysisSetup, open_meter
+from quantbench.build.qdq_graph import QdqModel
 from quantbench.build.quantize import exact_name_pattern
 from quantbench.build.variants import Variant, variant_toml
 from quantbench.decision.thresholds import Thresholds

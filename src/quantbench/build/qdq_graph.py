@@ -20,6 +20,9 @@ scales of everything else:
 
 Weights are Q/DQ'd from their FP32 (or FP16) initializers in ModelOpt's default output, so
 bypassing a weight pair restores the exact original weight.
+
+Lives in ``build/`` because the builds derive INT8 variants from one shared calibration with it
+(`build.shared_calibration`); the analysis (sensitivity, split search) measures its subsets.
 """
 
 from __future__ import annotations
