@@ -113,7 +113,7 @@ def test_write_report_writes_three_files_atomically(selections: list[Selection],
 
     # selection.json is versioned and reads back to equal records.
     doc = json.loads(paths["selection"].read_text())
-    assert doc["kind"] == "quantbench.decision.selection" and doc["schema"] == 1
+    assert doc["kind"] == "quantbench.selection" and doc["schema"] == 1
     assert read_selection_json(paths["selection"]) == selections
 
     # Writing again replaces the files in place.

@@ -20,7 +20,7 @@ from quantbench.records import SCHEMA_VERSION, from_dict, to_dict
 from quantbench.rules import new_figure, png_bytes
 
 # selection.json's "kind": tells a selection file apart from any other JSON.
-SELECTION_KIND = "quantbench.decision.selection"
+SELECTION_KIND = "quantbench.selection"  # a file format's name, not a module path: files written before keep reading
 
 _COLUMNS = ("variant", "mAP50-95", "drop", "drop interval", "vs fp32", "latency ms", "img/s", "speed-up",
             "speed-up interval", "result", "reason")
