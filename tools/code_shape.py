@@ -33,7 +33,7 @@ class ModuleShape:
 
 
 def module_name(path: Path) -> str:
-    """``src/quantbench/backends/ort.py`` -> ``quantbench.backends.ort``; ``fixtures/session.py`` -> ``fixtures.session``."""
+    """``src/quantbench/backends/ort.py`` -> ``quantbench.backends.ort``; ``fixtures/fixtures.py`` -> ``fixtures.fixtures``."""
     parts = list(path.with_suffix("").parts)
     if "src" in parts:
         parts = parts[parts.index("src") + 1:]
