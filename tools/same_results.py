@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 TIMING_KEYS = {"latency_ms", "images_per_s", "speedup", "latency_noise_ms", "latency_min_ms", "generated",
-               "within_noise", "disturbed", "memory_increase", "peak_memory_bytes"}
+               "within_noise", "disturbed", "memory_increase", "peak_memory_bytes", "latency_interval_ms",
+               "speedup_interval"}
 # Numbers that are timings in the text outputs: "177.75 ms", "5.6" img/s, "1.00x", seconds, percentages of time.
 _TIMING_TEXT = [
     (re.compile(r"\d+(\.\d+)? ?(ms|s)\b"), "<t>"), (re.compile(r"\b\d+\.\d+x\b"), "<x>"),
