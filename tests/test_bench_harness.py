@@ -244,18 +244,18 @@ def test_second_run_builds_nothing_evaluates_nothing_and_compares(serial_runs):
 @pytest.mark.parametrize(("saved_median_s", "regressed"), [(1e-9, True), (1e3, False)],
                          ids=["saved-run-far-faster", "saved-run-far-slower"])
 def test_compare_fail_gates_on_the_median_of_a_saved_run(serial_runs, assets_dir: Path, saved_median_s: float,
-                                                         regressed: bool):
+                                                         regressed: bool, tmp_path: Path):
     """`--benchmark-compare --benchmark-compare-fail=median:10%` against the first run's autosaved file,
     its medians set out of reach on either side, so the verdict does not depend on this machine's load."""
     first, _ = serial_runs
     (saved,) = (first.workdir.parent / "storage").glob("*/0001_*.json")
-    storage = first.workdir.parent / f"storage-{saved_median_s:g}"
+    storage = tmp_path / "storage"  # its own folders: the runs' cache is shared, their folders are not
     data = json.loads(saved.read_text())
     for bench in data["benchmarks"]:
         bench["stats"]["median"] = saved_median_s
     (storage / saved.parent.name).mkdir(parents=True)
     (storage / saved.parent.name / saved.name).write_text(json.dumps(data))
-    run = run_suite(first.workdir.parent / f"compare-{saved_median_s:g}", first.workdir.parent / "cache", assets_dir,
+    run = run_suite(tmp_path / "compare", first.workdir.parent / "cache", assets_dir,
                     "--qb-variants", "fp32", "-m", "latency", "--benchmark-storage", str(storage),
                     "--benchmark-compare=0001", "--benchmark-compare-fail=median:10%")
     assert "Comparing against benchmarks from" in run.output, run.output
@@ -324,9 +324,9 @@ def test_the_parallel_flow_selects_as_the_serial_run_does(parallel_runs, serial_
         assert run.selection()["winner"] in ("fp32", "fp16")
 
 
-def test_latency_only_run_times_with_the_runner_and_gates_the_speed_up(parallel_runs, assets_dir: Path):
+def test_latency_only_run_times_with_the_runner_and_gates_the_speed_up(parallel_runs, assets_dir: Path, tmp_path: Path):
     first, _ = parallel_runs
-    workdir = first.workdir.parent / "latency-only"
+    workdir = tmp_path / "latency-only"  # its own folder: the runs' cache is shared, their folders are not
     workdir.mkdir()
     thresholds = workdir / "thresholds.toml"
     thresholds.write_text('baseline = "fp16"\n[min_speedup]\nonnxruntime = 100.0\n')  # out of reach on purpose
