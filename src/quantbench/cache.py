@@ -150,12 +150,9 @@ def ensure_writable_dir(folder: str | os.PathLike[str], *, what: str) -> Path:
     say nothing for root, read-only mounts or a path under a regular file).
     """
     target = Path(folder).expanduser()
-    if target.exists() and not target.is_dir():
-        raise OutputError(f"{what} {target} is a file, not a folder; pass a folder path.")
+    _check_folder(target, what)  # the check every command makes (`check_writable`), then the folder made
     try:
         target.mkdir(parents=True, exist_ok=True)
-        with _temp_path_beside(target / "write-check"):
-            pass
     except OSError as exc:
         raise OutputError(
             f"{what} {target} cannot be written ({exc.strerror or exc}); pass a folder you can write to."

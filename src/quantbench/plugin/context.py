@@ -21,7 +21,7 @@ from quantbench.build.export import ModelInfo
 from quantbench.build.onnx_graph import load_graph
 from quantbench.build.quantize import SCRATCH_PREFIX, calibration_users
 from quantbench.build.variants import Variant
-from quantbench.cache import ArtifactCache, check_writable, ensure_writable_dir, remove_stale_scratch
+from quantbench.cache import ArtifactCache, ensure_writable_dir, remove_stale_scratch
 from quantbench.data.assets import assets_root, default_calib_data
 from quantbench.data.calibration import check_calibration_folder
 from quantbench.data.dataset import CocoDataset
@@ -103,10 +103,8 @@ class BenchContext:
     def prepare_folders(self) -> None:
         """Check the output folders and the calibration images before any work; clean what killed runs
         left; claim the run ledger."""
-        cache_what, report_what = "cache folder (--qb-cache-dir)", "report folder (--qb-report-dir)"
-        check_writable(folders=[(self.options.cache_dir, cache_what), (self.options.report_dir, report_what)])
-        ensure_writable_dir(self.options.cache_dir, what=cache_what)
-        ensure_writable_dir(self.options.report_dir, what=report_what)
+        ensure_writable_dir(self.options.cache_dir, what="cache folder (--qb-cache-dir)")
+        ensure_writable_dir(self.options.report_dir, what="report folder (--qb-report-dir)")
         if self.owns_run and self.process == "serial":  # once per run, before its workers start
             self.check_calibration_images()
             self.pipeline.cache.remove_stale_files()
